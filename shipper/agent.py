@@ -1,0 +1,177 @@
+"""Wires a Config into a running pipeline and owns its lifecycle.
+
+Start: sinks and drivers first (so nothing is read before it can be shipped), then sources.
+Stop (SIGTERM/SIGINT): sources stop reading, held multi-line events are flushed, channels close,
+drivers drain within `shutdown_timeout`, checkpoints are persisted, exit 0. When every source ends
+by itself (stdin EOF) the drain waits as long as delivery takes, since the input cannot be read
+again; a signal during that drain applies the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable
+
+from shipper.api import ApiServer
+from shipper.channel import Channel
+from shipper.config import Config
+from shipper.driver import SinkDriver
+from shipper.errors import ConfigError
+from shipper.router import Router, compile_when
+from shipper.source import Source, SourceContext
+
+log = logging.getLogger("shipper.agent")
+
+FLUSH_TICK = 0.25
+CHECKPOINT_INTERVAL = 1.0
+
+
+class Agent:
+    def __init__(self, config: Config, command: list[str] | None = None) -> None:
+        from sinks import build_sink
+        from sources import build_source
+
+        self.config = config
+        self.stopping = asyncio.Event()
+        self._deadline_started = asyncio.Event()
+        self.router = Router()
+        self.drivers: dict[str, SinkDriver] = {}
+        for name, sink_config in config.sinks.items():
+            channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)
+            self.drivers[name] = SinkDriver(build_sink(name, sink_config), channel)
+            for source in sink_config.inputs:
+                self.router.add(source, channel, compile_when(sink_config.when))
+        self.contexts: dict[str, SourceContext] = {}
+        self.sources: dict[str, Source] = {}
+        for name, source_config in config.sources.items():
+            context = SourceContext(
+                name,
+                source_config,
+                router=self.router,
+                host=config.agent.host,
+                redact=config.redact,
+                state_dir=config.agent.state_dir,
+                stopping=self.stopping,
+            )
+            if source_config.type == "process":
+                context.command = command
+            self.contexts[name] = context
+            self.sources[name] = build_source(name, source_config, context)
+        if command and not any(c.type == "process" for c in config.sources.values()):
+            raise ConfigError("sources", '`shipper run -- COMMAND` needs a source with type = "process"')
+        self.api = ApiServer(config.api, self) if config.api.enabled else None
+
+    @property
+    def ready(self) -> bool:
+        return all(driver.healthy for driver in self.drivers.values())
+
+    def request_stop(self, signame: str = "") -> None:
+        if signame:
+            log.info("stopping", extra={"signal": signame})
+        if self.stopping.is_set():
+            self._deadline_started.set()
+        self.stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        if self.api is not None:
+            await self.api.start()
+        driver_tasks = {name: asyncio.create_task(d.run(), name=f"sink:{name}") for name, d in self.drivers.items()}
+        source_tasks = {name: asyncio.create_task(s.run(), name=f"source:{name}") for name, s in self.sources.items()}
+        housekeeping = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._checkpoint_loop())]
+        log.info("started", extra={"sources": sorted(self.sources), "sinks": sorted(self.drivers)})
+
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        while not self.stopping.is_set() and not all(t.done() for t in source_tasks.values()):
+            await asyncio.wait([stop_wait, *source_tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+            if any(c.exit_code is not None for c in self.contexts.values()):
+                break  # the wrapped API exited: drain within the deadline and exit with its code
+        by_signal = self.stopping.is_set() or any(c.exit_code is not None for c in self.contexts.values())
+        self.stopping.set()
+        stop_wait.cancel()
+        deadline = self.config.agent.shutdown_timeout
+
+        ok = await self._within(
+            asyncio.gather(*source_tasks.values(), return_exceptions=True), deadline, by_signal, "sources"
+        )
+        if not ok:
+            for task in source_tasks.values():
+                task.cancel()
+            await asyncio.gather(*source_tasks.values(), return_exceptions=True)
+        self._report_failures(source_tasks)
+        for context in self.contexts.values():
+            for feed in list(context.feeds):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(feed.flush(force=True), 1.0)
+        for driver in self.drivers.values():
+            driver.channel.close()
+        drained = await self._within(
+            asyncio.gather(*driver_tasks.values(), return_exceptions=True), deadline, by_signal, "sinks"
+        )
+        if not drained:
+            self._abandon(driver_tasks)
+            for task in driver_tasks.values():
+                task.cancel()
+            await asyncio.gather(*driver_tasks.values(), return_exceptions=True)
+        self._report_failures(driver_tasks)
+        for task in housekeeping:
+            task.cancel()
+        self._save_checkpoints()
+        if self.api is not None:
+            await self.api.stop()
+        codes = [c.exit_code for c in self.contexts.values() if c.exit_code is not None]
+        log.info("stopped", extra={"drained": drained})
+        return codes[0] if codes else 0
+
+    async def _within(self, work: Awaitable[object], deadline: float, by_signal: bool, what: str) -> bool:
+        """Wait for `work`: within the deadline after a signal, else until done or a second signal."""
+        task = asyncio.ensure_future(work)
+        if not by_signal:
+            signalled = asyncio.create_task(self._deadline_started.wait())
+            await asyncio.wait([task, signalled], return_when=asyncio.FIRST_COMPLETED)
+            signalled.cancel()
+            if task.done():
+                return True
+        done, _ = await asyncio.wait([task], timeout=deadline)
+        if not done:
+            log.error("shutdown deadline passed", extra={"waiting_for": what, "shutdown_timeout": deadline})
+            task.cancel()
+        return bool(done)
+
+    def _abandon(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        for name, driver in self.drivers.items():
+            unsent = sum(len(p.events) for p in driver.channel.drain_unsent()) + driver.inflight_events
+            if unsent:
+                log.error(
+                    "events not delivered before the shutdown deadline; replayable sources resend them on restart",
+                    extra={"sink": name, "events": unsent},
+                )
+
+    def _report_failures(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        for name, task in tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("task failed", extra={"task": name}, exc_info=task.exception())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_TICK)
+            for context in self.contexts.values():
+                for feed in list(context.feeds):
+                    await feed.flush()
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            await asyncio.to_thread(self._save_checkpoints)
+
+    def _save_checkpoints(self) -> None:
+        for context in self.contexts.values():
+            try:
+                context.checkpoints.save()
+            except OSError as exc:
+                log.error("cannot write checkpoint", extra={"source": context.name, "error": str(exc)})

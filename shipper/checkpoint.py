@@ -1,0 +1,87 @@
+"""Durable checkpoints: written atomically, validated before they are trusted.
+
+A checkpoint file is JSON with a CRC32 of its payload, written to a temporary file, fsynced and
+renamed over the old one (then the directory is fsynced), so kill -9 at any moment leaves either
+the old or the new checkpoint, never a torn or NUL-filled one (loki#6268). A file that fails
+validation is moved aside and reported, and the source starts as if it had none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("shipper.checkpoint")
+
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class CheckpointStore:
+    """One source's checkpoint state: a JSON-able dict, persisted when it changed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state: dict[str, Any] = {}
+        self.dirty = False
+
+    def load(self) -> dict[str, Any]:
+        """Read and validate the stored state; corrupt files are set aside, never trusted."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            doc = orjson.loads(raw)
+            payload = orjson.dumps(doc["state"], option=orjson.OPT_SORT_KEYS)
+            if doc.get("version") != FORMAT_VERSION or doc.get("crc32") != zlib.crc32(payload):
+                raise ValueError("checksum mismatch")
+            if not isinstance(doc["state"], dict):
+                raise ValueError("state is not an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            os.replace(self.path, aside)
+            log.error(
+                "checkpoint file is corrupt; starting without it",
+                extra={"path": str(self.path), "moved_to": str(aside), "error": str(exc)},
+            )
+            return {}
+        self.state = doc["state"]
+        return self.state
+
+    def update(self, key: str, value: Any) -> None:
+        self.state[key] = value
+        self.dirty = True
+
+    def remove(self, key: str) -> None:
+        if self.state.pop(key, None) is not None:
+            self.dirty = True
+
+    def save(self) -> None:
+        """Write the current state if it changed since the last save."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        payload = orjson.dumps(self.state, option=orjson.OPT_SORT_KEYS)
+        doc = {"version": FORMAT_VERSION, "crc32": zlib.crc32(payload), "state": self.state}
+        atomic_write(self.path, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))

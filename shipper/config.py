@@ -1,0 +1,355 @@
+"""Configuration: TOML, `${VAR}` / `${VAR:-default}` / `${file:PATH}` interpolation, validation.
+
+Every error names the dotted key path and, where it can be found, the TOML line, so a user never
+has to read a traceback to fix a typo. Source and sink types register their own models
+(`sources.REGISTRY`, `sinks.REGISTRY`); this module holds what they share.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shipper.errors import ConfigError
+from shipper.units import Duration, Size
+
+DEFAULT_PATHS = ("./config.toml", "/etc/shipper/config.toml")
+
+
+class Strict(BaseModel):
+    """Base for every config table: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- agent-wide tables
+
+
+class AgentConfig(Strict):
+    state_dir: Path = Path("./state")
+    shutdown_timeout: Duration = 30.0
+    host: str = Field(default_factory=socket.gethostname)
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+
+class ApiConfig(Strict):
+    enabled: bool = False
+    address: str = "127.0.0.1:8686"
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+
+class RedactPattern(Strict):
+    name: str
+    regex: str
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+class RedactConfig(Strict):
+    enabled: bool = True
+    emails: bool = False
+    phones: bool = False
+    fields: list[str] = []
+    patterns: list[RedactPattern] = []
+
+
+# ---------------------------------------------------------------- sources
+
+
+class MultilineConfig(Strict):
+    flush_timeout: Duration = 1.0
+    max_bytes: Size = 1024 * 1024
+    max_lines: int = Field(default=1000, ge=1)
+
+
+class SourceConfig(Strict):
+    """Options every source has; a source type subclasses it with its own."""
+
+    type: str
+    service: str | None = None
+    format: Literal["auto", "pino", "nest", "nest-json", "pino-pretty", "text"] = "auto"
+    timezone: str | None = None
+    multiline: MultilineConfig = MultilineConfig()
+    max_line_bytes: Size = 1024 * 1024
+
+
+# ---------------------------------------------------------------- sinks
+
+
+class WhenConfig(Strict):
+    """Route filter; every condition given must hold."""
+
+    level: Literal["trace", "debug", "info", "warn", "error", "fatal"] | None = None
+    equals: dict[str, str | int | float | bool] = {}
+    matches: dict[str, str] = {}
+
+    @field_validator("matches")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for field, regex in value.items():
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression for {field!r}: {exc}") from None
+        return value
+
+
+class BufferConfig(Strict):
+    max_bytes: Size = 64 * 1024 * 1024
+    when_full: Literal["block", "drop_newest"] = "block"
+
+
+class BatchConfig(Strict):
+    max_events: int | None = Field(default=None, ge=1)
+    max_bytes: Size | None = None
+    timeout: Duration | None = None
+
+
+class RetryConfig(Strict):
+    initial_backoff: Duration = 0.5
+    max_backoff: Duration = 30.0
+
+
+class SinkConfig(Strict):
+    """Options every sink has; a sink type subclasses it with its own."""
+
+    type: str
+    inputs: list[str] = Field(min_length=1)
+    when: WhenConfig | None = None
+    buffer: BufferConfig = BufferConfig()
+    batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
+    concurrency: int = Field(default=2, ge=1, le=64)
+
+
+class HttpSinkConfig(SinkConfig):
+    """What every HTTP-based sink shares."""
+
+    compression: Literal["gzip", "none"] = "gzip"
+    compression_level: int = Field(default=1, ge=0, le=3)  # ISA-L levels: 0 fastest .. 3 smallest
+    request_timeout: Duration = 30.0
+    headers: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------- the whole file
+
+
+class Config(Strict):
+    agent: AgentConfig = AgentConfig()
+    api: ApiConfig = ApiConfig()
+    redact: RedactConfig = RedactConfig()
+    sources: dict[str, SourceConfig]
+    sinks: dict[str, SinkConfig]
+    path: Path | None = None
+
+
+def _check_inputs(sources: dict[str, Any], sinks: dict[str, Any]) -> None:
+    for name, sink in sinks.items():
+        for index, source in enumerate(sink.inputs):
+            if source not in sources:
+                known = ", ".join(sorted(sources)) or "none"
+                raise ConfigError(f"sinks.{name}.inputs[{index}]", f"no source named {source!r} (sources: {known})")
+
+
+# ---------------------------------------------------------------- loading
+
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{([^}]*)\}")
+
+
+def interpolate(value: str, key: str, environ: dict[str, str] | os._Environ[str]) -> str:
+    """Expand `${VAR}`, `${VAR:-default}` and `${file:PATH}`; `$$` is a literal `$`."""
+
+    def expand(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        expr = match.group(1)
+        if expr.startswith("file:"):
+            path = Path(expr[5:])
+            try:
+                return path.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(key, f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
+        name, sep, default = expr.partition(":-")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(key, f"invalid interpolation ${{{expr}}}")
+        if name in environ and (environ[name] or not sep):
+            return environ[name]
+        if sep:
+            return default
+        raise ConfigError(key, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+
+    return _INTERPOLATION.sub(expand, value)
+
+
+def _interpolate_tree(node: Any, key: str, environ: dict[str, str] | os._Environ[str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, key, environ)
+    if isinstance(node, dict):
+        return {k: _interpolate_tree(v, f"{key}.{k}" if key else k, environ) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_tree(v, f"{key}[{i}]", environ) for i, v in enumerate(node)]
+    return node
+
+
+def find_line(text: str, key: str) -> int | None:
+    """Best-effort TOML line of a dotted key path (tomllib keeps no positions)."""
+    parts = [p for p in re.split(r"\.|\[\d+\]", key) if p]
+    lines = text.splitlines()
+    best_line, best_depth, table, found_in_table = None, -1, [], False
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", line)
+        if header:
+            table = [p.strip().strip('"') for p in header.group(1).split(".")]
+            found_in_table = False
+            depth = _common_prefix(table, parts)
+            if depth == len(table) and depth > best_depth:
+                best_line, best_depth = number, depth
+            continue
+        assign = re.match(r'^("?[A-Za-z0-9_.\-"]+"?)\s*=', line)
+        if assign and not found_in_table:
+            full = table + [p.strip('"') for p in assign.group(1).split(".")]
+            depth = _common_prefix(full, parts)
+            if depth > best_depth and depth > len(table) - 1 and _common_prefix(table, parts) == len(table):
+                best_line, best_depth = number, depth
+                found_in_table = depth == len(parts)
+    return best_line
+
+
+def _common_prefix(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _error_key(loc: tuple[int | str, ...], prefix: str) -> str:
+    key = prefix
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    return key
+
+
+ModelT = TypeVar("ModelT", bound=Strict)
+
+
+def _validate(model: type[ModelT], data: Any, prefix: str) -> ModelT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        raise ConfigError(_error_key(loc, prefix), message) from None
+
+
+def _typed_tables(kind: str, tables: Any, registry: Mapping[str, type[Strict]]) -> dict[str, Any]:
+    if not isinstance(tables, dict):
+        raise ConfigError(kind, "expected a table")
+    out: dict[str, Any] = {}
+    for name, table in tables.items():
+        key = f"{kind}.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(key, "expected a table")
+        type_name = table.get("type")
+        if type_name is None:
+            raise ConfigError(f"{key}.type", f"required key is missing (one of: {', '.join(sorted(registry))})")
+        model = registry.get(type_name)
+        if model is None:
+            raise ConfigError(
+                f"{key}.type", f"unknown {kind[:-1]} type {type_name!r} (one of: {', '.join(sorted(registry))})"
+            )
+        out[name] = _validate(model, table, key)
+    return out
+
+
+def parse_config(text: str, path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Validate a TOML document into a Config, raising ConfigError with key and line."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"line (\d+)", str(exc))
+        raise ConfigError("(toml)", f"not valid TOML: {exc}", int(line.group(1)) if line else None, str(path)) from None
+    try:
+        return config_from_dict(raw, path, environ)
+    except ConfigError as exc:
+        if exc.line is None:
+            exc.line = find_line(text, exc.key)
+        raise
+
+
+def config_from_dict(raw: dict[str, Any], path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Validate an already-parsed document (TOML, or built in code as `shipper tail` does)."""
+    from sinks import config_models as sink_models
+    from sources import config_models as source_models
+
+    try:
+        raw = _interpolate_tree(dict(raw), "", os.environ if environ is None else environ)
+        sources = _typed_tables("sources", raw.pop("sources", {}), source_models())
+        sinks = _typed_tables("sinks", raw.pop("sinks", {}), sink_models())
+        if not sources:
+            raise ConfigError("sources", "at least one source is required")
+        if not sinks:
+            raise ConfigError("sinks", "at least one sink is required")
+        for key in raw:
+            if key not in ("agent", "api", "redact"):
+                raise ConfigError(key, "unknown key")
+        _check_inputs(sources, sinks)
+        base = {k: raw[k] for k in ("agent", "api", "redact") if k in raw}
+        return _validate(Config, {**base, "sources": sources, "sinks": sinks, "path": path}, "")
+    except ConfigError as exc:
+        exc.path = str(path) if path else None
+        raise
+
+
+def resolve_path(explicit: str | None) -> Path:
+    """--config, else $SHIPPER_CONFIG, else ./config.toml, else /etc/shipper/config.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("SHIPPER_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in DEFAULT_PATHS:
+        if Path(candidate).exists():
+            return Path(candidate)
+    return Path(DEFAULT_PATHS[0])
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    return parse_config(text, path)

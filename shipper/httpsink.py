@@ -1,0 +1,138 @@
+"""What every HTTP sink shares: a pooled aiohttp session, gzip in a worker thread, response classes.
+
+A subclass gives its URL and auth headers, an `encode`, and overrides `classify` only where its
+service differs from the defaults: 2xx delivered, 413 split, 408/429/5xx retry (honouring
+Retry-After and X-RateLimit-Reset), 401/403 unhealthy (keep data), any other 4xx rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+import orjson
+from isal import igzip
+
+from shipper.config import HttpSinkConfig
+from shipper.event import Event
+from shipper.sink import Outcome, Request, Sink
+
+# Compression releases the GIL: a small pool lets the second core compress while the loop parses.
+_compressors = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipper-gzip")
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_ERROR_BODY = 4096
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (seconds)."""
+    value = headers.get("Retry-After")
+    if value:
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - (time.time() if now is None else now))
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            return max(0.0, float(reset))
+        except ValueError:
+            return None
+    return None
+
+
+def encode_json_array(
+    events: list[Event], to_doc: Callable[[Event], Any], max_bytes: int, meta: dict[str, Any] | None = None
+) -> list[Request]:
+    """JSON-array bodies of at most `max_bytes`, splitting the batch in halves where one is too big.
+
+    One orjson call per body is far cheaper than per-event dumps; batches are cut below the limit,
+    so the split path is rare. A single event larger than the limit goes alone (the sink decides
+    whether to truncate it first).
+    """
+    body = orjson.dumps([to_doc(event) for event in events])
+    if len(body) <= max_bytes or len(events) == 1:
+        return [Request(body, events, dict(meta or {}))]
+    middle = len(events) // 2
+    return encode_json_array(events[:middle], to_doc, max_bytes, meta) + encode_json_array(
+        events[middle:], to_doc, max_bytes, meta
+    )
+
+
+class HttpSink(Sink):
+    config: HttpSinkConfig
+    content_type = "application/json"
+
+    def __init__(self, name: str, config: HttpSinkConfig) -> None:
+        super().__init__(name, config)
+        self._session: aiohttp.ClientSession | None = None
+
+    def url(self, request: Request) -> str:
+        raise NotImplementedError
+
+    def auth_headers(self) -> dict[str, str]:
+        """Credentials for every request; never logged."""
+        return {}
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
+            connector=aiohttp.TCPConnector(limit=self.config.concurrency * 2),
+            auto_decompress=False,
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def wire_body(self, request: Request) -> bytes:
+        """The request body as sent: gzip-compressed in a worker thread, once across retries."""
+        if request.wire is None:
+            if self.config.compression == "gzip":
+                loop = asyncio.get_running_loop()
+                level = self.config.compression_level
+                request.wire = await loop.run_in_executor(_compressors, igzip.compress, request.body, level)
+            else:
+                request.wire = request.body
+        return request.wire
+
+    def request_headers(self, request: Request) -> dict[str, str]:
+        headers = {"Content-Type": self.content_type, **self.config.headers, **self.auth_headers()}
+        if self.config.compression == "gzip":
+            headers["Content-Encoding"] = "gzip"
+        return headers
+
+    async def send(self, request: Request) -> Outcome:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        body = await self.wire_body(request)
+        try:
+            async with self._session.post(self.url(request), data=body, headers=self.request_headers(request)) as resp:
+                text = await resp.content.read(MAX_ERROR_BODY)
+                return self.classify(resp.status, resp.headers, text, request)
+        except aiohttp.ClientError as exc:
+            return Outcome("retry", reason="connection", detail=type(exc).__name__)
+        except TimeoutError:
+            return Outcome("retry", reason="timeout", detail=f"no answer within {self.config.request_timeout}s")
+
+    def classify(self, status: int, headers: Mapping[str, str], body: bytes, request: Request) -> Outcome:
+        if 200 <= status < 300:
+            return Outcome("delivered")
+        detail = body[:512].decode("utf-8", "replace")
+        if status == 413:
+            return Outcome("split", reason="payload_too_large", detail=detail)
+        if status in RETRYABLE_STATUS:
+            return Outcome("retry", reason=f"http_{status}", retry_after=retry_after(headers), detail=detail)
+        if status in (401, 403):
+            return Outcome("unhealthy", reason=f"http_{status}", detail=detail, retry_after=None)
+        return Outcome("reject", reason=f"http_{status}", detail=detail)

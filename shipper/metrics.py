@@ -1,0 +1,58 @@
+"""Prometheus metrics, defined once so every component counts the same way.
+
+Label values are bounded (source and sink names from the config, reasons from code); no event
+content ever becomes a label. Callers look up labelled children per batch, never per record.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+registry = CollectorRegistry(auto_describe=True)
+
+events_received = Counter(
+    "shipper_events_received", "Events produced by a source after parsing.", ["source"], registry=registry
+)
+bytes_received = Counter("shipper_bytes_received", "Raw bytes read by a source.", ["source"], registry=registry)
+source_dropped = Counter(
+    "shipper_source_events_dropped",
+    "Events a source dropped before routing, by reason.",
+    ["source", "reason"],
+    registry=registry,
+)
+events_sent = Counter("shipper_events_sent", "Events a sink's destination accepted.", ["sink"], registry=registry)
+bytes_sent = Counter(
+    "shipper_bytes_sent", "Request body bytes (as sent on the wire) accepted.", ["sink"], registry=registry
+)
+events_dropped = Counter(
+    "shipper_events_dropped", "Events a sink gave up on, by reason.", ["sink", "reason"], registry=registry
+)
+events_truncated = Counter(
+    "shipper_events_truncated", "Events shortened to fit a destination's limit.", ["sink"], registry=registry
+)
+retries = Counter("shipper_retries", "Request retries, by reason.", ["sink", "reason"], registry=registry)
+buffer_bytes = Gauge("shipper_buffer_bytes", "Bytes waiting in a sink's channel.", ["sink"], registry=registry)
+buffer_events = Gauge("shipper_buffer_events", "Events waiting in a sink's channel.", ["sink"], registry=registry)
+buffer_capacity = Gauge("shipper_buffer_capacity_bytes", "Configured channel bound.", ["sink"], registry=registry)
+inflight_requests = Gauge("shipper_inflight_requests", "Requests being sent.", ["sink"], registry=registry)
+send_duration = Histogram(
+    "shipper_send_duration_seconds",
+    "Latency of one request to a destination.",
+    ["sink"],
+    registry=registry,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+sink_healthy = Gauge("shipper_sink_healthy", "1 when the sink's last request succeeded.", ["sink"], registry=registry)
+checkpoint_lag = Gauge(
+    "shipper_checkpoint_lag_chunks",
+    "Chunks read but not yet acknowledged by every sink.",
+    ["source"],
+    registry=registry,
+)
+redactions = Counter("shipper_redactions", "Values replaced by [REDACTED], by rule.", ["rule"], registry=registry)
+parse_fallbacks = Counter(
+    "shipper_parse_fallbacks",
+    "Lines kept as text because they did not parse as expected.",
+    ["source", "reason"],
+    registry=registry,
+)

@@ -1,0 +1,57 @@
+"""Human-readable rendering of events for terminals (`console` sink, `shipper tail`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from shipper.event import Event
+
+_LEVEL_COLORS = {
+    "trace": "\x1b[2m",
+    "debug": "\x1b[36m",
+    "info": "\x1b[32m",
+    "warn": "\x1b[33m",
+    "error": "\x1b[31m",
+    "fatal": "\x1b[1;41m",
+}
+_RESET = "\x1b[0m"
+_DIM = "\x1b[2m"
+_SHOWN = {"timestamp", "level", "message", "service", "source", "host", "stream"}
+_HIDDEN_WHEN_PRETTY = {"time", "msg", "pid", "hostname", "level_num"}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else orjson.dumps(value).decode()
+    return orjson.dumps(value, default=str).decode()
+
+
+def render(event: Event, color: bool) -> str:
+    """One event as `HH:MM:SS.mmm LEVEL service message key=value ...` (plus an error stack below)."""
+    fields = event.fields
+    timestamp = str(fields.get("timestamp", ""))
+    clock = timestamp[11:23] if len(timestamp) >= 23 else timestamp
+    level = str(fields.get("level", "info"))
+    message = str(fields.get("message", ""))
+    extras = " ".join(
+        f"{key}={_value(value)}"
+        for key, value in fields.items()
+        if key not in _SHOWN and key not in _HIDDEN_WHEN_PRETTY and key != "err"
+    )
+    err = fields.get("err")
+    stack = err.get("stack") if isinstance(err, dict) else None
+    service = str(fields.get("service", ""))
+    if color:
+        paint = _LEVEL_COLORS.get(level, "")
+        line = f"{_DIM}{clock}{_RESET} {paint}{level.upper():5}{_RESET} {_DIM}{service}{_RESET} {message}"
+        if extras:
+            line += f" {_DIM}{extras}{_RESET}"
+    else:
+        line = f"{clock} {level.upper():5} {service} {message}"
+        if extras:
+            line += f" {extras}"
+    if isinstance(stack, str) and stack:
+        line += "\n" + "\n".join("    " + row for row in stack.splitlines())
+    return line

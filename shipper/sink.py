@@ -1,0 +1,102 @@
+"""What a sink module implements, and the outcome vocabulary the driver acts on.
+
+A sink module stays small (DESIGN.md): its config model, a pure `encode(events) -> requests` that
+respects the destination's limits, an async `send(request) -> Outcome`, and an optional `check()`
+for `shipper check`. Batching, retries, splitting, concurrency, acknowledgements and metrics live
+once, in `shipper.driver`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from shipper.config import SinkConfig
+from shipper.event import Event
+
+OutcomeKind = Literal["delivered", "retry", "split", "reject", "unhealthy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request ended.
+
+    - delivered: accepted; `dropped` counts events the destination rejected individually, by reason
+      (Loki's partial 400, CloudWatch's rejectedLogEventsInfo); those are not retried.
+    - retry: transient; try the same request again after backoff, or after `retry_after` seconds.
+    - split: too large; re-encode each half of the request's events and send those.
+    - reject: permanent for this data; drop every event with `reason`.
+    - unhealthy: the destination refuses us (bad credentials); keep the data, mark the sink
+      unhealthy, retry slowly, so fixing the key loses nothing.
+    """
+
+    kind: OutcomeKind
+    reason: str = ""
+    retry_after: float | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    detail: str = ""
+
+
+DELIVERED = Outcome("delivered")
+
+
+@dataclass(slots=True)
+class Request:
+    """One unit of sending: the encoded body plus the events it carries (for splitting and acks)."""
+
+    body: bytes
+    events: list[Event]
+    meta: dict[str, Any] = field(default_factory=dict)
+    wire: bytes | None = None  # the body as sent (compressed), cached across retries
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """A destination's hard per-request limits, and the batch size we aim for beneath them.
+
+    `goal_bytes` leaves headroom for encoding growth (JSON escaping, envelopes); `encode` is still
+    responsible for never exceeding `max_bytes`.
+    """
+
+    max_events: int
+    max_bytes: int
+    goal_bytes: int | None = None
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    ok: bool
+    detail: str
+
+
+class Sink(ABC):
+    """A destination. Subclasses set `limits` and implement `encode` and `send`."""
+
+    limits: ClassVar[BatchLimits] = BatchLimits(max_events=1000, max_bytes=1024 * 1024)
+
+    def __init__(self, name: str, config: SinkConfig) -> None:
+        self.name = name
+        self.config = config
+
+    async def start(self) -> None:
+        """Open connections or files; called once before the first send."""
+
+    async def stop(self) -> None:
+        """Release resources; called once after the last send."""
+
+    @abstractmethod
+    def encode(self, events: list[Event]) -> list[Request]:
+        """Turn a batch into one or more requests, each within the destination's limits.
+
+        Events are shared with every other sink they were routed to: read them, never mutate them.
+        """
+
+    @abstractmethod
+    async def send(self, request: Request) -> Outcome:
+        """Send one request and classify the response. Connection errors may raise OSError."""
+
+    async def check(self) -> CheckResult:
+        """Verify credentials and reachability without shipping logs (`shipper check`)."""
+        return CheckResult(True, "nothing to check")

@@ -1,0 +1,148 @@
+"""The source side of the pipeline: the interface a source implements, and the line feed it uses.
+
+A source turns the outside world into chunks of lines plus a position (a file offset, a cursor).
+`LineFeed` does the generic rest once: splitting chunks into lines (bounded line length), parsing
+and normalizing, routing to sinks, and opening one ack per chunk whose position accounts for bytes
+still held (a partial last line, an unfinished multi-line event), so a checkpoint never covers
+data that has not been delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from shipper import metrics
+from shipper.acks import AckTracker
+from shipper.checkpoint import CheckpointStore
+from shipper.config import RedactConfig, SourceConfig
+from shipper.event import Event
+from shipper.parsing import Processor, build_processor
+from shipper.router import Router
+
+
+class SourceContext:
+    """What the agent gives a source: its feeds, its checkpoint store, and the stop signal."""
+
+    def __init__(
+        self,
+        name: str,
+        config: SourceConfig,
+        *,
+        router: Router,
+        host: str,
+        redact: RedactConfig,
+        state_dir: Path,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.router = router
+        self.host = host
+        self.redact = redact
+        self.stopping = stopping
+        self.checkpoints = CheckpointStore(state_dir / "checkpoints" / f"{name}.json")
+        self.feeds: list[LineFeed] = []
+        self.command: list[str] | None = None  # `shipper run -- CMD ARGS` for a process source
+        self.exit_code: int | None = None  # set by a source whose end should end the agent (wrapped API)
+
+    def open_feed(self, on_commit: Callable[[Any], None] | None = None, committed: Any = None) -> LineFeed:
+        feed = LineFeed(self, AckTracker(on_commit, committed))
+        self.feeds.append(feed)
+        return feed
+
+    def close_feed(self, feed: LineFeed) -> None:
+        self.feeds.remove(feed)
+
+
+class LineFeed:
+    """Chunks of bytes in, routed events out, with acks ordered by position."""
+
+    def __init__(self, context: SourceContext, tracker: AckTracker) -> None:
+        self.context = context
+        self.tracker = tracker
+        self.processor: Processor = build_processor(
+            context.name, context.config, host=context.host, redact=context.redact
+        )
+        self.max_line = context.config.max_line_bytes
+        self.position: int | None = None
+        self._partial: dict[str | None, bytes] = {}
+        self._lock = asyncio.Lock()
+        self._received = metrics.events_received.labels(context.name)
+        self._bytes = metrics.bytes_received.labels(context.name)
+        self._long_lines = metrics.parse_fallbacks.labels(context.name, "line_too_long")
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(p) for p in self._partial.values()) + self.processor.held_bytes
+
+    async def push(self, data: bytes, stream: str | None = None, end_offset: int | None = None) -> None:
+        """Feed raw bytes read from `stream`; `end_offset` is the source position after them."""
+        self._bytes.inc(len(data))
+        partial = self._partial.pop(stream, b"")
+        if partial:
+            data = partial + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if len(data) > self.max_line:
+            lines = self._bounded(lines)
+            while len(rest) > self.max_line:
+                lines.append(rest[: self.max_line])
+                rest = rest[self.max_line :]
+                self._long_lines.inc()
+        if rest:
+            self._partial[stream] = rest
+        async with self._lock:
+            if end_offset is not None:
+                self.position = end_offset
+            events = self.processor.feed(lines, stream, time.time()) if lines else []
+            await self._route(events)
+
+    async def flush(self, force: bool = False) -> None:
+        """Emit multi-line events idle past their timeout; with `force`, everything held."""
+        async with self._lock:
+            if force and self._partial:
+                now = time.time()
+                for stream, rest in list(self._partial.items()):
+                    del self._partial[stream]
+                    await self._route(self.processor.feed([rest], stream, now))
+            events = self.processor.flush(time.time(), force)
+            if events:
+                await self._route(events)
+
+    def _bounded(self, lines: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for line in lines:
+            while len(line) > self.max_line:
+                out.append(line[: self.max_line])
+                line = line[self.max_line :]
+                self._long_lines.inc()
+            out.append(line)
+        return out
+
+    async def _route(self, events: list[Event]) -> None:
+        position = None if self.position is None else self.position - self.held_bytes
+        ack = self.tracker.open(position)
+        if events:
+            self._received.inc(len(events))
+            await self.context.router.route(self.context.name, events, ack)
+        ack.done()
+
+
+class Source(ABC):
+    """A source reads until its input ends or `context.stopping` is set."""
+
+    replayable: ClassVar[bool] = False
+
+    def __init__(self, name: str, config: SourceConfig, context: SourceContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Read and push until EOF or stop; return normally in both cases."""

@@ -1,0 +1,44 @@
+"""Print events to shipper's stdout: colourised text on a terminal, NDJSON when piped."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+import orjson
+
+from shipper.config import SinkConfig
+from shipper.event import Event
+from shipper.pretty import render
+from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
+
+
+class ConsoleConfig(SinkConfig):
+    type: Literal["console"]
+    format: Literal["auto", "pretty", "json"] = "auto"
+
+
+class ConsoleSink(Sink):
+    config: ConsoleConfig
+    limits = BatchLimits(max_events=10_000, max_bytes=4 * 1024 * 1024, timeout=0.2)
+
+    def __init__(self, name: str, config: ConsoleConfig) -> None:
+        super().__init__(name, config)
+        tty = sys.stdout.isatty()
+        self.pretty = config.format == "pretty" or (config.format == "auto" and tty)
+        self.color = self.pretty and tty
+
+    def encode(self, events: list[Event]) -> list[Request]:
+        if self.pretty:
+            body = "".join(render(event, self.color) + "\n" for event in events).encode("utf-8", "replace")
+        else:
+            body = b"".join(orjson.dumps(event.fields, option=orjson.OPT_APPEND_NEWLINE) for event in events)
+        return [Request(body, events)]
+
+    async def send(self, request: Request) -> Outcome:
+        sys.stdout.buffer.write(request.body)
+        sys.stdout.buffer.flush()
+        return DELIVERED
+
+
+REGISTRATION = (ConsoleConfig, ConsoleSink)
