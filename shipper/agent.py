@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable
 
+from shipper import systemd
 from shipper.api import ApiServer
 from shipper.channel import Channel
 from shipper.config import Config
@@ -75,16 +76,25 @@ class Agent:
             self._deadline_started.set()
         self.stopping.set()
 
+    def _reload_requested(self) -> None:
+        log.warning("SIGHUP: live config reload is not implemented yet; restart shipper to apply changes")
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
         if self.api is not None:
             await self.api.start()
         driver_tasks = {name: asyncio.create_task(d.run(), name=f"sink:{name}") for name, d in self.drivers.items()}
         source_tasks = {name: asyncio.create_task(s.run(), name=f"source:{name}") for name, s in self.sources.items()}
-        housekeeping = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._checkpoint_loop())]
+        housekeeping = [
+            asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self._checkpoint_loop()),
+            asyncio.create_task(systemd.watchdog()),
+        ]
         log.info("started", extra={"sources": sorted(self.sources), "sinks": sorted(self.drivers)})
+        systemd.notify("READY=1")
 
         stop_wait = asyncio.create_task(self.stopping.wait())
         while not self.stopping.is_set() and not all(t.done() for t in source_tasks.values()):
@@ -92,6 +102,7 @@ class Agent:
             if any(c.exit_code is not None for c in self.contexts.values()):
                 break  # the wrapped API exited: drain within the deadline and exit with its code
         by_signal = self.stopping.is_set() or any(c.exit_code is not None for c in self.contexts.values())
+        systemd.notify("STOPPING=1")
         self.stopping.set()
         stop_wait.cancel()
         deadline = self.config.agent.shutdown_timeout

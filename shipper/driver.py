@@ -13,7 +13,14 @@ import logging
 import time
 from collections.abc import Sequence
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential,
+    wait_random,
+)
 
 from shipper import metrics
 from shipper.acks import Ack
@@ -67,7 +74,9 @@ class SinkDriver:
         self._health.set(1)
         self._problems = RateLimitedLog(log, interval=60.0)
         retry = sink.config.retry
-        self._backoff = wait_exponential_jitter(initial=retry.initial_backoff, max=retry.max_backoff)
+        self._backoff = wait_exponential(multiplier=retry.initial_backoff, max=retry.max_backoff) + wait_random(
+            0, retry.initial_backoff
+        )
 
     async def run(self) -> None:
         """Consume the channel until it is closed and drained, then wait for in-flight requests."""

@@ -10,12 +10,9 @@ from typing import Any
 from shipper.acks import Ack
 from shipper.channel import Channel, Part
 from shipper.config import WhenConfig
-from shipper.event import LEVEL_RANK, Event
+from shipper.event import LEVEL_RANK, Event, memory_size
 
 Predicate = Callable[[Event], bool]
-
-EVENT_OVERHEAD = 64
-
 
 def field_value(fields: dict[str, Any], path: str) -> Any:
     """The value at a dotted path (`res.statusCode`), or None where any step is missing."""
@@ -58,10 +55,6 @@ class Route:
     predicate: Predicate | None
 
 
-def parts_size(events: list[Event]) -> int:
-    return sum(len(e.raw) for e in events) + EVENT_OVERHEAD * len(events)
-
-
 class Router:
     def __init__(self) -> None:
         self.routes: dict[str, list[Route]] = {}
@@ -76,12 +69,12 @@ class Router:
             if route.predicate is None:
                 selected = events
                 if total is None:
-                    total = parts_size(events)
+                    total = memory_size(events)
                 nbytes = total
             else:
                 selected = [e for e in events if route.predicate(e)]
                 if not selected:
                     continue
-                nbytes = parts_size(selected)
+                nbytes = memory_size(selected)
             ack.add(len(selected))
             await route.channel.put(Part(selected, ack, nbytes))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-import orjson
-
 from shipper.config import SinkConfig
+from shipper.encoding import ndjson
 from shipper.event import Event
 from shipper.pretty import render
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
@@ -32,7 +31,7 @@ class ConsoleSink(Sink):
         if self.pretty:
             body = "".join(render(event, self.color) + "\n" for event in events).encode("utf-8", "replace")
         else:
-            body = b"".join(orjson.dumps(event.fields, option=orjson.OPT_APPEND_NEWLINE) for event in events)
+            body = ndjson(events)
         return [Request(body, events)]
 
     async def send(self, request: Request) -> Outcome:

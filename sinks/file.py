@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import IO, Literal
 
-import orjson
 from pydantic import Field
 
 from shipper.config import SinkConfig
+from shipper.encoding import ndjson
 from shipper.event import Event
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request, Sink
 from shipper.units import Size
@@ -39,8 +39,7 @@ class FileSink(Sink):
         self._lock = asyncio.Lock()
 
     def encode(self, events: list[Event]) -> list[Request]:
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        return [Request(b"".join([dumps(event.fields, option=newline) for event in events]), events)]
+        return [Request(ndjson(events), events)]
 
     async def start(self) -> None:
         await asyncio.to_thread(self._open)

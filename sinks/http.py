@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-import orjson
-
 from shipper.config import HttpSinkConfig
+from shipper.encoding import ndjson
 from shipper.event import Event
 from shipper.httpsink import HttpSink, encode_json_array
 from shipper.sink import BatchLimits, Request
@@ -38,8 +37,7 @@ class GenericHttpSink(HttpSink):
     def encode(self, events: list[Event]) -> list[Request]:
         if self.config.encoding == "json":
             return encode_json_array(events, _fields, self.config.max_request_bytes)
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        return [Request(b"".join([dumps(event.fields, option=newline) for event in events]), events)]
+        return [Request(ndjson(events), events)]
 
 
 REGISTRATION = (HttpConfig, GenericHttpSink)

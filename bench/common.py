@@ -1,0 +1,104 @@
+"""Shared bench helpers: realistic seeded pino lines, running shipper, measuring CPU and peak RSS."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+
+_URLS = ("/health", "/users/1", "/users/2", "/orders", "/orders/ord_17/items", "/auth/session")
+_STACK = "Error: database connection lost\n" + "\n".join(
+    f"    at handler{i} (/srv/app/node_modules/fastify/lib/handle-request.js:{100 + i}:{5 + i})" for i in range(10)
+)
+
+
+def pino_line(rng: random.Random, i: int, base_ms: int = 1795394836366) -> bytes:
+    """One Fastify/pino line shaped like the corpus: access lines, warnings with bindings, errors with stacks."""
+    req_id = f"req-{i:x}"
+    head = {"level": 30, "time": base_ms + i, "pid": 30302, "hostname": "vm", "reqId": req_id}
+    kind = rng.random()
+    if kind < 0.45:
+        doc = {**head, "req": {"method": "GET", "url": rng.choice(_URLS), "host": "127.0.0.1:3101",
+                               "remoteAddress": "127.0.0.1", "remotePort": rng.randint(30000, 60000)},
+               "msg": "incoming request"}
+    elif kind < 0.9:
+        doc = {**head, "res": {"statusCode": rng.choice((200, 200, 200, 201, 404, 500))},
+               "responseTime": rng.random() * 20, "msg": "request completed"}
+    elif kind < 0.97:
+        doc = {**head, "level": 40, "component": "billing", "tenant": "acme-corp", "orderId": f"ord_{i}",
+               "amountCents": rng.randint(100, 99999), "attempt": rng.randint(1, 5),
+               "msg": "payment provider slow, retry scheduled"}
+    else:
+        doc = {**head, "level": 50, "res": {"statusCode": 500},
+               "err": {"type": "Error", "message": "database connection lost", "stack": _STACK},
+               "msg": "database connection lost"}
+    return orjson.dumps(doc)
+
+
+def write_pino_file(path: Path, count: int, seed: int = 42) -> int:
+    """Write `count` lines; returns the file size in bytes."""
+    rng = random.Random(seed)
+    with open(path, "wb") as handle:
+        for start in range(0, count, 10_000):
+            handle.write(b"".join(pino_line(rng, i) + b"\n" for i in range(start, min(count, start + 10_000))))
+    return path.stat().st_size
+
+
+@dataclass
+class RunResult:
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mib: float
+    returncode: int
+    stderr: bytes
+
+
+def run_shipper(args: list[str], stdin_path: Path | None = None, env: dict[str, str] | None = None) -> RunResult:
+    """Run `python -m shipper ARGS` to completion; CPU from rusage, peak RSS from /proc VmHWM."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shipper", *args], stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO, env={**os.environ, **(env or {})},
+    )
+    peak = [0]
+
+    def sample() -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = proc.communicate()
+    seconds = time.perf_counter() - started
+    if stdin_path:
+        stdin.close()  # type: ignore[union-attr]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    peak_kib = max(peak[0], after.ru_maxrss if after.ru_maxrss != before.ru_maxrss else 0)
+    return RunResult(seconds, cpu, peak_kib / 1024, proc.returncode, stderr)
+
+
+def report(name: str, records: int, nbytes: int, result: RunResult) -> None:
+    print(
+        f"{name:<34} {records / result.seconds:>12,.0f} records/s  {nbytes / result.seconds / 2**20:>7.1f} MiB/s  "
+        f"wall {result.seconds:6.2f} s  cpu {result.cpu_seconds:6.2f} s  peak RSS {result.peak_rss_mib:6.1f} MiB"
+    )

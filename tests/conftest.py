@@ -1,0 +1,83 @@
+"""Shared test helpers: locating the corpus, running the real `shipper` process, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Shipper:
+    """A real `python -m shipper` process, with its stderr collected and its peak RSS sampled."""
+
+    def __init__(self, args: list[str], stdin: int | None = subprocess.PIPE, env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shipper", *args],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+        self.peak_rss_kib = 0
+        self.stdout = b""
+        self.stderr = b""
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        status = Path(f"/proc/{self.proc.pid}/status")
+        while self.proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    def feed(self, data: bytes, close: bool = True) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+        if close:
+            self.proc.stdin.close()
+            self.proc.stdin = None
+
+    def wait(self, timeout: float = 60, data: bytes | None = None) -> int:
+        """Wait for exit (writing `data` to stdin and closing it first, if given), collecting output."""
+        try:
+            self.stdout, self.stderr = self.proc.communicate(input=data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.stdout, self.stderr = self.proc.communicate()
+            raise AssertionError(f"shipper did not exit within {timeout}s; stderr:\n{self.stderr.decode()[-3000:]}")
+        return self.proc.returncode
+
+
+def run_shipper(args: list[str], data: bytes = b"", timeout: float = 60, env: dict[str, str] | None = None) -> Shipper:
+    shipper = Shipper(args, env=env)
+    shipper.wait(timeout, data)
+    return shipper
+
+
+@pytest.fixture
+def collector() -> Iterator[object]:
+    from tests.fakes.collector import Collector
+
+    server = Collector().start()
+    yield server
+    server.stop()

@@ -1,0 +1,152 @@
+"""Config validation: every error names the key path and the TOML line; interpolation works."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shipper.config import parse_config
+from shipper.errors import ConfigError
+
+BASE = """\
+[agent]
+state_dir = "{state}"
+
+[sources.api]
+type = "stdin"
+
+[sinks.out]
+type = "file"
+inputs = ["api"]
+path = "{state}/out.ndjson"
+"""
+
+
+def config_text(tmp_path: Path, extra: str = "", base: str = BASE) -> str:
+    return base.format(state=tmp_path) + extra
+
+
+def error_of(text: str, environ: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, Path("config.toml"), environ or {})
+    return info.value
+
+
+def test_valid_config_has_defaults(tmp_path: Path) -> None:
+    config = parse_config(config_text(tmp_path), None, {})
+    sink = config.sinks["out"]
+    assert sink.buffer.when_full == "block"
+    assert config.agent.shutdown_timeout == 30.0
+    assert config.sources["api"].format == "auto"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "line", "words"),
+    [
+        ("colour = \"red\"\n", "sinks.out.colour", 11, "unknown key"),
+        ("batch = { max_events = \"lots\" }\n", "sinks.out.batch.max_events", 11, "integer"),
+        ("buffer = { max_bytes = \"12 parsecs\" }\n", "sinks.out.buffer.max_bytes", 11, "size"),
+        ("retry = { initial_backoff = \"soon\" }\n", "sinks.out.retry.initial_backoff", 11, "duration"),
+        ("when = { level = \"loud\" }\n", "sinks.out.when.level", 11, "trace"),
+        ("when = { matches = { message = \"(unclosed\" } }\n", "sinks.out.when.matches", 11, "regular expression"),
+    ],
+)
+def test_sink_errors_name_key_and_line(tmp_path: Path, extra: str, key: str, line: int, words: str) -> None:
+    error = error_of(config_text(tmp_path, extra))
+    assert error.key == key
+    assert error.line == line
+    assert words in error.message
+    assert f"config.toml:{line}: {key}:" in str(error)
+
+
+def test_missing_source_named_by_input(tmp_path: Path) -> None:
+    text = config_text(tmp_path).replace('inputs = ["api"]', 'inputs = ["api", "nope"]')
+    error = error_of(text)
+    assert error.key == "sinks.out.inputs[1]"
+    assert "nope" in error.message and error.line == 9
+
+
+def test_unknown_types_and_missing_keys(tmp_path: Path) -> None:
+    error = error_of(config_text(tmp_path).replace('type = "file"', 'type = "carrier-pigeon"'))
+    assert error.key == "sinks.out.type" and "carrier-pigeon" in error.message and error.line == 8
+    error = error_of(config_text(tmp_path).replace('path = "{}/out.ndjson"\n'.format(tmp_path), ""))
+    assert error.key == "sinks.out.path" and error.message == "required key is missing"
+    error = error_of(config_text(tmp_path) + "\n[surprise]\nx = 1\n")
+    assert error.key == "surprise" and error.line == 12
+
+
+def test_agent_errors(tmp_path: Path) -> None:
+    error = error_of(config_text(tmp_path).replace('state_dir = "', 'shutdown_timeout = "forever"\nstate_dir = "'))
+    assert error.key == "agent.shutdown_timeout" and error.line == 2
+
+
+def test_toml_syntax_error_has_line(tmp_path: Path) -> None:
+    error = error_of(config_text(tmp_path) + "broken = = 1\n")
+    assert error.line == 11 and "not valid TOML" in error.message
+
+
+def test_interpolation(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t\n")
+    text = config_text(tmp_path).replace(
+        'path = "', f'max_size = "${{SIZE:-2MiB}}"\nmax_files = "${{FILES}}"\nfsync = false\npath = "${{file:{secret}}}$$'
+    )
+    config = parse_config(text, None, {"FILES": "7"})
+    sink = config.sinks["out"]
+    assert sink.max_size == 2 * 1024 * 1024  # type: ignore[attr-defined]
+    assert sink.max_files == 7  # type: ignore[attr-defined]
+    assert str(sink.path).startswith("s3cr3t$")  # type: ignore[attr-defined]
+
+
+def test_interpolation_errors_name_the_key(tmp_path: Path) -> None:
+    text = config_text(tmp_path).replace('path = "', 'path = "${NOT_SET}')
+    error = error_of(text)
+    assert error.key == "sinks.out.path" and "NOT_SET" in error.message and error.line == 10
+    text = config_text(tmp_path).replace('path = "', 'path = "${file:/nonexistent/secret}')
+    error = error_of(text)
+    assert error.key == "sinks.out.path" and "cannot read secret file" in error.message
+
+
+def test_batch_above_destination_limit_is_rejected_by_validate(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(tmp_path, "batch = { max_events = 100000 }\n"))
+    result = subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "sinks.out.batch.max_events" in result.stderr and "at most 10000" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(tmp_path, "colour = 1\n"))
+    result = subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"shipper: invalid configuration: {path}:11: sinks.out.colour: unknown key"
+
+
+def test_unwritable_state_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("")
+    path = tmp_path / "config.toml"
+    path.write_text(BASE.format(state=blocker / "state"))
+    result = subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "agent.state_dir" in result.stderr
+
+
+def test_bundled_config_is_valid() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "--config", str(repo / "config.toml")],
+        capture_output=True, text=True, cwd=repo,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 sink(s)" in result.stdout

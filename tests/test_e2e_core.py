@@ -1,0 +1,170 @@
+"""End to end through the real `shipper` process: stdin in, local and HTTP sinks out."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from shipper.event import LEVELS
+from tests.conftest import CORPUS, REPO, Shipper, free_port, run_shipper
+from tests.fakes.collector import Collector
+
+
+def pino_lines(count: int, seed: int = 7) -> bytes:
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        level = rng.choice((30, 30, 30, 40, 50))
+        out.append(
+            orjson.dumps(
+                {"level": level, "time": 1795394836366 + i, "pid": 1, "hostname": "vm", "reqId": f"req-{i:x}",
+                 "msg": f"line {i}", "pad": "x" * rng.randint(10, 200)}
+            )
+        )
+    return b"\n".join(out) + b"\n"
+
+
+def write_config(tmp_path: Path, sinks: str, agent: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\n{agent}\n'
+        f'[sources.api]\ntype = "stdin"\nservice = "checkout"\n\n{sinks}'
+    )
+    return path
+
+
+def file_sink(path: Path) -> str:
+    return f'[sinks.out]\ntype = "file"\ninputs = ["api"]\npath = "{path}"\n'
+
+
+def read_ndjson(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_stdin_to_file_delivers_every_line_normalized(tmp_path: Path) -> None:
+    out = tmp_path / "out.ndjson"
+    corpus = (CORPUS / "fastify-pino.ndjson").read_bytes()
+    shipper = run_shipper(["run", "--config", str(write_config(tmp_path, file_sink(out)))], corpus)
+    assert shipper.proc.returncode == 0, shipper.stderr.decode()
+    events = read_ndjson(out)
+    assert len(events) == corpus.count(b"\n") == 2859
+    for event in events:
+        assert event["source"] == "api" and event["service"] == "checkout"
+        assert event["level"] in LEVELS
+        assert isinstance(event["message"], str)
+        assert isinstance(event["timestamp"], str) and str(event["timestamp"]).endswith("Z")
+        assert event["host"]
+    assert [e["message"] for e in events[:2]] == ["Server listening at http://127.0.0.1:3101", "incoming request"]
+
+
+def test_http_sink_down_then_recovering_loses_nothing_and_stays_bounded(tmp_path: Path) -> None:
+    port = free_port()
+    sinks = (
+        f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "http://127.0.0.1:{port}/logs"\n'
+        'buffer = { max_bytes = "2MiB" }\nretry = { initial_backoff = "50ms", max_backoff = "300ms" }\n'
+    )
+    lines = 200_000
+    shipper = Shipper(["run", "--config", str(write_config(tmp_path, sinks))])
+    feeder = subprocess.Popen(  # write from another process: the pipe blocks while shipper applies backpressure
+        [sys.executable, "-c", "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"],
+        stdin=subprocess.PIPE, stdout=shipper.proc.stdin,
+    )
+    assert shipper.proc.stdin is not None
+    shipper.proc.stdin.close()
+    shipper.proc.stdin = None
+    assert feeder.stdin is not None
+    data = pino_lines(lines)
+    try:
+        feeder.stdin.write(data)
+        feeder.stdin.close()
+    except BrokenPipeError:
+        pass
+    time.sleep(2.0)  # the collector is down all this time: shipper retries and applies backpressure
+    assert shipper.proc.poll() is None
+    collector = Collector(port=port).start()
+    try:
+        assert shipper.wait(120) == 0, shipper.stderr.decode()[-2000:]
+        feeder.wait(10)
+        messages = [e["message"] for e in collector.events]
+        assert len(set(messages)) == lines  # every line arrived
+        assert len(messages) - lines < lines * 0.01  # at-least-once: duplicates, if any, are rare
+        assert set(collector.encodings) == {"gzip"}
+        assert shipper.peak_rss_kib < 200 * 1024, f"peak RSS {shipper.peak_rss_kib} KiB for {len(data)} bytes"
+        assert b"retrying" in shipper.stderr
+    finally:
+        collector.stop()
+
+
+def test_malformed_input_never_crashes_and_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out.ndjson"
+    garbage = bytes(random.Random(1).getrandbits(8) for _ in range(20_000)).replace(b"\n", b"")
+    payload = b"\n".join(
+        [
+            b'{"level":30,"time":1795394836366,"msg":"before"}',
+            garbage,
+            b"\xff\xfe invalid utf-8 \xc3\x28",
+            b"",
+            b"{not json at all",
+            b'{"level":30,"msg":"big","blob":"' + b"y" * (5 * 1024 * 1024) + b'"}',
+            b"\x00\x01\x02 nul bytes",
+            b'{"level":50,"time":1795394836367,"msg":"after"}',
+        ]
+    ) + b"\n"
+    shipper = run_shipper(["run", "--config", str(write_config(tmp_path, file_sink(out)))], payload)
+    assert shipper.proc.returncode == 0, shipper.stderr.decode()[-2000:]
+    assert b"Traceback" not in shipper.stderr
+    events = read_ndjson(out)
+    messages = [str(e["message"]) for e in events]
+    assert messages[0] == "before" and messages[-1] == "after"
+    assert any("invalid utf-8" in m for m in messages)
+    assert any(m.startswith("{not json") for m in messages)
+    assert any("nul bytes" in m for m in messages)
+    # the 5 MB line is cut into 1 MiB pieces, none of it lost
+    assert sum(len(m) for m in messages if set(m) <= {"y"}) + sum(
+        m.count("y") for m in messages if m.startswith('{"level":30,"msg":"big"')
+    ) == 5 * 1024 * 1024
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
+    out = tmp_path / "out.ndjson"
+    shipper = Shipper(["run", "--config", str(write_config(tmp_path, file_sink(out)))])
+    shipper.feed(pino_lines(5000), close=False)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 5000):
+        time.sleep(0.05)
+    shipper.proc.send_signal(signal.SIGTERM)
+    assert shipper.wait(20) == 0
+    assert len(read_ndjson(out)) == 5000
+    assert b'"msg":"stopped"' in shipper.stderr
+
+
+def test_console_sink_prints_ndjson_when_piped(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[sinks.console]\ntype = "console"\ninputs = ["api"]\n')
+    shipper = run_shipper(["run", "--config", str(config)], b'{"level":40,"time":1795394836366,"msg":"careful"}\n')
+    assert shipper.proc.returncode == 0
+    [event] = [orjson.loads(line) for line in shipper.stdout.splitlines()]
+    assert event["message"] == "careful" and event["level"] == "warn"
+
+
+def test_tail_filters_by_level_and_grep() -> None:
+    corpus = (CORPUS / "fastify-pino.ndjson").read_bytes()
+    shipper = run_shipper(["tail", "--level", "error", "--json"], corpus)
+    assert shipper.proc.returncode == 0, shipper.stderr.decode()[-2000:]
+    events = [orjson.loads(line) for line in shipper.stdout.splitlines()]
+    assert len(events) == 91  # 90 level-50 lines and 1 level-60 line in the capture
+    assert {e["level"] for e in events} == {"error", "fatal"}
+    shipper = run_shipper(["tail", "--grep", "payment provider"], corpus)
+    lines = shipper.stdout.decode().splitlines()
+    assert lines and all("payment provider" in line for line in lines if not line.startswith(" "))
+
+
+def test_version_and_help() -> None:
+    for args in (["--version"], ["run", "--help"], ["validate", "--help"], ["tail", "--help"], ["check", "--help"]):
+        result = subprocess.run([sys.executable, "-m", "shipper", *args], capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 0 and result.stdout.strip()

@@ -1,0 +1,291 @@
+"""Acks, routing, channels and the sink driver, exercised in-process with a scripted sink."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import pytest
+
+from shipper import metrics
+from shipper.acks import AckTracker
+from shipper.channel import Channel, Part
+from shipper.config import SinkConfig, WhenConfig
+from shipper.driver import SinkDriver
+from shipper.event import Event
+from shipper.router import Router, compile_when
+from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
+
+
+def event(message: str, level: str = "info", **fields: object) -> Event:
+    return Event({"message": message, "level": level, **fields}, message.encode())
+
+
+def sample(metric: object, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(metric, labels)  # type: ignore[arg-type]
+    return value or 0.0
+
+
+# ------------------------------------------------------------------------------------- acks
+
+
+def test_checkpoint_moves_only_over_contiguous_prefix() -> None:
+    commits: list[int] = []
+    tracker = AckTracker(commits.append)
+    acks = [tracker.open(position) for position in (100, 200, 300)]
+    for ack in acks:
+        ack.add(2)
+        ack.done()  # the opener's hold
+    acks[2].done(2)
+    acks[1].done(2)
+    assert commits == [] and tracker.committed is None  # chunk 1 still outstanding
+    acks[0].done(1)
+    assert commits == []
+    acks[0].done(1)
+    assert commits == [300] and tracker.outstanding == 0
+
+
+def test_chunk_with_no_routed_events_commits_in_order() -> None:
+    commits: list[int] = []
+    tracker = AckTracker(commits.append)
+    first = tracker.open(10)
+    first.add(1)
+    first.done()
+    tracker.open(20).done()  # nothing routed: complete at once, but behind `first`
+    assert commits == []
+    first.done()
+    assert commits == [20]
+
+
+# ------------------------------------------------------------------------------------ router
+
+
+def test_when_filters() -> None:
+    level = compile_when(WhenConfig(level="warn"))
+    assert level is not None
+    assert [level(event("x", lv)) for lv in ("debug", "info", "warn", "error")] == [False, False, True, True]
+    nested = compile_when(WhenConfig(equals={"res.statusCode": 500, "context": "ExceptionsHandler"}))
+    assert nested is not None
+    assert nested(event("x", res={"statusCode": 500}, context="ExceptionsHandler"))
+    assert not nested(event("x", res={"statusCode": 200}, context="ExceptionsHandler"))
+    assert not nested(event("x", context="ExceptionsHandler"))
+    regex = compile_when(WhenConfig(matches={"message": "time(d)?out", "req.url": "^/api"}))
+    assert regex is not None
+    assert regex(event("upstream timedout", req={"url": "/api/x"}))
+    assert not regex(event("upstream timedout", req={"url": "/health"}))
+    assert compile_when(None) is None
+
+
+async def test_router_fans_out_by_inputs_and_when() -> None:
+    everything = Channel("all", 1 << 20, "block")
+    errors = Channel("errors", 1 << 20, "block")
+    other = Channel("other", 1 << 20, "block")
+    router = Router()
+    router.add("api", everything, None)
+    router.add("api", errors, compile_when(WhenConfig(level="error")))
+    router.add("db", other, None)
+    tracker = AckTracker()
+    ack = tracker.open(1)
+    await router.route("api", [event("a"), event("b", "error"), event("c", "fatal")], ack)
+    ack.done()
+    assert everything.nevents == 3 and errors.nevents == 2 and other.nevents == 0
+    assert ack.remaining == 5  # one unit per event per sink
+
+
+# ----------------------------------------------------------------------------------- channel
+
+
+async def test_channel_blocks_when_full_and_admits_one_oversized_part() -> None:
+    channel = Channel("c", 100, "block")
+    tracker = AckTracker()
+    await channel.put(Part([event("big")], tracker.open(1), 500))  # empty channel: admitted
+    blocked = asyncio.create_task(channel.put(Part([event("next")], tracker.open(2), 10)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done() and channel.nevents == 1
+    await channel.get(0)
+    await asyncio.wait_for(blocked, 1)
+    assert channel.nevents == 1
+
+
+async def test_channel_drop_newest_counts_and_acks() -> None:
+    channel = Channel("dropper", 100, "drop_newest")
+    commits: list[int] = []
+    tracker = AckTracker(commits.append)
+    before = sample("shipper_events_dropped_total", sink="dropper", reason="buffer_full")
+    first, second = tracker.open(1), tracker.open(2)
+    first.add(1)
+    await channel.put(Part([event("kept")], first, 90))
+    second.add(2)
+    await channel.put(Part([event("x"), event("y")], second, 90))
+    first.done()
+    second.done()
+    assert channel.nevents == 1
+    assert sample("shipper_events_dropped_total", sink="dropper", reason="buffer_full") - before == 2
+    assert commits == []  # the kept part is not delivered yet, so nothing moves
+    await channel.get(0)
+    first.done()
+    assert commits == [2]
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+class ScriptedConfig(SinkConfig):
+    type: Literal["scripted"] = "scripted"
+
+
+class ScriptedSink(Sink):
+    """Answers each request with the next outcome from a script (then delivers)."""
+
+    limits = BatchLimits(max_events=10, max_bytes=10_000, timeout=0.05)
+
+    def __init__(self, script: Callable[[Request], Outcome]) -> None:
+        super().__init__("scripted", ScriptedConfig(inputs=["x"], retry={"initial_backoff": 0.01, "max_backoff": 0.05}))
+        self.script = script
+        self.requests: list[list[str]] = []
+        self.delivered: list[str] = []
+
+    def encode(self, events: list[Event]) -> list[Request]:
+        return [Request(b"", events)]
+
+    async def send(self, request: Request) -> Outcome:
+        messages = [e.fields["message"] for e in request.events]
+        self.requests.append(messages)  # type: ignore[arg-type]
+        outcome = self.script(request)
+        if outcome.kind == "delivered":
+            self.delivered.extend(messages)  # type: ignore[arg-type]
+        return outcome
+
+
+async def drive(sink: ScriptedSink, batches: list[list[Event]], timeout: float = 5) -> list[int]:
+    channel = Channel(sink.name, 1 << 20, "block")
+    commits: list[int] = []
+    tracker = AckTracker(commits.append)
+    driver = SinkDriver(sink, channel)
+    runner = asyncio.create_task(driver.run())
+    for position, events in enumerate(batches, start=1):
+        ack = tracker.open(position)
+        ack.add(len(events))
+        await channel.put(Part(events, ack, sum(e.size for e in events)))
+        ack.done()
+    channel.close()
+    await asyncio.wait_for(runner, timeout)
+    return commits
+
+
+async def test_batches_respect_max_events_and_commit_after_delivery() -> None:
+    sink = ScriptedSink(lambda request: DELIVERED)
+    commits = await drive(sink, [[event(f"m{i}") for i in range(25)], [event("last")]])
+    assert all(len(r) <= 10 for r in sink.requests)
+    assert sink.delivered == [f"m{i}" for i in range(25)] + ["last"]
+    assert commits[-1] == 2
+
+
+async def test_batch_timeout_flushes_a_small_batch() -> None:
+    sink = ScriptedSink(lambda request: DELIVERED)
+    channel = Channel(sink.name, 1 << 20, "block")
+    driver = SinkDriver(sink, channel)
+    runner = asyncio.create_task(driver.run())
+    ack = AckTracker().open(1)
+    ack.add(1)
+    await channel.put(Part([event("lonely")], ack, 70))
+    await asyncio.sleep(0.3)
+    assert sink.delivered == ["lonely"]  # sent by age, not by size; the channel is still open
+    channel.close()
+    await asyncio.wait_for(runner, 2)
+
+
+async def test_split_halves_down_to_single_events() -> None:
+    def too_large_above_two(request: Request) -> Outcome:
+        return Outcome("split", reason="payload_too_large") if len(request.events) > 2 else DELIVERED
+
+    sink = ScriptedSink(too_large_above_two)
+    await drive(sink, [[event(f"m{i}") for i in range(7)]])
+    assert sorted(sink.delivered) == sorted(f"m{i}" for i in range(7))
+
+
+async def test_single_event_too_large_is_dropped_with_reason() -> None:
+    sink = ScriptedSink(lambda r: Outcome("split", reason="payload_too_large") if any(
+        e.fields["message"] == "huge" for e in r.events) else DELIVERED)
+    before = sample("shipper_events_dropped_total", sink="scripted", reason="payload_too_large")
+    commits = await drive(sink, [[event("a"), event("huge"), event("b")]])
+    assert sorted(sink.delivered) == ["a", "b"]
+    assert sample("shipper_events_dropped_total", sink="scripted", reason="payload_too_large") - before == 1
+    assert commits == [1]  # a deliberate, counted drop still lets the checkpoint move
+
+
+async def test_retry_honours_retry_after_then_delivers() -> None:
+    answers = iter([Outcome("retry", reason="http_429", retry_after=0.3), Outcome("retry", reason="http_503")])
+    sink = ScriptedSink(lambda request: next(answers, DELIVERED))
+    started = time.monotonic()
+    await drive(sink, [[event("x")]])
+    assert sink.delivered == ["x"] and len(sink.requests) == 3
+    assert time.monotonic() - started >= 0.3  # waited as long as the destination asked
+
+
+async def test_unhealthy_keeps_data_until_fixed() -> None:
+    state = {"key_fixed": False}
+    sink = ScriptedSink(lambda r: DELIVERED if state["key_fixed"] else Outcome("unhealthy", reason="http_403"))
+    channel = Channel(sink.name, 1 << 20, "block")
+    commits: list[int] = []
+    tracker = AckTracker(commits.append)
+    driver = SinkDriver(sink, channel)
+    runner = asyncio.create_task(driver.run())
+    ack = tracker.open(1)
+    ack.add(1)
+    await channel.put(Part([event("precious")], ack, 70))
+    ack.done()
+    await asyncio.sleep(0.3)
+    assert not driver.healthy and commits == [] and sink.delivered == []
+    assert sample("shipper_sink_healthy", sink="scripted") == 0
+    state["key_fixed"] = True
+    channel.close()
+    await asyncio.wait_for(runner, 2)
+    assert sink.delivered == ["precious"] and commits == [1] and driver.healthy
+
+
+async def test_reject_drops_with_reason_and_commits() -> None:
+    sink = ScriptedSink(lambda r: Outcome("reject", reason="http_400", detail="bad"))
+    before = sample("shipper_events_dropped_total", sink="scripted", reason="http_400")
+    commits = await drive(sink, [[event("a"), event("b")]])
+    assert sample("shipper_events_dropped_total", sink="scripted", reason="http_400") - before == 2
+    assert commits == [1]
+
+
+async def test_a_failing_batch_holds_back_the_checkpoint_of_later_ones() -> None:
+    state = {"fail": True}
+
+    def fail_first(request: Request) -> Outcome:
+        if request.events[0].fields["message"] == "first" and state["fail"]:
+            return Outcome("retry", reason="http_503")
+        return DELIVERED
+
+    sink = ScriptedSink(fail_first)
+    channel = Channel(sink.name, 1 << 20, "block")
+    commits: list[int] = []
+    tracker = AckTracker(commits.append)
+    runner = asyncio.create_task(SinkDriver(sink, channel).run())
+    for position, message in ((1, "first"), (2, "second")):
+        ack = tracker.open(position)
+        ack.add(10)
+        await channel.put(Part([event(message)] * 10, ack, 700))
+        ack.done()
+    await asyncio.sleep(0.3)
+    assert "second" in sink.delivered and commits == []
+    state["fail"] = False
+    channel.close()
+    await asyncio.wait_for(runner, 2)
+    assert commits == [2]
+
+
+def test_batch_limits_above_destination_limits_are_config_errors() -> None:
+    from shipper.driver import batch_limits
+    from shipper.errors import ConfigError
+
+    sink = ScriptedSink(lambda r: DELIVERED)
+    sink.config = ScriptedConfig(inputs=["x"], batch={"max_events": 11})
+    with pytest.raises(ConfigError) as info:
+        batch_limits(sink)
+    assert info.value.key == "sinks.scripted.batch.max_events"
