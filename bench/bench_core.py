@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, report, run_shipper, write_pino_file  # noqa: E402
+from bench.common import REPO, report, run_shipper, write_pino_file
 
 
 def free_port() -> int:

@@ -28,20 +28,43 @@ def pino_line(rng: random.Random, i: int, base_ms: int = 1795394836366) -> bytes
     head = {"level": 30, "time": base_ms + i, "pid": 30302, "hostname": "vm", "reqId": req_id}
     kind = rng.random()
     if kind < 0.45:
-        doc = {**head, "req": {"method": "GET", "url": rng.choice(_URLS), "host": "127.0.0.1:3101",
-                               "remoteAddress": "127.0.0.1", "remotePort": rng.randint(30000, 60000)},
-               "msg": "incoming request"}
+        doc = {
+            **head,
+            "req": {
+                "method": "GET",
+                "url": rng.choice(_URLS),
+                "host": "127.0.0.1:3101",
+                "remoteAddress": "127.0.0.1",
+                "remotePort": rng.randint(30000, 60000),
+            },
+            "msg": "incoming request",
+        }
     elif kind < 0.9:
-        doc = {**head, "res": {"statusCode": rng.choice((200, 200, 200, 201, 404, 500))},
-               "responseTime": rng.random() * 20, "msg": "request completed"}
+        doc = {
+            **head,
+            "res": {"statusCode": rng.choice((200, 200, 200, 201, 404, 500))},
+            "responseTime": rng.random() * 20,
+            "msg": "request completed",
+        }
     elif kind < 0.97:
-        doc = {**head, "level": 40, "component": "billing", "tenant": "acme-corp", "orderId": f"ord_{i}",
-               "amountCents": rng.randint(100, 99999), "attempt": rng.randint(1, 5),
-               "msg": "payment provider slow, retry scheduled"}
+        doc = {
+            **head,
+            "level": 40,
+            "component": "billing",
+            "tenant": "acme-corp",
+            "orderId": f"ord_{i}",
+            "amountCents": rng.randint(100, 99999),
+            "attempt": rng.randint(1, 5),
+            "msg": "payment provider slow, retry scheduled",
+        }
     else:
-        doc = {**head, "level": 50, "res": {"statusCode": 500},
-               "err": {"type": "Error", "message": "database connection lost", "stack": _STACK},
-               "msg": "database connection lost"}
+        doc = {
+            **head,
+            "level": 50,
+            "res": {"statusCode": 500},
+            "err": {"type": "Error", "message": "database connection lost", "stack": _STACK},
+            "msg": "database connection lost",
+        }
     return orjson.dumps(doc)
 
 
@@ -69,8 +92,12 @@ def run_shipper(args: list[str], stdin_path: Path | None = None, env: dict[str, 
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shipper", *args], stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        cwd=REPO, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "shipper", *args],
+        stdin=stdin,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     peak = [0]
 

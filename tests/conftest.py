@@ -29,7 +29,10 @@ class Shipper:
     def __init__(self, args: list[str], stdin: int | None = subprocess.PIPE, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shipper", *args],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
             env={**os.environ, **(env or {})},
         )
         self.peak_rss_kib = 0
@@ -64,7 +67,9 @@ class Shipper:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.stdout, self.stderr = self.proc.communicate()
-            raise AssertionError(f"shipper did not exit within {timeout}s; stderr:\n{self.stderr.decode()[-3000:]}")
+            raise AssertionError(
+                f"shipper did not exit within {timeout}s; stderr:\n{self.stderr.decode()[-3000:]}"
+            ) from None
         return self.proc.returncode
 
 

@@ -46,12 +46,12 @@ def test_valid_config_has_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "key", "line", "words"),
     [
-        ("colour = \"red\"\n", "sinks.out.colour", 11, "unknown key"),
-        ("batch = { max_events = \"lots\" }\n", "sinks.out.batch.max_events", 11, "integer"),
-        ("buffer = { max_bytes = \"12 parsecs\" }\n", "sinks.out.buffer.max_bytes", 11, "size"),
-        ("retry = { initial_backoff = \"soon\" }\n", "sinks.out.retry.initial_backoff", 11, "duration"),
-        ("when = { level = \"loud\" }\n", "sinks.out.when.level", 11, "trace"),
-        ("when = { matches = { message = \"(unclosed\" } }\n", "sinks.out.when.matches", 11, "regular expression"),
+        ('colour = "red"\n', "sinks.out.colour", 11, "unknown key"),
+        ('batch = { max_events = "lots" }\n', "sinks.out.batch.max_events", 11, "integer"),
+        ('buffer = { max_bytes = "12 parsecs" }\n', "sinks.out.buffer.max_bytes", 11, "size"),
+        ('retry = { initial_backoff = "soon" }\n', "sinks.out.retry.initial_backoff", 11, "duration"),
+        ('when = { level = "loud" }\n', "sinks.out.when.level", 11, "trace"),
+        ('when = { matches = { message = "(unclosed" } }\n', "sinks.out.when.matches", 11, "regular expression"),
     ],
 )
 def test_sink_errors_name_key_and_line(tmp_path: Path, extra: str, key: str, line: int, words: str) -> None:
@@ -72,7 +72,7 @@ def test_missing_source_named_by_input(tmp_path: Path) -> None:
 def test_unknown_types_and_missing_keys(tmp_path: Path) -> None:
     error = error_of(config_text(tmp_path).replace('type = "file"', 'type = "carrier-pigeon"'))
     assert error.key == "sinks.out.type" and "carrier-pigeon" in error.message and error.line == 8
-    error = error_of(config_text(tmp_path).replace('path = "{}/out.ndjson"\n'.format(tmp_path), ""))
+    error = error_of(config_text(tmp_path).replace(f'path = "{tmp_path}/out.ndjson"\n', ""))
     assert error.key == "sinks.out.path" and error.message == "required key is missing"
     error = error_of(config_text(tmp_path) + "\n[surprise]\nx = 1\n")
     assert error.key == "surprise" and error.line == 12
@@ -92,7 +92,8 @@ def test_interpolation(tmp_path: Path) -> None:
     secret = tmp_path / "token"
     secret.write_text("s3cr3t\n")
     text = config_text(tmp_path).replace(
-        'path = "', f'max_size = "${{SIZE:-2MiB}}"\nmax_files = "${{FILES}}"\nfsync = false\npath = "${{file:{secret}}}$$'
+        'path = "',
+        f'max_size = "${{SIZE:-2MiB}}"\nmax_files = "${{FILES}}"\nfsync = false\npath = "${{file:{secret}}}$$',
     )
     config = parse_config(text, None, {"FILES": "7"})
     sink = config.sinks["out"]
@@ -146,7 +147,9 @@ def test_bundled_config_is_valid() -> None:
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-m", "shipper", "validate", "--config", str(repo / "config.toml")],
-        capture_output=True, text=True, cwd=repo,
+        capture_output=True,
+        text=True,
+        cwd=repo,
     )
     assert result.returncode == 0, result.stderr
     assert "2 sink(s)" in result.stdout

@@ -23,8 +23,15 @@ def pino_lines(count: int, seed: int = 7) -> bytes:
         level = rng.choice((30, 30, 30, 40, 50))
         out.append(
             orjson.dumps(
-                {"level": level, "time": 1795394836366 + i, "pid": 1, "hostname": "vm", "reqId": f"req-{i:x}",
-                 "msg": f"line {i}", "pad": "x" * rng.randint(10, 200)}
+                {
+                    "level": level,
+                    "time": 1795394836366 + i,
+                    "pid": 1,
+                    "hostname": "vm",
+                    "reqId": f"req-{i:x}",
+                    "msg": f"line {i}",
+                    "pad": "x" * rng.randint(10, 200),
+                }
             )
         )
     return b"\n".join(out) + b"\n"
@@ -73,7 +80,8 @@ def test_http_sink_down_then_recovering_loses_nothing_and_stays_bounded(tmp_path
     shipper = Shipper(["run", "--config", str(write_config(tmp_path, sinks))])
     feeder = subprocess.Popen(  # write from another process: the pipe blocks while shipper applies backpressure
         [sys.executable, "-c", "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"],
-        stdin=subprocess.PIPE, stdout=shipper.proc.stdin,
+        stdin=subprocess.PIPE,
+        stdout=shipper.proc.stdin,
     )
     assert shipper.proc.stdin is not None
     shipper.proc.stdin.close()
@@ -104,18 +112,21 @@ def test_http_sink_down_then_recovering_loses_nothing_and_stays_bounded(tmp_path
 def test_malformed_input_never_crashes_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out.ndjson"
     garbage = bytes(random.Random(1).getrandbits(8) for _ in range(20_000)).replace(b"\n", b"")
-    payload = b"\n".join(
-        [
-            b'{"level":30,"time":1795394836366,"msg":"before"}',
-            garbage,
-            b"\xff\xfe invalid utf-8 \xc3\x28",
-            b"",
-            b"{not json at all",
-            b'{"level":30,"msg":"big","blob":"' + b"y" * (5 * 1024 * 1024) + b'"}',
-            b"\x00\x01\x02 nul bytes",
-            b'{"level":50,"time":1795394836367,"msg":"after"}',
-        ]
-    ) + b"\n"
+    payload = (
+        b"\n".join(
+            [
+                b'{"level":30,"time":1795394836366,"msg":"before"}',
+                garbage,
+                b"\xff\xfe invalid utf-8 \xc3\x28",
+                b"",
+                b"{not json at all",
+                b'{"level":30,"msg":"big","blob":"' + b"y" * (5 * 1024 * 1024) + b'"}',
+                b"\x00\x01\x02 nul bytes",
+                b'{"level":50,"time":1795394836367,"msg":"after"}',
+            ]
+        )
+        + b"\n"
+    )
     shipper = run_shipper(["run", "--config", str(write_config(tmp_path, file_sink(out)))], payload)
     assert shipper.proc.returncode == 0, shipper.stderr.decode()[-2000:]
     assert b"Traceback" not in shipper.stderr
@@ -126,9 +137,11 @@ def test_malformed_input_never_crashes_and_loses_nothing(tmp_path: Path) -> None
     assert any(m.startswith("{not json") for m in messages)
     assert any("nul bytes" in m for m in messages)
     # the 5 MB line is cut into 1 MiB pieces, none of it lost
-    assert sum(len(m) for m in messages if set(m) <= {"y"}) + sum(
-        m.count("y") for m in messages if m.startswith('{"level":30,"msg":"big"')
-    ) == 5 * 1024 * 1024
+    assert (
+        sum(len(m) for m in messages if set(m) <= {"y"})
+        + sum(m.count("y") for m in messages if m.startswith('{"level":30,"msg":"big"'))
+        == 5 * 1024 * 1024
+    )
 
 
 def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:

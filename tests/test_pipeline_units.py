@@ -207,8 +207,13 @@ async def test_split_halves_down_to_single_events() -> None:
 
 
 async def test_single_event_too_large_is_dropped_with_reason() -> None:
-    sink = ScriptedSink(lambda r: Outcome("split", reason="payload_too_large") if any(
-        e.fields["message"] == "huge" for e in r.events) else DELIVERED)
+    sink = ScriptedSink(
+        lambda r: (
+            Outcome("split", reason="payload_too_large")
+            if any(e.fields["message"] == "huge" for e in r.events)
+            else DELIVERED
+        )
+    )
     before = sample("shipper_events_dropped_total", sink="scripted", reason="payload_too_large")
     commits = await drive(sink, [[event("a"), event("huge"), event("b")]])
     assert sorted(sink.delivered) == ["a", "b"]

@@ -40,7 +40,8 @@ def test_unit_verifies(tmp_path: Path) -> None:
 def test_unit_hardening_is_rated_ok(tmp_path: Path) -> None:
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(unit_with_real_binary(tmp_path))],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     match = re.search(r"Overall exposure level for shipper.service: ([\d.]+)", result.stdout)
     assert match, result.stdout[-2000:] + result.stderr
