@@ -117,7 +117,9 @@ class HttpSink(Sink):
         assert self._session is not None
         body = await self.wire_body(request)
         try:
-            async with self._session.post(self.url(request), data=body, headers=self.request_headers(request)) as resp:
+            async with self._session.post(
+                self.url(request), data=body, headers=self.request_headers(request), allow_redirects=False
+            ) as resp:
                 text = await resp.content.read(MAX_ERROR_BODY)
                 return self.classify(resp.status, resp.headers, text, request)
         except aiohttp.ClientError as exc:

@@ -30,6 +30,12 @@ events_dropped = Counter(
 events_truncated = Counter(
     "shipper_events_truncated", "Events shortened to fit a destination's limit.", ["sink"], registry=registry
 )
+events_restamped = Counter(
+    "shipper_events_restamped",
+    "Events whose timestamp was replaced because the destination would not index it.",
+    ["sink"],
+    registry=registry,
+)
 retries = Counter("shipper_retries", "Request retries, by reason.", ["sink", "reason"], registry=registry)
 buffer_bytes = Gauge("shipper_buffer_bytes", "Bytes waiting in a sink's channel.", ["sink"], registry=registry)
 buffer_events = Gauge("shipper_buffer_events", "Events waiting in a sink's channel.", ["sink"], registry=registry)

@@ -13,6 +13,7 @@ from shipper.sink import Sink
 
 MODULES = {
     "console": "sinks.console",
+    "datadog": "sinks.datadog",
     "file": "sinks.file",
     "http": "sinks.http",
 }

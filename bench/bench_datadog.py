@@ -1,0 +1,189 @@
+"""Throughput of the Datadog sink, end to end: `shipper run < 1M pino lines` -> fake intake (gzip on).
+
+The fake intake runs as a separate process (counting, not keeping, what it accepts) so its CPU is
+not charged to shipper. Prints records/s (wall clock from spawn to exit at EOF after draining),
+shipper's CPU seconds (user+sys, rusage) and its peak RSS (VmHWM), and checks that the intake
+accepted every line. Targets: >= 120,000 records/s, < 120 MiB peak RSS.
+
+    python bench/bench_datadog.py [--lines 1000000] [--seed 42] [--no-redact] [--concurrency N]
+    python bench/bench_datadog.py --sink-only         # the sink alone, on pre-parsed events
+    python bench/bench_datadog.py --profile out.json  # py-spy (speedscope .json, else flame graph .svg)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, pino_line, run_shipper
+
+KEY = "bench-api-key-00000000000000000000"
+TARGET_RPS = 120_000
+TARGET_RSS_MIB = 120
+
+
+def write_lines(path: Path, count: int, seed: int) -> int:
+    """bench.common's corpus-shaped pino lines, stamped over the last minutes (as a live API's would
+    be) so that none is re-stamped as outside Datadog's window. Written in slices: the bench process
+    stays small, and so does the shipper it forks (a fork starts with its parent's resident pages)."""
+    rng = random.Random(seed)
+    base_ms = int(time.time() * 1000) - count - 60_000
+    with path.open("wb") as out:
+        for start in range(0, count, 10_000):
+            out.write(b"".join(pino_line(rng, i, base_ms) + b"\n" for i in range(start, min(count, start + 10_000))))
+    return path.stat().st_size
+
+
+def start_intake() -> tuple[subprocess.Popen[bytes], str]:
+    intake = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.datadog_intake", "--port", "0", "--api-key", KEY, "--no-record"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert intake.stdout is not None
+    line = intake.stdout.readline().decode().strip()
+    if not line.startswith("listening "):
+        intake.kill()
+        raise SystemExit(
+            f"fake intake did not start: {line!r} {intake.stderr.read().decode() if intake.stderr else ''}"
+        )
+    return intake, line.split()[1]
+
+
+def write_config(directory: Path, endpoint: str, buffer: str, redact: bool, concurrency: int | None) -> Path:
+    config = directory / "bench.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{directory / "state"}"\nlog_format = "json"\n\n'
+        f"[redact]\nenabled = {str(redact).lower()}\n\n"
+        '[sources.api]\ntype = "stdin"\nservice = "api"\n\n'
+        '[sinks.dd]\ntype = "datadog"\ninputs = ["api"]\napi_key = "${DD_API_KEY}"\n'
+        f'endpoint = "{endpoint}"\ncompression = "gzip"\ntags = ["env:bench", "level:{{level}}"]\n'
+        + (f'buffer = {{ max_bytes = "{buffer}" }}\n' if buffer else "")
+        + (f"concurrency = {concurrency}\n" if concurrency else "")
+    )
+    return config
+
+
+async def sink_only(data: Path, endpoint: str, lines: int, concurrency: int | None) -> tuple[float, float]:
+    """Wall and CPU seconds for the sink alone (Channel -> SinkDriver -> DatadogSink -> HTTP): 10,000
+    lines parsed and normalized beforehand, then fed `lines / 10,000` times."""
+    import asyncio
+    import resource
+
+    from shipper.acks import AckTracker
+    from shipper.channel import Channel, Part
+    from shipper.config import config_from_dict
+    from shipper.driver import SinkDriver
+    from shipper.event import memory_size
+    from shipper.parsing import build_processor
+    from sinks import build_sink
+
+    table: dict[str, object] = {"type": "datadog", "inputs": ["api"], "api_key": KEY, "endpoint": endpoint}
+    table["tags"] = ["level:{level}"]
+    if concurrency:
+        table["concurrency"] = concurrency
+    config = config_from_dict({"sources": {"api": {"type": "stdin"}}, "sinks": {"dd": table}}, environ={})
+    with data.open("rb") as handle:
+        head = [handle.readline().rstrip(b"\n") for _ in range(10_000)]
+    processor = build_processor("api", config.sources["api"], host="bench", redact=config.redact)
+    events = processor.feed(head, "stdout", time.time())
+    sink = build_sink("dd", config.sinks["dd"])
+    channel = Channel("dd", 64 * 1024 * 1024, "block")
+    driver = SinkDriver(sink, channel)
+    tracker = AckTracker()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    run = asyncio.create_task(driver.run())
+    for round_ in range(lines // len(events)):
+        for start in range(0, len(events), 1000):
+            part = events[start : start + 1000]
+            ack = tracker.open((round_, start))
+            ack.add(len(part))
+            await channel.put(Part(part, ack, memory_size(part)))
+            ack.done()
+    channel.close()
+    await run
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return time.perf_counter() - started, cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--buffer", default="", help="sink buffer.max_bytes (default: the sink's default)")
+    parser.add_argument("--concurrency", type=int, help="sink concurrency (default: the sink's default)")
+    parser.add_argument("--no-redact", action="store_true", help="disable redaction (isolates parse + sink cost)")
+    parser.add_argument(
+        "--sink-only", action="store_true", help="time the sink alone, in-process, on pre-parsed events"
+    )
+    parser.add_argument("--profile", help="run shipper under py-spy and write a flame graph (SVG) here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-datadog-") as tmp:
+        directory = Path(tmp)
+        data = directory / "pino.ndjson"
+        size = write_lines(data, args.lines, args.seed)
+        intake, endpoint = start_intake()
+        try:
+            config = write_config(directory, endpoint, args.buffer, not args.no_redact, args.concurrency)
+            if args.sink_only:
+                import asyncio
+
+                seconds, cpu = asyncio.run(sink_only(data, endpoint, args.lines, args.concurrency))
+                with urllib.request.urlopen(f"{endpoint}/_fake/stats", timeout=10) as resp:
+                    stats = json.loads(resp.read())
+                sent = args.lines // 10_000 * 10_000
+                print(
+                    f"sink only        {sent:,} pre-parsed events -> intake: {sent / seconds:,.0f} records/s, ", end=""
+                )
+                print(f"cpu {cpu:.2f} s ({cpu / sent * 1e6:.2f} us/event, gzip thread included)")
+                print(f"intake           {stats['accepted']:,} logs accepted in {stats['requests']} requests")
+                return 0 if stats["accepted"] == sent else 1
+            if args.profile:
+                command = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "250", "--threads"]
+                command += ["--idle", "--format", "speedscope" if args.profile.endswith(".json") else "flamegraph"]
+                command += ["-o", args.profile, "--", sys.executable, "-m", "shipper", "run", "--config", str(config)]
+                started = time.perf_counter()
+                with data.open("rb") as stdin:
+                    code = subprocess.run(
+                        command, stdin=stdin, cwd=REPO, env={**os.environ, "DD_API_KEY": KEY}
+                    ).returncode
+                print(f"profiled run: exit {code}, wall {time.perf_counter() - started:.2f} s -> {args.profile}")
+                return code
+            result = run_shipper(["run", "--config", str(config)], data, env={"DD_API_KEY": KEY})
+            with urllib.request.urlopen(f"{endpoint}/_fake/stats", timeout=10) as resp:
+                stats = json.loads(resp.read())
+        finally:
+            intake.terminate()
+            intake.wait(10)
+
+    rate = args.lines / result.seconds
+    redaction = "off" if args.no_redact else "on"
+    print(f"lines            {args.lines:,} ({size / 1e6:.0f} MB, seed {args.seed}), gzip on, redaction {redaction}")
+    print(f"exit code        {result.returncode}")
+    print(f"wall             {result.seconds:.2f} s")
+    print(f"records/s        {rate:,.0f}   (target >= {TARGET_RPS:,})")
+    print(f"cpu (user+sys)   {result.cpu_seconds:.2f} s")
+    print(f"peak RSS         {result.peak_rss_mib:.1f} MiB   (target < {TARGET_RSS_MIB})")
+    print(f"intake           {stats['accepted']:,} logs accepted in {stats['requests']} requests {stats['statuses']}")
+    print(f"largest request  {stats['max_entries']} entries, {stats['max_json_bytes']:,} bytes uncompressed")
+    if result.returncode != 0 or stats["accepted"] != args.lines:
+        print(result.stderr.decode()[-4000:], file=sys.stderr)
+        print("FAILED: shipper did not exit 0 or the intake did not get every line", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
