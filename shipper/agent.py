@@ -72,6 +72,8 @@ class Agent:
     def request_stop(self, signame: str = "") -> None:
         if signame:
             log.info("stopping", extra={"signal": signame})
+            for context in self.contexts.values():
+                context.stop_signal = context.stop_signal or signal.Signals[signame]
         if self.stopping.is_set():
             self._deadline_started.set()
         self.stopping.set()
@@ -152,6 +154,8 @@ class Agent:
         if not done:
             log.error("shutdown deadline passed", extra={"waiting_for": what, "shutdown_timeout": deadline})
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         return bool(done)
 
     def _abandon(self, tasks: dict[str, asyncio.Task[None]]) -> None:

@@ -70,6 +70,7 @@ class CheckpointStore:
         return self.state
 
     def update(self, key: str, value: Any) -> None:
+        """Replace an entry; never mutate a stored value in place (saves snapshot shallowly)."""
         self.state[key] = value
         self.dirty = True
 
@@ -82,6 +83,7 @@ class CheckpointStore:
         if not self.dirty:
             return
         self.dirty = False
-        payload = orjson.dumps(self.state, option=orjson.OPT_SORT_KEYS)
-        doc = {"version": FORMAT_VERSION, "crc32": zlib.crc32(payload), "state": self.state}
+        state = dict(self.state)  # one snapshot: sources replace entries from the loop while this runs in a thread
+        payload = orjson.dumps(state, option=orjson.OPT_SORT_KEYS)
+        doc = {"version": FORMAT_VERSION, "crc32": zlib.crc32(payload), "state": state}
         atomic_write(self.path, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))

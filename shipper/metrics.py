@@ -62,3 +62,21 @@ parse_fallbacks = Counter(
     ["source", "reason"],
     registry=registry,
 )
+file_truncations = Counter(
+    "shipper_file_truncations",
+    "Files found truncated or rewritten under the reader, and read again from the start.",
+    ["source"],
+    registry=registry,
+)
+file_bytes_lost = Counter(
+    "shipper_file_bytes_lost",
+    "Bytes truncated away before they were read, with no copy of them found.",
+    ["source"],
+    registry=registry,
+)
+passthrough_dropped = Counter(
+    "shipper_passthrough_dropped_bytes",
+    "Bytes of the wrapped process's output not copied to shipper's own stdout/stderr because it was blocked.",
+    ["source", "stream"],
+    registry=registry,
+)

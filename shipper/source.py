@@ -49,9 +49,16 @@ class SourceContext:
         self.feeds: list[LineFeed] = []
         self.command: list[str] | None = None  # `shipper run -- CMD ARGS` for a process source
         self.exit_code: int | None = None  # set by a source whose end should end the agent (wrapped API)
+        self.stop_signal: int | None = None  # the signal that stopped the agent, for a wrapped process
 
-    def open_feed(self, on_commit: Callable[[Any], None] | None = None, committed: Any = None) -> LineFeed:
-        feed = LineFeed(self, AckTracker(on_commit, committed))
+    def open_feed(
+        self,
+        on_commit: Callable[[Any], None] | None = None,
+        committed: Any = None,
+        fields: dict[str, Any] | None = None,
+    ) -> LineFeed:
+        """A feed for one input stream; `fields` are added to each of its events (e.g. the file path)."""
+        feed = LineFeed(self, AckTracker(on_commit, committed), fields)
         self.feeds.append(feed)
         return feed
 
@@ -62,9 +69,10 @@ class SourceContext:
 class LineFeed:
     """Chunks of bytes in, routed events out, with acks ordered by position."""
 
-    def __init__(self, context: SourceContext, tracker: AckTracker) -> None:
+    def __init__(self, context: SourceContext, tracker: AckTracker, fields: dict[str, Any] | None = None) -> None:
         self.context = context
         self.tracker = tracker
+        self.fields = fields
         self.processor: Processor = build_processor(
             context.name, context.config, host=context.host, redact=context.redact
         )
@@ -128,6 +136,9 @@ class LineFeed:
         position = None if self.position is None else self.position - self.held_bytes
         ack = self.tracker.open(position)
         if events:
+            if self.fields:
+                for event in events:
+                    event.fields.update(self.fields)
             self._received.inc(len(events))
             await self.context.router.route(self.context.name, events, ack)
         ack.done()

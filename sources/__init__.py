@@ -12,6 +12,8 @@ from shipper.source import Source, SourceContext
 
 MODULES = {
     "stdin": "sources.stdin",
+    "file": "sources.file",
+    "process": "sources.process",
 }
 
 

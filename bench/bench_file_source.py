@@ -1,0 +1,92 @@
+"""File source throughput: a 1,000,000-line realistic pino file (seeded) read from the beginning by
+the real shipper into the file sink. Prints lines/s, MiB/s, CPU seconds and peak RSS of shipper.
+
+    python bench/bench_file_source.py [--lines N] [--read-bytes 256KiB]
+
+The file source never ends by itself, so the run is timed until the sink has written every line
+(wall time includes interpreter start-up); CPU and VmHWM are read from /proc before stopping it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, write_pino_file
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--read-bytes", default="256KiB")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="shipper-bench-file-") as tmp:
+        work = Path(tmp)
+        source = work / "app.log"
+        nbytes = write_pino_file(source, args.lines)
+        print(f"input: {args.lines:,} pino lines, {nbytes / 2**20:.1f} MiB")
+        out = work / "out.ndjson"
+        config = work / "config.toml"
+        config.write_text(
+            f'[agent]\nstate_dir = "{work / "state"}"\n'
+            f'[sources.api]\ntype = "file"\ninclude = ["{source}"]\nstart_at = "beginning"\n'
+            f'read_bytes = "{args.read_bytes}"\n'
+            f'[sinks.out]\ntype = "file"\ninputs = ["api"]\npath = "{out}"\nmax_size = "10GiB"\n'
+        )
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shipper", "run", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        written, offset = 0, 0
+        try:
+            while written < args.lines:
+                if proc.poll() is not None or time.perf_counter() - started > args.timeout:
+                    raise SystemExit(f"shipper stopped or timed out at {written:,} lines")
+                if out.exists():
+                    with open(out, "rb") as handle:
+                        handle.seek(offset)
+                        chunk = handle.read()
+                    offset += len(chunk)
+                    written += chunk.count(b"\n")
+                time.sleep(0.02)
+            seconds = time.perf_counter() - started
+            cpu, rss = cpu_seconds(proc.pid), peak_rss_mib(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr[-2000:]
+        assert written == args.lines, written
+        print(
+            f"file source -> file sink  {args.lines / seconds:>10,.0f} lines/s  {nbytes / seconds / 2**20:6.1f} MiB/s  "
+            f"wall {seconds:6.2f} s  cpu {cpu:6.2f} s  peak RSS {rss:6.1f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()

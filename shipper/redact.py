@@ -1,0 +1,307 @@
+"""Secret and PII redaction, applied by the parsers before an event leaves the process.
+
+Three stages keep the common case cheap. One `bytes.translate` lowercases a line and turns each
+letter some trigger word cannot do without (the `z` of authorization, the `k` of cookie/token/key,
+the `w` of password, the `b` of bearer, `_` of `sk_live_`, capital `J` of a JWT and `S` of an AWS
+`ASIA` id) into byte 0x80, so "could anything match?" is `isascii()` plus a search for `secret`
+(the one trigger word without a rare letter) and for `@` (URL passwords, emails). When 0x80 is
+present, one regex with the literal prefix 0x80 checks for the trigger words around it (random
+ids such as pino's base-36 `req-k7` hold these letters too). Only then is the record walked.
+
+Rules (metric label in brackets): header values of Authorization/Proxy-Authorization/Cookie/
+Set-Cookie/X-Api-Key at any depth and in any case [header]; values of fields named like
+password/secret/token/api key [secret_field]; 32-hex values in key-ish fields [datadog_api_key];
+`Bearer x` [bearer]; JWTs [jwt]; `sb_secret_`/`sbp_` [supabase]; `sk_/rk_ live/test` [stripe];
+AWS `AKIA`/`ASIA` ids [aws]; `scheme://user:PASS@` [url_password]; `?password=&token=&key=`
+[query_secret]; `password: x` / `token=x` in free text [secret_kv]; optional [email], [phone];
+configured field paths [field] and patterns [their name]. pino's own `[Redacted]` is left alone.
+A property test checks that the prefilter never passes a line some rule would change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from shipper.config import RedactConfig
+from shipper.metrics import redactions
+
+REDACTED = "[REDACTED]"
+_ALREADY = ("[REDACTED]", "[Redacted]")  # ours, and pino's own `redact` marker
+_ALREADY_PREFIX = ("[REDACTED", "[Redacted")  # what a value pattern may capture of them
+
+# Anchors: bytes the prefilter table maps to 0x80. Both cases of z/k/w/b (and `_`) are anchors;
+# only the capital of J (`eyJ`) and S (`ASIA`, `Secret`), since lowercase j/s are everywhere.
+_ANCHORS = b"zZkKwWbB_JS"
+# Every trigger word some rule needs (lowercase `secret` is searched for on its own).
+_TRIGGERS = (
+    "authoriz",
+    "cookie",
+    "token",
+    "key",
+    "akia",
+    "asia",
+    "passw",
+    "pwd",
+    "bearer",
+    "eyJ",
+    "_live_",
+    "_test_",
+    "sbp_",
+    "secret",
+)
+
+
+def _confirm_pattern() -> re.Pattern[bytes]:
+    """One regex with the literal prefix 0x80 that finds any trigger word around an anchor.
+
+    A word is matched at one of its anchor letters: before it a look-behind, after it the rest,
+    each letter written as it can read after translation (0x80 if an anchor in that case).
+    """
+
+    def reads(char: str) -> str:
+        lower, upper = char.lower().encode(), char.upper().encode()
+        if char == "J" or lower in (b"z", b"k", b"w", b"b", b"_"):
+            return r"\x80"
+        if upper in (b"J", b"S"):
+            return rf"[{char}\x80]"
+        return re.escape(char)
+
+    branches = []
+    for word in _TRIGGERS:
+        # Prefer a letter that is an anchor in both cases; else the capital of j/s.
+        always = [i for i, char in enumerate(word) if reads(char) == r"\x80"]
+        index = always[0] if always else next(i for i, char in enumerate(word) if char in "js")
+        before = "".join(reads(char) for char in word[:index])
+        after = "".join(reads(char) for char in word[index + 1 :])
+        branches.append((f"(?<={before}\\x80)" if before else "") + after)
+    return re.compile(("\\x80(?:" + "|".join(dict.fromkeys(branches)) + ")").encode())
+
+
+_CONFIRM = _confirm_pattern()
+
+_HEADER_KEYS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+_SECRET_SUFFIXES = (
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "apikey",
+    "privatekey",
+    "secretkey",
+    "accesskey",
+)
+_KEYISH = ("key", "token", "secret")
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+
+# (rule, trigger substrings of the lowercased value, regex with the secret in group "s")
+_VALUE_RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "header",
+        ("authorization", "cookie", "x-api-key"),
+        r"""(?i)\b(?:authorization|cookie|x-api-key)["']?\s*[:=]\s*["']?(?P<s>[^"'\r\n]+)""",
+    ),
+    ("bearer", ("bearer",), r"(?i)\bbearer\s+(?P<s>[A-Za-z0-9._~+/=-]{8,})"),
+    ("jwt", ("eyj",), r"(?P<s>eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"),
+    ("supabase", ("sb_secret_", "sbp_"), r"(?<![A-Za-z0-9])(?P<s>sb_secret_[A-Za-z0-9_-]{8,}|sbp_[A-Za-z0-9]{20,})"),
+    ("stripe", ("_live_", "_test_"), r"(?<![A-Za-z0-9])(?P<s>(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,})"),
+    ("aws", ("akia", "asia"), r"(?<![A-Za-z0-9])(?P<s>(?:AKIA|ASIA)[A-Z0-9]{16})(?![A-Za-z0-9])"),
+    ("url_password", ("@",), r"(?<=://)[^\s/:@]*:(?P<s>[^\s/@]+)@"),
+    (
+        "query_secret",
+        ("password", "passwd", "pwd", "secret", "token", "key"),
+        r"""(?i)[?&;][\w.-]*?(?:password|passwd|pwd|secret|token|key)=(?P<s>[^&#\s"']+)""",
+    ),
+    (
+        "secret_kv",
+        ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "api-key"),
+        r"""(?i)\b[\w-]*?(?:password|passwd|pwd|secret|token|api[_-]?key)["']?\s*[:=]\s*["']?(?P<s>[^\s"',;&}\]]+)""",
+    ),
+)
+_EMAIL = ("email", ("@",), r"(?<![\w.%+-])(?P<s>[\w.%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
+_PHONE = ("phone", ("+",), r"(?<![\w+])(?P<s>\+[1-9](?:[ .()-]{0,2}\d){6,14})(?!\d)")
+
+
+class _Rule:
+    """One value rule: cheap substring triggers, then the regex that finds the secret."""
+
+    __slots__ = ("name", "regex", "triggers")
+
+    def __init__(self, name: str, triggers: tuple[str, ...], regex: str) -> None:
+        self.name = name
+        self.triggers = triggers
+        self.regex = re.compile(regex)
+
+
+class Redactor:
+    """Applies one RedactConfig to records and text, counting each redaction by rule."""
+
+    def __init__(self, config: RedactConfig) -> None:
+        self.enabled = config.enabled
+        self.table = _table(phones=config.phones)
+        self.confirm = _CONFIRM.search
+        rules = [_Rule(*rule) for rule in _VALUE_RULES]
+        if config.emails:
+            rules.append(_Rule(*_EMAIL))
+        if config.phones:
+            rules.append(_Rule(*_PHONE))
+        for pattern in config.patterns:
+            rules.append(_Rule(pattern.name, (), pattern.regex))
+        self._rules = rules
+        self._paths = [tuple(path.split(".")) for path in config.fields]
+        # Configured paths and patterns can match anything, so every event is walked.
+        self.always = bool(self._paths or config.patterns)
+        self._counters = {rule.name: redactions.labels(rule.name) for rule in rules}
+        for name in ("header", "secret_field", "datadog_api_key", "field"):
+            self._counters[name] = redactions.labels(name)
+        self._keys: dict[str, str | None] = {}
+
+    def suspect(self, data: bytes) -> bool:
+        """Whether `data` may hold something a rule redacts (False means: certainly clean)."""
+        if self.always:
+            return True
+        lowered = data.translate(self.table)
+        return (
+            lowered.find(b"secret") >= 0
+            or 64 in lowered
+            or (not lowered.isascii() and self.confirm(lowered) is not None)
+        )
+
+    def mask(self, hostname: str) -> bytes | None:
+        """The translated `"hostname":"..."` of a pino line, when it holds anchors (pod names do).
+
+        Removing it before the anchor check keeps a constant hostname from sending every line
+        to the regex; a hostname is never a secret.
+        """
+        translated = orjson.dumps({"hostname": hostname})[1:-1].translate(self.table)
+        return None if translated.isascii() else translated
+
+    def record(self, record: dict[str, Any]) -> list[str] | None:
+        """Redact a parsed record in place; the removed strings, or None when nothing changed."""
+        found: list[str] = []
+        for path in self._paths:
+            _redact_path(record, path, found, self._counters["field"])
+        self._walk(record, found)
+        return found if found else None
+
+    def text(self, text: str, found: list[str] | None = None) -> str:
+        """Apply the value rules to free text (`found` collects the secrets, counted once each)."""
+        return self._value(text, found)
+
+    def _key_rule(self, key: str) -> str | None:
+        rule = self._keys.get(key, "")
+        if rule == "":
+            lowered = key.lower()
+            squashed = lowered.replace("-", "").replace("_", "")
+            if lowered in _HEADER_KEYS:
+                rule = "header"
+            elif squashed.endswith(_SECRET_SUFFIXES):
+                rule = "secret_field"
+            elif any(word in lowered for word in _KEYISH):
+                rule = "keyish"
+            else:
+                rule = None
+            if len(self._keys) < 10_000:
+                self._keys[key] = rule
+        return rule
+
+    def _walk(self, node: dict[str, Any], found: list[str]) -> None:
+        for key, value in node.items():  # only existing keys are reassigned: safe while iterating
+            rule = self._key_rule(key) if isinstance(key, str) else None
+            new = self._visit(rule, value, found)
+            if new is not value:
+                node[key] = new
+
+    def _visit(self, rule: str | None, value: Any, found: list[str]) -> Any:
+        """The redacted form of one value found under a key classified as `rule`."""
+        if isinstance(value, str):
+            if rule is None:
+                return self._value(value, found)
+            if rule == "keyish":
+                if _HEX32.fullmatch(value) is None:
+                    return self._value(value, found)
+                rule = "datadog_api_key"
+            if not value or value in _ALREADY:
+                return value
+            found.append(value)
+            self._counters[rule].inc()
+            return REDACTED
+        if isinstance(value, dict):
+            self._walk(value, found)
+        elif isinstance(value, list):
+            item_rule = "header" if rule == "header" else None  # Set-Cookie arrives as a list
+            for index, item in enumerate(value):
+                new = self._visit(item_rule, item, found)
+                if new is not item:
+                    value[index] = new
+        elif rule is not None and rule != "keyish" and isinstance(value, int | float) and not isinstance(value, bool):
+            found.append(str(value))
+            self._counters[rule].inc()
+            return REDACTED
+        return value
+
+    def _value(self, value: str, found: list[str] | None) -> str:
+        lowered = value.lower()
+        for rule in self._rules:
+            if rule.triggers:
+                for trigger in rule.triggers:
+                    if trigger in lowered:
+                        break
+                else:
+                    continue
+            new = rule.regex.sub(self._replacer(rule.name, found), value)
+            if new != value:
+                value = new
+                lowered = value.lower()
+        return value
+
+    def _replacer(self, name: str, found: list[str] | None) -> Callable[[re.Match[str]], str]:
+        counter = self._counters[name]
+
+        def replace(match: re.Match[str]) -> str:
+            group = "s" if "s" in match.re.groupindex else 0
+            secret = match.group(group)
+            if not secret or secret.startswith(_ALREADY_PREFIX):
+                return match.group(0)
+            if found is not None:
+                found.append(secret)
+                counter.inc()
+            start, end = match.span(group)
+            whole_start, whole_end = match.span()
+            text = match.string
+            return text[whole_start:start] + REDACTED + text[end:whole_end]
+
+        return replace
+
+
+def _redact_path(record: dict[str, Any], path: tuple[str, ...], found: list[str], counter: Any) -> None:
+    """Redact the value at a dotted path (`*` matches any key at that level)."""
+    head, rest = path[0], path[1:]
+    keys = list(record) if head == "*" else [head] if head in record else []
+    for key in keys:
+        value = record[key]
+        if rest:
+            if isinstance(value, dict):
+                _redact_path(value, rest, found, counter)
+        elif value != REDACTED and value is not None:
+            found.append(value if isinstance(value, str) else orjson.dumps(value).decode())
+            counter.inc()
+            record[key] = REDACTED
+
+
+def _table(phones: bool) -> bytes:
+    """Lowercase ASCII; anchors to 0x80; `+` to `@` when phones are redacted; other non-ASCII to DEL."""
+    table = bytearray(range(256))
+    for byte in range(65, 91):
+        table[byte] = byte + 32
+    for byte in range(128, 256):
+        table[byte] = 0x7F
+    for byte in _ANCHORS:
+        table[byte] = 0x80
+    if phones:
+        table[ord("+")] = ord("@")
+    return bytes(table)

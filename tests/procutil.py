@@ -1,0 +1,157 @@
+"""Helpers for tests that run the real `shipper` process on files and wrapped processes.
+
+shipper's stdout and stderr go to files unless a test asks otherwise, so a long run can never
+block on a pipe nobody reads. Lines carry unique ids (`"msg": "line N"`), read back from the
+file sink's NDJSON to check that every line arrived at least once and to count duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+_ID = re.compile(r"^line (\d+)$")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pino_lines(ids: Iterable[int]) -> bytes:
+    """Fastify/pino-shaped JSON lines whose message carries the line's id."""
+    return b"".join(
+        orjson.dumps({"level": 30, "time": 1795394836366 + i, "pid": 4242, "hostname": "test", "msg": f"line {i}"})
+        + b"\n"
+        for i in ids
+    )
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Events written by a file sink so far (a last line still being written is left out)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [orjson.loads(line) for line in data.split(b"\n")[:-1] if line]
+
+
+def line_id(event: dict[str, Any]) -> int | None:
+    for key in ("message", "msg"):
+        value = event.get(key)
+        if isinstance(value, str):
+            match = _ID.match(value)
+            if match:
+                return int(match.group(1))
+    return None
+
+
+def delivered_ids(path: Path) -> list[int]:
+    return [i for i in map(line_id, read_events(path)) if i is not None]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def check_delivery(name: str, expected: Iterable[int], ids: list[int]) -> int:
+    """Assert every expected id arrived at least once; print and return the number of duplicates."""
+    want = set(expected)
+    counts = Counter(ids)
+    missing = sorted(want - counts.keys())
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    print(f"\n[delivery] {name}: {len(want)} lines expected, {len(ids)} delivered, {duplicates} duplicates")
+    assert not missing, f"{len(missing)} lines lost, first ones: {missing[:20]}"
+    assert not counts.keys() - want, f"unexpected lines: {sorted(counts.keys() - want)[:20]}"
+    return duplicates
+
+
+class ShipperProcess:
+    """A real `python -m shipper run --config CONFIG [-- COMMAND...]`."""
+
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        command: list[str] | None = None,
+        stdout: int | IO[bytes] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.stderr_path = workdir / f"shipper-{time.monotonic_ns()}.stderr"
+        self.stdout_path = self.stderr_path.with_suffix(".stdout")
+        args = [sys.executable, "-m", "shipper", "run", "--config", str(config)]
+        if command:
+            args += ["--", *command]
+        with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out if stdout is None else stdout,
+                stderr=err,
+                cwd=REPO,
+                env={**os.environ, **(env or {})},
+            )
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> bytes:
+        return self.stdout_path.read_bytes()
+
+    def logs(self) -> list[dict[str, Any]]:
+        """shipper's own JSON log lines."""
+        out = []
+        for line in self.stderr.splitlines():
+            if line.startswith('{"ts"'):
+                out.append(orjson.loads(line))
+        return out
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"shipper did not exit within {timeout}s; stderr:\n{self.stderr[-3000:]}") from None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def ensure_stopped(self) -> None:
+        """For `finally` blocks: no shipper outlives its test."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_config(tmp_path: Path, source: str, sink_path: Path, extra: str = "", name: str = "api") -> Path:
+    """A config with one source table (`source` is its body) and a file sink reading it."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\n\n'
+        f"[sources.{name}]\n{source}\n\n"
+        f'[sinks.out]\ntype = "file"\ninputs = ["{name}"]\npath = "{sink_path}"\nbatch = {{ timeout = "50ms" }}\n\n'
+        f"{extra}"
+    )
+    return path
