@@ -10,9 +10,9 @@ stderr, so `docker logs` still shows it) goes through a bounded queue and a writ
 stream: a blocked stdout drops passthrough bytes, counted, rather than stalling the reader.
 
 The child runs in its own process group. When shipper is asked to stop, the signal it got
-(SIGTERM or SIGINT) is forwarded to that group and the output is read until the child exits; the child's exit code (128 + signal
-number when a signal killed it) becomes shipper's. Output is not replayable: nothing is
-checkpointed.
+(SIGTERM or SIGINT) is forwarded to that group and the output is read until the child exits;
+the child's exit code (128 + signal number when a signal killed it) becomes shipper's. Output
+is not replayable: nothing is checkpointed.
 """
 
 from __future__ import annotations
