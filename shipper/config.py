@@ -11,13 +11,13 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shipper.errors import ConfigError
+from shipper.registry import Registry
 from shipper.units import Duration, Size
 
 DEFAULT_PATHS = ("./config.toml", "/etc/shipper/config.toml")
@@ -278,23 +278,21 @@ def _validate(model: type[ModelT], data: Any, prefix: str) -> ModelT:
         raise ConfigError(_error_key(loc, prefix), message) from None
 
 
-def _typed_tables(kind: str, tables: Any, registry: Mapping[str, type[Strict]]) -> dict[str, Any]:
+def _typed_tables(kind: str, tables: Any, registry: Registry[Any, Any]) -> dict[str, Any]:
     if not isinstance(tables, dict):
         raise ConfigError(kind, "expected a table")
     out: dict[str, Any] = {}
+    known = ", ".join(registry.names)
     for name, table in tables.items():
         key = f"{kind}.{name}"
         if not isinstance(table, dict):
             raise ConfigError(key, "expected a table")
         type_name = table.get("type")
         if type_name is None:
-            raise ConfigError(f"{key}.type", f"required key is missing (one of: {', '.join(sorted(registry))})")
-        model = registry.get(type_name)
-        if model is None:
-            raise ConfigError(
-                f"{key}.type", f"unknown {kind[:-1]} type {type_name!r} (one of: {', '.join(sorted(registry))})"
-            )
-        out[name] = _validate(model, table, key)
+            raise ConfigError(f"{key}.type", f"required key is missing (one of: {known})")
+        if type_name not in registry.modules:
+            raise ConfigError(f"{key}.type", f"unknown {kind[:-1]} type {type_name!r} (one of: {known})")
+        out[name] = _validate(registry.config_model(type_name), table, key)
     return out
 
 
@@ -315,13 +313,13 @@ def parse_config(text: str, path: Path | None = None, environ: dict[str, str] | 
 
 def config_from_dict(raw: dict[str, Any], path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
     """Validate an already-parsed document (TOML, or built in code as `shipper tail` does)."""
-    from sinks import config_models as sink_models
-    from sources import config_models as source_models
+    from sinks import REGISTRY as SINKS
+    from sources import REGISTRY as SOURCES
 
     try:
         raw = _interpolate_tree(dict(raw), "", os.environ if environ is None else environ)
-        sources = _typed_tables("sources", raw.pop("sources", {}), source_models())
-        sinks = _typed_tables("sinks", raw.pop("sinks", {}), sink_models())
+        sources = _typed_tables("sources", raw.pop("sources", {}), SOURCES)
+        sinks = _typed_tables("sinks", raw.pop("sinks", {}), SINKS)
         if not sources:
             raise ConfigError("sources", "at least one source is required")
         if not sinks:
