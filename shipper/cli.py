@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 import tempfile
@@ -94,6 +95,11 @@ def _run_agent(config: Config, command: list[str] | None = None) -> int:
     from shipper.agent import Agent
 
     setup_logging(config.agent.log_level, config.agent.log_format)
+    # Events are short-lived dicts by the million: without this every full collection re-scans the
+    # ~30k objects of the imported modules and every event waiting in a channel. Measured on the
+    # pino parse bench: 200-240k lines/s with the default GC, 277-299k with these settings.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
     async def main() -> int:
         return await Agent(config, command).run()

@@ -1,12 +1,15 @@
 """Secret and PII redaction, applied by the parsers before an event leaves the process.
 
-Three stages keep the common case cheap. One `bytes.translate` lowercases a line and turns each
-letter some trigger word cannot do without (the `z` of authorization, the `k` of cookie/token/key,
-the `w` of password, the `b` of bearer, `_` of `sk_live_`, capital `J` of a JWT and `S` of an AWS
-`ASIA` id) into byte 0x80, so "could anything match?" is `isascii()` plus a search for `secret`
-(the one trigger word without a rare letter) and for `@` (URL passwords, emails). When 0x80 is
-present, one regex with the literal prefix 0x80 checks for the trigger words around it (random
-ids such as pino's base-36 `req-k7` hold these letters too). Only then is the record walked.
+Most lines hold no secret, so a prefilter decides which records are walked at all. It runs over
+a whole chunk of lines at once, because Python's per-call overhead, not the scanning, is what
+costs. One `bytes.translate` lowercases the text and turns each letter that some trigger word
+cannot do without (the `z` of authorization, the `k` of cookie/token/key, the `w` of password,
+the `b` of bearer, `_` of `sk_live_`, capital `J` of a JWT and `S` of an AWS `ASIA` id) into
+byte 0x80 and `@` (URL passwords, emails) into 0x81. Then one regex with the literal prefix 0x80
+checks the trigger words around each anchor (random ids such as pino's base-36 `req-k7` hold
+these letters too), and a plain search finds `secret`, the one trigger word without a rare
+letter. Only lines with a hit are walked field by field. A property test checks that the
+prefilter never passes a line that some rule would change.
 
 Rules (metric label in brackets): header values of Authorization/Proxy-Authorization/Cookie/
 Set-Cookie/X-Api-Key at any depth and in any case [header]; values of fields named like
@@ -15,13 +18,14 @@ password/secret/token/api key [secret_field]; 32-hex values in key-ish fields [d
 AWS `AKIA`/`ASIA` ids [aws]; `scheme://user:PASS@` [url_password]; `?password=&token=&key=`
 [query_secret]; `password: x` / `token=x` in free text [secret_kv]; optional [email], [phone];
 configured field paths [field] and patterns [their name]. pino's own `[Redacted]` is left alone.
-A property test checks that the prefilter never passes a line some rule would change.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -38,28 +42,17 @@ _ALREADY_PREFIX = ("[REDACTED", "[Redacted")  # what a value pattern may capture
 _ANCHORS = b"zZkKwWbB_JS"
 # Every trigger word some rule needs (lowercase `secret` is searched for on its own).
 _TRIGGERS = (
-    "authoriz",
-    "cookie",
-    "token",
-    "key",
-    "akia",
-    "asia",
-    "passw",
-    "pwd",
-    "bearer",
-    "eyJ",
-    "_live_",
-    "_test_",
-    "sbp_",
-    "secret",
-)
+    "authorization", "cookie", "token", "key", "akia", "asia", "password", "passwd", "pwd", "bearer", "eyJ",
+    "_live_", "_test_", "sbp_", "secret",
+)  # fmt: skip
 
 
 def _confirm_pattern() -> re.Pattern[bytes]:
     """One regex with the literal prefix 0x80 that finds any trigger word around an anchor.
 
-    A word is matched at one of its anchor letters: before it a look-behind, after it the rest,
-    each letter written as it can read after translation (0x80 if an anchor in that case).
+    A word is matched at one of its anchor letters: the rest of the word first (so the regex
+    engine skips a branch on its first byte), then a look-behind over the whole word; each letter
+    is written as it can read after translation (0x80 where it is an anchor in that case).
     """
 
     def reads(char: str) -> str:
@@ -77,7 +70,8 @@ def _confirm_pattern() -> re.Pattern[bytes]:
         index = always[0] if always else next(i for i, char in enumerate(word) if char in "js")
         before = "".join(reads(char) for char in word[:index])
         after = "".join(reads(char) for char in word[index + 1 :])
-        branches.append((f"(?<={before}\\x80)" if before else "") + after)
+        behind = f"(?<={before}\\x80{after})" if before else ""
+        branches.append(after + behind if after else behind)
     return re.compile(("\\x80(?:" + "|".join(dict.fromkeys(branches)) + ")").encode())
 
 
@@ -143,7 +137,7 @@ class Redactor:
     def __init__(self, config: RedactConfig) -> None:
         self.enabled = config.enabled
         self.table = _table(phones=config.phones)
-        self.confirm = _CONFIRM.search
+        self._confirm = _CONFIRM.finditer
         rules = [_Rule(*rule) for rule in _VALUE_RULES]
         if config.emails:
             rules.append(_Rule(*_EMAIL))
@@ -162,23 +156,37 @@ class Redactor:
 
     def suspect(self, data: bytes) -> bool:
         """Whether `data` may hold something a rule redacts (False means: certainly clean)."""
-        if self.always:
-            return True
-        lowered = data.translate(self.table)
-        return (
-            lowered.find(b"secret") >= 0
-            or 64 in lowered
-            or (not lowered.isascii() and self.confirm(lowered) is not None)
-        )
+        return self.always or bool(self._hits(data.translate(self.table)))
 
-    def mask(self, hostname: str) -> bytes | None:
-        """The translated `"hostname":"..."` of a pino line, when it holds anchors (pod names do).
+    def suspects(self, lines: list[bytes], joined: bytes) -> set[int] | None:
+        """Indexes of the lines (`joined` is them joined by newlines) that may hold something a
+        rule redacts; None means all of them.
 
-        Removing it before the anchor check keeps a constant hostname from sending every line
-        to the regex; a hostname is never a secret.
+        One pass over the whole chunk: a translate and a few C-level scans, and only real trigger
+        words come back to Python.
         """
-        translated = orjson.dumps({"hostname": hostname})[1:-1].translate(self.table)
-        return None if translated.isascii() else translated
+        if self.always:
+            return None
+        hits = self._hits(joined.translate(self.table))
+        if not hits:
+            return set()
+        ends = list(accumulate(len(line) + 1 for line in lines))
+        return {bisect_right(ends, position) for position in hits}
+
+    def _hits(self, lowered: bytes) -> list[int]:
+        """Positions in a translated text where some rule may match."""
+        hits = []
+        position = lowered.find(b"secret")
+        while position >= 0:
+            hits.append(position)
+            position = lowered.find(b"secret", position + 6)
+        if not lowered.isascii():
+            position = lowered.find(0x81)
+            while position >= 0:
+                hits.append(position)
+                position = lowered.find(0x81, position + 1)
+            hits.extend(match.start() for match in self._confirm(lowered))
+        return hits
 
     def record(self, record: dict[str, Any]) -> list[str] | None:
         """Redact a parsed record in place; the removed strings, or None when nothing changed."""
@@ -188,9 +196,9 @@ class Redactor:
         self._walk(record, found)
         return found if found else None
 
-    def text(self, text: str, found: list[str] | None = None) -> str:
-        """Apply the value rules to free text (`found` collects the secrets, counted once each)."""
-        return self._value(text, found)
+    def text(self, text: str) -> str:
+        """Apply the value rules to free text without counting (for a raw line whose fields counted)."""
+        return self._value(text, None)
 
     def _key_rule(self, key: str) -> str | None:
         rule = self._keys.get(key, "")
@@ -294,7 +302,7 @@ def _redact_path(record: dict[str, Any], path: tuple[str, ...], found: list[str]
 
 
 def _table(phones: bool) -> bytes:
-    """Lowercase ASCII; anchors to 0x80; `+` to `@` when phones are redacted; other non-ASCII to DEL."""
+    """Lowercase ASCII; anchors to 0x80; `@` (and `+` for phones) to 0x81; other non-ASCII to DEL."""
     table = bytearray(range(256))
     for byte in range(65, 91):
         table[byte] = byte + 32
@@ -302,6 +310,7 @@ def _table(phones: bool) -> bytes:
         table[byte] = 0x7F
     for byte in _ANCHORS:
         table[byte] = 0x80
+    table[ord("@")] = 0x81
     if phones:
-        table[ord("+")] = ord("@")
+        table[ord("+")] = 0x81
     return bytes(table)

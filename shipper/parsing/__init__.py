@@ -1,70 +1,531 @@
 """Raw lines in, normalized and redacted events out.
 
-`build_processor` is the one entry point sources use. A processor is per (source, stream-group):
-it may hold the tail of a multi-line event between `feed` calls, and reports those bytes in
-`held_bytes` so a replayable source never checkpoints past them.
+`build_processor` is the one entry point sources use. A processor serves one stream group of one
+source; it keeps multi-line state per stream key, so stdout and stderr may share it.
+
+Formats. `auto` decides per line: a line starting with `{` that parses as a JSON object is a
+record (pino when `level` is a number, Nest JSON when it is a word, any other JSON object too); a
+`[Nest] PID  - ...` line opens a Nest event; `[HH:MM:ss.SSS] LEVEL (pid): ...` opens a pino-pretty
+event; `file:///app.js:82` (Node's crash printout) opens a crash event that ends with its
+`Node.js vX` line. Any other line continues the open Nest/pretty/crash event (their messages may
+go on at column 0), or, after plain text, continues it when it looks like a continuation
+(indented, blank, `}`) and otherwise starts a new text event. Groups end at the next header or
+record, after `multiline.flush_timeout` of silence, or at the size cap. An explicit format only
+narrows which of these are recognised; what is not recognised becomes text (counted in
+`shipper_parse_fallbacks`), never dropped. The one exception: a blank line that belongs to no
+event is dropped and counted with reason `empty`.
+
+Normalized fields (all sinks encode from these):
+- `timestamp` RFC 3339 UTC with milliseconds and `Z`; `level` trace|debug|info|warn|error|fatal;
+  `message` always a string (objects as compact JSON); `host` (the record's hostname, else the
+  agent's); `service` (config `service`, else the record's own `service`, else the source name);
+  `source`; `stream` (when given); `pid`; `context` (Nest); `err` {type, message, stack, ...} for
+  every error form; `http` {method, url, status_code, duration_ms} from pino's req/res/responseTime.
+- pino: `level` becomes the word and the number stays as `level_num`; `time` stays unchanged;
+  `msg` moves to `message` and `hostname` to `host`; `req`, `res`, `responseTime`, `err`, `pid`
+  and child bindings stay unchanged.
+- Nest JSON: `timestamp` (epoch ms) is rewritten in RFC 3339 (lossless), `error` and `stack`
+  move to `err`, `params` and `context` stay.
+- Nest text: one-second timestamps get a per-stream sequence as milliseconds (0, 1, 2, ... within
+  a second) so sorting by time keeps arrival order; the `+Nms` suffix becomes `elapsed_ms`.
+- A record field that collides with a normalized name and is not represented losslessly is kept
+  as `original_<name>` (e.g. an unparseable timestamp, pino's `message` next to `msg`).
+- `continuation: true` marks the second and later parts of a multi-line event split at the
+  `multiline.max_lines`/`max_bytes` cap.
+
+`held_bytes` counts the input bytes (line plus its newline, `\\r` included) of lines sitting in
+open multi-line groups; it grows when a line joins a group and shrinks by the group's total when
+the group is emitted, so `end_offset - held_bytes` is always the start of unemitted input.
+
+`Event.raw` is the original line (lines joined with `\\n`, `\\r` removed), except when redaction
+changed the event: then a record's raw is its redacted JSON and a text event's raw is its
+redacted text.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from itertools import repeat
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 import orjson
 
 from shipper.config import RedactConfig, SourceConfig
+from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.metrics import parse_fallbacks
+from shipper.parsing.clock import MAX_MS, MS_SUFFIX, LocalTimes, epoch_ms, format_ms, resolve_zone, second_prefix
+from shipper.parsing.records import (
+    LEVEL_BY_NUM,
+    LEVEL_BY_WORD,
+    error_from_object,
+    error_from_stack,
+    http_fields,
+    level_from_number,
+    render,
+)
+from shipper.parsing.text import (
+    ANSI_BYTES,
+    CRASH_HEAD,
+    ELAPSED,
+    NEST_HEAD,
+    NEST_LEVELS,
+    PRETTY_HEAD,
+    PRETTY_LEVELS,
+    PRETTY_ORIGIN,
+    continues_text,
+    decode,
+    pretty_body,
+    split_error,
+    text_level,
+)
+from shipper.redact import REDACTED, Redactor
+
+__all__ = ["Processor", "build_processor"]
+
+# Group kinds.
+_NEST, _PRETTY, _TEXT, _CRASH = 1, 2, 3, 4
+_TIME_KEYS = ("time", "ts", "@timestamp")
+_UNPARSED = object()  # a line not parsed yet (JSON null parses to None)
+
+
+class _Group:
+    """Lines of one multi-line event still waiting for their end."""
+
+    __slots__ = ("done", "first", "head", "kind", "last_at", "lines", "nbytes")
+
+    def __init__(self, kind: int, line: bytes, size: int, at: float, head: dict[str, Any], first: str | None) -> None:
+        self.kind = kind
+        self.lines = [line]
+        self.nbytes = size
+        self.last_at = at
+        self.head = head  # fields known from the first line (timestamp, level, pid, context, ...)
+        self.first = first  # the first line's message part, when the first line is a header
+        self.done = False  # a crash printout ends with its `Node.js vX` line
+
+
+class _Stream:
+    """Per-stream state: the open group and the Nest same-second sequence."""
+
+    __slots__ = ("const", "group", "nest_second", "nest_seq")
+
+    def __init__(self, const: dict[str, Any]) -> None:
+        self.const = const
+        self.group: _Group | None = None
+        self.nest_second = -1
+        self.nest_seq = 0
 
 
 class Processor:
-    """Parses lines of one input stream. Minimal version: JSON objects keep their fields, other lines are text."""
+    """Parses, normalizes and redacts the lines of one source's stream group."""
 
     def __init__(self, source: str, config: SourceConfig, *, host: str, redact: RedactConfig) -> None:
         self.source = source
-        self.config = config
         self.host = host
-        self.service = config.service or source
         self.held_bytes = 0
-        self._fallbacks = parse_fallbacks.labels(source, "not_json")
+        fmt = config.format
+        self._json = fmt in ("auto", "pino", "nest-json")
+        self._nest = fmt in ("auto", "nest")
+        self._pretty = fmt in ("auto", "pino-pretty")
+        self._service = config.service
+        try:
+            zone = resolve_zone(config.timezone)
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+            raise ConfigError(f"sources.{source}.timezone", f"unknown time zone {config.timezone!r}: {exc}") from None
+        self._times = LocalTimes(zone)
+        self._timeout = config.multiline.flush_timeout
+        self._max_bytes = config.multiline.max_bytes
+        self._max_lines = config.multiline.max_lines
+        self._redactor = Redactor(redact)
+        self._streams: dict[str | None, _Stream] = {}
+        self._second = -1
+        self._prefix = ""
+        self._records_only = self._json  # whether the last chunk held nothing but records
+        self._text_reason = "unrecognized" if fmt != "text" else None
+        self._fallbacks = {
+            reason: parse_fallbacks.labels(source, reason)
+            for reason in ("unrecognized", "invalid_json", "empty", "bad_timestamp")
+        }
 
     def feed(self, lines: list[bytes], stream: str | None, received_at: float) -> list[Event]:
-        """Parse complete lines (no terminators) read at `received_at` (epoch seconds)."""
-        received = datetime.fromtimestamp(received_at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        events: list[Event] = []
-        for line in lines:
-            fields: dict[str, Any] | None = None
-            if line[:1] == b"{":
-                try:
-                    parsed = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    parsed = None
-                if isinstance(parsed, dict):
-                    fields = parsed
-            if fields is None:
-                self._fallbacks.inc()
-                fields = {"message": line.decode("utf-8", "replace")}
-            fields.setdefault("timestamp", received)
-            fields.setdefault("level", "info")
-            fields.setdefault("message", "")
-            fields["source"] = self.source
+        """Parse complete lines (no terminators) read from `stream` at `received_at` (epoch seconds)."""
+        out: list[Event] = []
+        state = self._streams.get(stream)
+        if state is None:
+            const: dict[str, Any] = {"service": self._service or self.source, "source": self.source}
             if stream is not None:
-                fields["stream"] = stream
-            fields.setdefault("host", self.host)
-            fields.setdefault("service", self.service)
-            events.append(Event(fields, line))
-        return events
+                const["stream"] = stream
+            state = self._streams[stream] = _Stream(const)
+        elif state.group is not None and received_at - state.group.last_at >= self._timeout:
+            out.append(self._close(state))
+        # The pino path below is the hot path: locals only, no helper call for a common record, and
+        # a record's new keys are counted instead of checked one by one (a collision takes the
+        # careful path).
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        json_ok = self._json
+        redactor = self._redactor
+        joined = b"\n".join(lines)
+        crlf = joined.find(b"\r") >= 0 and any(line[-1:] == b"\r" for line in lines)
+        # Lines that may hold a secret, found for the whole chunk at once, by object identity so
+        # the loop needs no index.
+        suspects: set[int] = set()
+        if redactor.enabled and json_ok:
+            found = redactor.suspects(lines, joined)
+            suspects = {id(line) for line in lines} if found is None else {id(lines[i]) for i in found}
+        service, source = state.const["service"], self.source
+        grown = 6 if stream is None else 7  # level_num timestamp message host service source [stream] (+http)
+        second, prefix = self._second, self._prefix
+        level_name, suffixes, event = LEVEL_BY_NUM.get, MS_SUFFIX, Event
+        # A stream of records (the last chunk was all records) is parsed in one C-level map; a
+        # chunk with any other line falls back to line-by-line parsing. JSON whitespace includes
+        # the \r of a CRLF line, so it parses too.
+        parsed: Iterable[Any] = repeat(_UNPARSED)
+        if json_ok and self._records_only:
+            try:
+                parsed = list(map(loads, lines))
+            except decode_error:
+                self._records_only = False
+        records_only = json_ok
+        group_open = state.group is not None
+        for line, record in zip(lines, parsed, strict=False):  # `parsed` may be endless
+            if record is _UNPARSED:
+                record = None
+                if json_ok and line[:1] == b"{":
+                    try:
+                        record = loads(line)
+                    except decode_error:
+                        self._fallbacks["invalid_json"].inc()
+            if type(record) is dict:
+                if group_open:
+                    out.append(self._close(state))
+                    group_open = False
+                raw = line[:-1] if crlf and line[-1:] == b"\r" else line
+                if suspects and id(line) in suspects and redactor.record(record) is not None:
+                    raw = orjson.dumps(record)
+                level = record.get("level")
+                stamp = record.get("time")
+                msg = record.pop("msg", None)
+                hostname = record.pop("hostname", None)
+                if not (
+                    type(level) is int
+                    and type(stamp) is int
+                    and type(msg) is str
+                    and type(hostname) is str
+                    and ((sec := stamp // 1000) == second or 0 <= stamp < MAX_MS)
+                ):
+                    if msg is not None:
+                        record["msg"] = msg
+                    if hostname is not None:
+                        record["hostname"] = hostname
+                    self._normalize(record, state.const, received_at)
+                    out.append(event(record, raw))
+                    continue
+                if sec != second:  # `second` only ever holds an in-range second
+                    second, prefix = sec, second_prefix(sec)
+                size = len(record) + grown
+                record["level"] = level_name(level) or level_from_number(level)
+                record["level_num"] = level
+                record["timestamp"] = prefix + suffixes[stamp % 1000]
+                record["message"] = msg
+                record["host"] = hostname
+                record["service"] = service
+                record["source"] = source
+                if stream is not None:
+                    record["stream"] = stream
+                # Access lines: Fastify's `incoming request` (req) and `request completed` (res).
+                http = None
+                req = record.get("req")
+                if req is not None:
+                    if "res" in record:
+                        http = http_fields(record)
+                    else:
+                        try:
+                            http = {"method": req["method"], "url": req["url"]}
+                        except (KeyError, TypeError):
+                            http = http_fields(record)
+                else:
+                    res = record.get("res")
+                    if res is not None:
+                        try:
+                            http = {"status_code": res["statusCode"], "duration_ms": record["responseTime"]}
+                        except (KeyError, TypeError):
+                            http = http_fields(record)
+                if http is not None:
+                    record["http"] = http
+                    size += 1
+                if len(record) != size:  # a key we set was already there: start over, carefully
+                    record = loads(line)
+                    if suspects and id(line) in suspects:
+                        redactor.record(record)
+                    self._normalize(record, state.const, received_at)
+                out.append(event(record, raw))
+                continue
+            records_only = False
+            self._text_line(state, line, received_at, out)
+            group_open = state.group is not None
+        self._records_only = records_only
+        self._second, self._prefix = second, prefix
+        return out
 
     def flush(self, now: float | None = None, force: bool = False) -> list[Event]:
-        """Emit multi-line groups idle longer than the flush timeout (all of them when `force`)."""
-        del now, force
-        return []
+        """Emit multi-line groups idle for the flush timeout (all of them when `force`)."""
+        if now is None:
+            now = time.time()
+        out: list[Event] = []
+        for state in self._streams.values():
+            group = state.group
+            if group is not None and (force or now - group.last_at >= self._timeout):
+                out.append(self._close(state))
+        return out
+
+    # ------------------------------------------------------------------ records
+
+    def _normalize(self, record: dict[str, Any], const: dict[str, Any], received_at: float) -> None:
+        """Any JSON object other than a plain pino record: Nest JSON, pino with collisions, others."""
+        level = record.get("level")
+        if isinstance(level, int | float) and not isinstance(level, bool):
+            record.setdefault("level_num", level)
+            record["level"] = LEVEL_BY_NUM.get(int(level)) or level_from_number(int(level))
+        elif isinstance(level, str) and level.lower() in LEVEL_BY_WORD:
+            record["level"] = LEVEL_BY_WORD[level.lower()]
+        else:
+            if level is not None:
+                record["original_level"] = level
+            record["level"] = "info"
+        ms = None
+        if "timestamp" in record:
+            ms = epoch_ms(record["timestamp"])
+            if ms is None:
+                record["original_timestamp"] = record["timestamp"]
+        if ms is None:
+            for key in _TIME_KEYS:
+                if key in record:
+                    ms = epoch_ms(record[key])
+                    if ms is not None:
+                        break
+            if ms is None:
+                if "original_timestamp" in record or any(key in record for key in _TIME_KEYS):
+                    self._fallbacks["bad_timestamp"].inc()
+                ms = int(received_at * 1000)
+        record["timestamp"] = format_ms(ms)
+        if "msg" in record:
+            msg = record.pop("msg")
+            if "message" in record:
+                record["original_message"] = record["message"]
+            record["message"] = "" if msg is None else render(msg)
+        else:
+            message = record.get("message")
+            record["message"] = "" if message is None else render(message)
+        hostname = record.get("hostname")
+        if isinstance(hostname, str):
+            del record["hostname"]
+            if "host" in record and record["host"] != hostname:
+                record["original_host"] = record["host"]
+            record["host"] = hostname
+        if "err" not in record:
+            error = record.get("error")
+            if isinstance(error, dict) and ("message" in error or "stack" in error):
+                record["err"] = error_from_object(record.pop("error"))
+            elif isinstance(record.get("stack"), str):
+                record["err"] = error_from_stack(record.pop("stack"))
+        if "http" not in record:
+            http = http_fields(record)
+            if http is not None:
+                record["http"] = http
+        self._common(record, const)
+
+    def _common(self, fields: dict[str, Any], const: dict[str, Any]) -> None:
+        """host/service/source/stream, keeping a record's own different value as `original_<name>`."""
+        if not isinstance(fields.get("host"), str):
+            if "host" in fields:
+                fields["original_host"] = fields["host"]
+            fields["host"] = self.host
+        service = fields.get("service")
+        for key, value in const.items():
+            if key == "service" and self._service is None and isinstance(service, str) and service:
+                continue
+            if key in fields and fields[key] != value:
+                fields["original_" + key] = fields[key]
+            fields[key] = value
+
+    # ------------------------------------------------------------------ text
+
+    def _text_line(self, state: _Stream, line: bytes, received_at: float, out: list[Event]) -> None:
+        """Route one non-record line: a header opens a group, a continuation joins one, else text."""
+        size = len(line) + 1
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        plain = ANSI_BYTES.sub(b"", line) if 27 in line else line
+        group = state.group
+        if plain[:1] == b"[":
+            opened = self._header(state, line, plain, size, received_at, out)
+            if opened:
+                return
+        if CRASH_HEAD.fullmatch(plain):
+            self._open(state, _CRASH, line, size, received_at, self._received_head(received_at), None, out)
+            self._count_text()
+            return
+        if group is not None and (
+            group.kind in (_NEST, _PRETTY)
+            or (group.kind == _CRASH and not group.done)
+            or (group.kind == _TEXT and continues_text(plain))
+        ):
+            if len(group.lines) >= self._max_lines or group.nbytes + size > self._max_bytes:
+                head = dict(group.head, continuation=True)
+                self._open(state, group.kind, line, size, received_at, head, None, out)
+                group = state.group
+                assert group is not None
+            else:
+                group.lines.append(line)
+                group.nbytes += size
+                group.last_at = received_at
+                self.held_bytes += size
+            if group.kind == _CRASH and plain.startswith(b"Node.js v"):
+                group.done = True
+            return
+        if not plain.strip():
+            self._fallbacks["empty"].inc()
+            return
+        self._open(state, _TEXT, line, size, received_at, self._received_head(received_at), None, out)
+        self._count_text()
+
+    def _count_text(self) -> None:
+        if self._text_reason is not None:
+            self._fallbacks[self._text_reason].inc()
+
+    def _header(
+        self, state: _Stream, line: bytes, plain: bytes, size: int, received_at: float, out: list[Event]
+    ) -> bool:
+        """Open a Nest or pino-pretty group when `plain` is one of their header lines."""
+        match = NEST_HEAD.fullmatch(plain) if self._nest else None
+        if match is not None:
+            pid, stamp, level, context, message = match.group(2, 3, 4, 5, 6)
+            stamp_text = stamp.decode("utf-8", "replace")
+            head: dict[str, Any] = {"level": NEST_LEVELS[level], "pid": int(pid)}
+            if context is not None:
+                head["context"] = decode(context)
+            second = self._times.nest(stamp_text)
+            if second is None:
+                ms = int(received_at * 1000)
+                head["original_timestamp"] = stamp_text
+                self._fallbacks["bad_timestamp"].inc()
+            else:
+                if second == state.nest_second:
+                    state.nest_seq = min(state.nest_seq + 1, 999)
+                else:
+                    state.nest_second, state.nest_seq = second, 0
+                ms = second * 1000 + state.nest_seq
+            head["timestamp"] = format_ms(ms)
+            self._open(state, _NEST, line, size, received_at, head, decode(message), out)
+            return True
+        match = PRETTY_HEAD.fullmatch(plain) if self._pretty else None
+        if match is not None:
+            stamp_text = match.group(1).decode("utf-8", "replace")
+            head = {"level": PRETTY_LEVELS[match.group(2)]}
+            ms_or_none = self._times.time_of_day(stamp_text, received_at) or self._times.stamp(stamp_text)
+            if ms_or_none is None:
+                ms_or_none = int(received_at * 1000)
+                head["original_timestamp"] = stamp_text
+                self._fallbacks["bad_timestamp"].inc()
+            head["timestamp"] = format_ms(ms_or_none)
+            origin = PRETTY_ORIGIN.fullmatch(decode(match.group(3) or b""))
+            if origin is not None:
+                name, pid, hostname = origin.groups()
+                head["pid"] = int(pid)
+                if name:
+                    head["name"] = name
+                if hostname:
+                    head["host"] = hostname
+            self._open(state, _PRETTY, line, size, received_at, head, decode(match.group(4) or b""), out)
+            return True
+        return False
+
+    @staticmethod
+    def _received_head(received_at: float) -> dict[str, Any]:
+        return {"timestamp": format_ms(int(received_at * 1000))}
+
+    def _open(
+        self,
+        state: _Stream,
+        kind: int,
+        line: bytes,
+        size: int,
+        received_at: float,
+        head: dict[str, Any],
+        first: str | None,
+        out: list[Event],
+    ) -> None:
+        if state.group is not None:
+            out.append(self._close(state))
+        state.group = _Group(kind, line, size, received_at, head, first)
+        self.held_bytes += size
+
+    def _close(self, state: _Stream) -> Event:
+        """Turn the stream's open group into an event and release its held bytes."""
+        group = state.group
+        assert group is not None
+        state.group = None
+        self.held_bytes -= group.nbytes
+        raw = b"\n".join(group.lines)
+        texts = [decode(line) for line in group.lines]
+        if group.first is not None:
+            texts[0] = group.first
+        fields = dict(group.head)
+        if group.kind == _PRETTY:
+            extra, parsed = pretty_body(texts[1:] if group.first is not None else texts)
+            lines = [texts[0], *extra] if group.first is not None else extra
+            for key, value in parsed.items():
+                fields["original_" + key if key in fields else key] = value
+            fields["message"] = "\n".join(lines)
+            if isinstance(parsed.get("hostname"), str):
+                fields["host"] = fields.pop("hostname")
+            http = http_fields(fields)
+            if http is not None and "http" not in fields:
+                fields["http"] = http
+        else:
+            while len(texts) > 1 and not texts[-1].strip():
+                texts.pop()
+            if group.kind == _NEST:
+                elapsed = ELAPSED.search(texts[-1])
+                if elapsed is not None:
+                    fields["elapsed_ms"] = int(elapsed.group(1))
+                    texts[-1] = texts[-1][: elapsed.start()]
+            found = split_error(texts)
+            if found is None:
+                message = "\n".join(texts)
+            else:
+                index, fields["err"] = found
+                # A crash's or a thrown error's own line is the message; else what was logged before the stack.
+                message = texts[index] if group.kind == _CRASH or index == 0 else "\n".join(texts[:index])
+            fields["message"] = message
+            if group.kind == _CRASH:
+                fields["level"] = "fatal" if any(text.startswith("Node.js v") for text in texts) else "error"
+            elif group.kind == _TEXT:
+                fields["level"] = text_level(texts[0], found is not None)
+            fields.setdefault("level", "info")
+        self._common(fields, state.const)
+        redactor = self._redactor
+        if redactor.enabled and redactor.suspect(raw):
+            raw = self._redact_text(fields, raw)
+        return Event(fields, raw)
+
+    def _redact_text(self, fields: dict[str, Any], raw: bytes) -> bytes:
+        """Redact a text event's fields, then the same secrets (and the text rules) in its raw lines."""
+        secrets = self._redactor.record(fields) or []
+        text = raw.decode("utf-8", "surrogateescape")
+        redacted = self._redactor.text(text)
+        for secret in secrets:
+            if secret in redacted:
+                redacted = redacted.replace(secret, REDACTED)
+            elif secret not in text:
+                # Written differently in the raw lines (escaped, coloured): ship the fields instead.
+                return orjson.dumps(fields)
+        return raw if redacted == text else redacted.encode("utf-8", "surrogateescape")
 
 
 def build_processor(source: str, config: SourceConfig, *, host: str, redact: RedactConfig) -> Processor:
+    """The processor a source feeds its lines to (see the module docstring for the formats)."""
     return Processor(source, config, host=host, redact=redact)
-
-
-def now() -> float:
-    return time.time()

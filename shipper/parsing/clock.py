@@ -1,0 +1,184 @@
+"""Time handling for parsers: RFC 3339 formatting and the local-time forms Node loggers print.
+
+Formatting is on the hot path, so the `YYYY-MM-DDTHH:MM:SS` part is computed once per second and
+the millisecond suffix comes from a table. Local times (Nest's locale-dependent timestamps,
+pino-pretty's time of day) are read in the source's zone, with results cached per distinct string
+because a busy stream repeats the same second many times.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+MS_SUFFIX: tuple[str, ...] = tuple(f".{ms:03d}Z" for ms in range(1000))
+MAX_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z: RFC 3339 has four year digits
+_CACHE_LIMIT = 4096
+
+
+def second_prefix(sec: int) -> str:
+    """`YYYY-MM-DDTHH:MM:SS` in UTC for an epoch second (0 <= sec < MAX_MS / 1000)."""
+    tm = time.gmtime(sec)
+    return f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+
+
+_last: tuple[int, str] = (-1, "")
+
+
+def format_ms(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds and `Z` for epoch milliseconds in [0, MAX_MS)."""
+    global _last
+    sec = ms // 1000
+    cached = _last  # one tuple read: safe if another thread swaps it meanwhile
+    if cached[0] != sec:
+        cached = _last = (sec, second_prefix(sec))
+    return cached[1] + MS_SUFFIX[ms - sec * 1000]
+
+
+def epoch_ms(value: object) -> int | None:
+    """Epoch milliseconds from a record's time value (ms, s, µs, ns numbers or an ISO string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+        if number != number:  # NaN
+            return None
+        if abs(number) < 1e11:  # seconds (pino's unixTime): ms would be before 1973
+            number *= 1000
+        elif abs(number) >= 1e17:
+            number /= 1_000_000
+        elif abs(number) >= 1e14:
+            number /= 1000
+        ms = int(number)
+        return ms if 0 <= ms < MAX_MS else None
+    if isinstance(value, str) and 10 <= len(value) <= 40 and value[:4].isdigit():
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        ms = int(parsed.timestamp() * 1000)
+        return ms if 0 <= ms < MAX_MS else None
+    return None
+
+
+def resolve_zone(name: str | None) -> tzinfo:
+    """The source's zone: an IANA name, else the machine's zone ($TZ, /etc/localtime), else UTC."""
+    if name:
+        return ZoneInfo(name)
+    env = os.environ.get("TZ", "").lstrip(":")
+    if env:
+        try:
+            return ZoneInfo(env)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ValueError):
+        return UTC
+
+
+# Intl.DateTimeFormat(undefined, {year, month: '2-digit', day: '2-digit', hour, minute, second}) in the
+# common locales: en-US `11/23/2026, 12:47:50 AM`, de-DE `23.11.2026, 01:47:56`, en-GB `23/11/2026, 01:46:17`,
+# ja-JP `2026/11/23 1:46:17`, nl-NL `23-11-2026, 01:46:17`, sv-SE `2026-11-23 01:46:17`.
+_LOCAL = re.compile(
+    r"(\d{1,4})([./-])(\d{1,2})[./-](\d{1,4}),?\s+(\d{1,2}):(\d{2}):(\d{2})(?:[.,]\d+)?"
+    r"(?:\s*([AaPp])\.?\s?[Mm]\.?)?"
+)
+
+
+class LocalTimes:
+    """Reads local wall-clock strings in one zone, caching the epoch second of each distinct string."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        self.zone = zone
+        self._dates: dict[str, int | None] = {}
+        self._days: dict[tuple[str, int], int] = {}
+
+    def nest(self, text: str) -> int | None:
+        """Epoch seconds of a Nest ConsoleLogger timestamp, None when the form is unknown."""
+        cached = self._dates.get(text, -1)
+        if cached != -1:
+            return cached
+        result = self._parse_date_time(text)
+        if len(self._dates) >= _CACHE_LIMIT:
+            self._dates.clear()
+        self._dates[text] = result
+        return result
+
+    def _parse_date_time(self, text: str) -> int | None:
+        match = _LOCAL.fullmatch(text.strip())
+        if match is None:
+            return None
+        a, sep, b, c, hour, minute, second, meridiem = match.groups()
+        first, middle, last = int(a), int(b), int(c)
+        if len(a) == 4:
+            year, month, day = first, middle, last
+        elif len(c) == 4:
+            year = last
+            if meridiem is not None and sep == "/":
+                month, day = first, middle  # en-US
+            else:
+                day, month = first, middle
+            if month > 12 >= day:
+                month, day = day, month
+        else:
+            return None
+        hours = int(hour)
+        if meridiem is not None:
+            if not 1 <= hours <= 12:
+                return None
+            hours = hours % 12 + (12 if meridiem in "Pp" else 0)
+        try:
+            return int(datetime(year, month, day, hours, int(minute), int(second), tzinfo=self.zone).timestamp())
+        except ValueError:
+            return None
+
+    def time_of_day(self, text: str, received_at: float) -> int | None:
+        """Epoch ms of `HH:MM:SS.mmm` (pino-pretty's default) on the receive date, nearest to the receive time.
+
+        The date is the receive date in the source's zone; a time more than 12 hours after the
+        receive time belongs to the day before (a line written just before midnight and read
+        just after it), one more than 12 hours before it to the day after.
+        """
+        if len(text) != 12 or text[2] != ":" or text[5] != ":" or text[8] != ".":
+            return None
+        hms, millis = text[:8], text[9:]
+        if not (hms[:2] + hms[3:5] + hms[6:] + millis).isdigit():
+            return None
+        hour = int(hms[:2])
+        key = (hms, int(received_at) // 3600)
+        base = self._days.get(key)
+        if base is None:
+            minute, second = int(hms[3:5]), int(hms[6:8])
+            if hour > 23 or minute > 59 or second > 59:
+                return None
+            received = datetime.fromtimestamp(received_at, self.zone)
+            day: date = received.date()
+            candidate = datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=self.zone)
+            delta = candidate.timestamp() - received_at
+            if delta > 43200:
+                day -= timedelta(days=1)
+            elif delta < -43200:
+                day += timedelta(days=1)
+            base = int(datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=self.zone).timestamp())
+            if len(self._days) >= _CACHE_LIMIT:
+                self._days.clear()
+            self._days[key] = base
+        return base * 1000 + int(millis)
+
+    def stamp(self, text: str) -> int | None:
+        """Epoch ms of a full date-time printed without an offset (pino-pretty `translateTime`)."""
+        try:
+            parsed = datetime.fromisoformat(text.strip().replace(" +", "+").replace(" -", "-"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=self.zone)
+        ms = int(parsed.timestamp() * 1000)
+        return ms if 0 <= ms < MAX_MS else None
