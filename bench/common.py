@@ -87,7 +87,7 @@ class RunResult:
 
 
 def run_shipper(args: list[str], stdin_path: Path | None = None, env: dict[str, str] | None = None) -> RunResult:
-    """Run `python -m shipper ARGS` to completion; CPU from rusage, peak RSS from /proc VmHWM."""
+    """Run `python -m shipper ARGS` to completion; CPU from rusage, peak RSS from /proc VmHWM (sampled)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
     started = time.perf_counter()
@@ -120,8 +120,9 @@ def run_shipper(args: list[str], stdin_path: Path | None = None, env: dict[str, 
         stdin.close()  # type: ignore[union-attr]
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    peak_kib = max(peak[0], after.ru_maxrss if after.ru_maxrss != before.ru_maxrss else 0)
-    return RunResult(seconds, cpu, peak_kib / 1024, proc.returncode, stderr)
+    # VmHWM is the process's own high-water mark; RUSAGE_CHILDREN's ru_maxrss would be the largest of
+    # every child this bench ever waited for, not this run's.
+    return RunResult(seconds, cpu, peak[0] / 1024, proc.returncode, stderr)
 
 
 def report(name: str, records: int, nbytes: int, result: RunResult) -> None:

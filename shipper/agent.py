@@ -16,7 +16,6 @@ import signal
 from collections.abc import Awaitable
 
 from shipper import systemd
-from shipper.api import ApiServer
 from shipper.channel import Channel
 from shipper.config import Config
 from shipper.driver import SinkDriver
@@ -63,7 +62,11 @@ class Agent:
             self.sources[name] = build_source(name, source_config, context)
         if command and not any(c.type == "process" for c in config.sources.values()):
             raise ConfigError("sources", '`shipper run -- COMMAND` needs a source with type = "process"')
-        self.api = ApiServer(config.api, self) if config.api.enabled else None
+        self.api = None
+        if config.api.enabled:
+            from shipper.api import ApiServer  # aiohttp's server: imported only when the API is on
+
+            self.api = ApiServer(config.api, self)
 
     @property
     def ready(self) -> bool:
