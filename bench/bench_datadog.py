@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, pino_line, run_shipper
+from bench.common import REPO, run_shipper, write_pino_file
 
 KEY = "bench-api-key-00000000000000000000"
 TARGET_RPS = 120_000
@@ -33,15 +32,9 @@ TARGET_RSS_MIB = 120
 
 
 def write_lines(path: Path, count: int, seed: int) -> int:
-    """bench.common's corpus-shaped pino lines, stamped over the last minutes (as a live API's would
-    be) so that none is re-stamped as outside Datadog's window. Written in slices: the bench process
-    stays small, and so does the shipper it forks (a fork starts with its parent's resident pages)."""
-    rng = random.Random(seed)
-    base_ms = int(time.time() * 1000) - count - 60_000
-    with path.open("wb") as out:
-        for start in range(0, count, 10_000):
-            out.write(b"".join(pino_line(rng, i, base_ms) + b"\n" for i in range(start, min(count, start + 10_000))))
-    return path.stat().st_size
+    """Corpus-shaped pino lines stamped over the last minutes, as a live API's would be, so that none
+    is re-stamped as outside Datadog's window."""
+    return write_pino_file(path, count, seed, base_ms=int(time.time() * 1000) - count - 60_000)
 
 
 def start_intake() -> tuple[subprocess.Popen[bytes], str]:

@@ -68,12 +68,14 @@ def pino_line(rng: random.Random, i: int, base_ms: int = 1795394836366) -> bytes
     return orjson.dumps(doc)
 
 
-def write_pino_file(path: Path, count: int, seed: int = 42) -> int:
-    """Write `count` lines; returns the file size in bytes."""
+def write_pino_file(path: Path, count: int, seed: int = 42, base_ms: int = 1795394836366) -> int:
+    """Write `count` lines one millisecond apart from `base_ms`, in slices (the bench process, and
+    so the shipper it forks, stays small); returns the file size in bytes."""
     rng = random.Random(seed)
     with open(path, "wb") as handle:
         for start in range(0, count, 10_000):
-            handle.write(b"".join(pino_line(rng, i) + b"\n" for i in range(start, min(count, start + 10_000))))
+            end = min(count, start + 10_000)
+            handle.write(b"".join(pino_line(rng, i, base_ms) + b"\n" for i in range(start, end)))
     return path.stat().st_size
 
 
