@@ -17,7 +17,6 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from shipper.config import HttpSinkConfig
 from shipper.event import Event
 from shipper.httpsink import HttpSink, encode_json_array
 from shipper.log import RateLimitedLog
+from shipper.parsing.clock import epoch_ms, format_ms
 from shipper.router import field_value
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request
 from shipper.units import Size
@@ -68,7 +68,6 @@ STALE_MS = 18 * 3600 * 1000 - 2 * 60 * 1000
 # events whose raw bytes could not reach `max_event_bytes` skip the per-event size check.
 WORST_GROWTH = 6
 
-PINO_LEVELS: dict[int, str] = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal"}
 # Attributes Datadog reads specially; an event field of the same name is kept as `<name>_original`
 # rather than silently reinterpreted or overwritten.
 SHADOWED = ("status", "hostname", "ddsource", "ddtags")
@@ -151,25 +150,6 @@ class DatadogConfig(HttpSinkConfig):
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def epoch_ms(value: Any) -> int | None:
-    """Epoch milliseconds from an RFC3339 string (UTC when zone-less) or epoch s/ms; None if unusable."""
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return round(parsed.timestamp() * 1000)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-        return round(value * 1000 if abs(value) < 100_000_000_000 else value)
-    return None
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def sanitized(value: Any, depth: int = 0) -> Any:
@@ -324,7 +304,7 @@ class DatadogSink(HttpSink):
             doc["hostname"] = host
         level = doc.pop("level", None)
         if level is not None:
-            doc["status"] = level if level.__class__ is str else PINO_LEVELS.get(level, level)
+            doc["status"] = level  # always a normalized word (shipper.parsing)
         doc["ddsource"] = self._source
         if self._service is not None:
             doc["service"] = self._service
@@ -357,7 +337,7 @@ class DatadogSink(HttpSink):
         now_ms = int(now * 1000)
         oldest, newest = now_ms - MAX_AGE_MS, now_ms + MAX_AHEAD_MS
         # Canonical UTC strings (what shipper's normalizer writes) compare in time order as strings.
-        oldest_iso, newest_iso = _iso(oldest), _iso(newest)
+        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
         earliest, earliest_iso = newest, newest_iso
         to_doc, check_above = self.to_doc, self._check_above
         docs: list[Doc] = []
@@ -444,7 +424,7 @@ class DatadogSink(HttpSink):
     def _restamped_event(self, event: Event, now: float) -> Event:
         fields = dict(event.fields)
         fields.setdefault(ORIGINAL_TIMESTAMP, fields.get("timestamp"))
-        fields["timestamp"] = _iso(int(now * 1000))
+        fields["timestamp"] = format_ms(int(now * 1000))
         return Event(fields, event.raw)
 
     def _count_out_of_range(self, count: int) -> None:

@@ -21,9 +21,10 @@ from shipper.config import config_from_dict
 from shipper.driver import SinkDriver
 from shipper.errors import ConfigError
 from shipper.event import Event
+from shipper.parsing.clock import epoch_ms
 from shipper.sink import Request
 from sinks import build_sink
-from sinks.datadog import DatadogConfig, DatadogSink, epoch_ms
+from sinks.datadog import DatadogConfig, DatadogSink
 from tests.fakes.datadog_intake import BadPayload, DatadogIntake, PayloadTooLarge, inflate
 
 KEY = "dd-unit-secret-5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5"
@@ -148,9 +149,9 @@ def test_reserved_attributes_and_pass_through() -> None:
     assert ev.fields["level"] == "error" and "status" in ev.fields  # the shared event is not mutated
 
 
-def test_service_from_event_and_pino_levels() -> None:
+def test_service_from_event_and_level_as_status() -> None:
     sink = make_sink()
-    (request,) = sink.encode([event(service="billing", level=50), event(level="warn", hostname="web-1")])
+    (request,) = sink.encode([event(service="billing", level="error"), event(level="warn", hostname="web-1")])
     first, second = docs(request)
     assert first["service"] == "billing" and first["status"] == "error"
     assert second["status"] == "warn" and "hostname_original" not in second  # same value: no copy

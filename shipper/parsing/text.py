@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from shipper.parsing.records import LEVEL_BY_WORD
+
 ANSI_BYTES = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 
 # `[Nest] 31830  - 11/23/2026, 12:47:50 AM     LOG [NestFactory] Starting Nest application...`
@@ -54,20 +56,7 @@ _ERROR_HEAD = re.compile(r"(?:Uncaught )?([A-Z_$][\w$.]*)(?: \[[\w-]+\])?(?::\s?
 _LEVEL_WORD = re.compile(
     r"\W{0,3}(trace|debug|info|notice|warn|warning|error|err|fatal|critical|crit|panic)\b", re.IGNORECASE
 )
-_WORDS = {
-    "trace": "trace",
-    "debug": "debug",
-    "info": "info",
-    "notice": "info",
-    "warn": "warn",
-    "warning": "warn",
-    "error": "error",
-    "err": "error",
-    "fatal": "fatal",
-    "critical": "fatal",
-    "crit": "fatal",
-    "panic": "fatal",
-}
+_WORDS = LEVEL_BY_WORD  # the words _LEVEL_WORD can match are all in it
 _TEXT_CONTINUATIONS = (b" ", b"\t", b"}", b"]", b")", b"Node.js v", b"caused by:", b"Caused by:", b"[cause]")
 
 
