@@ -54,19 +54,21 @@ class Channel:
         if self.closed:
             raise RuntimeError(f"channel for sink {self.sink!r} is closed")
         while not self._has_room(part.nbytes):
-            if self.when_full == "drop_newest":
+            dropping = self.when_full == "drop_newest"
+            if not self._full_logged:
+                log.warning(
+                    "sink buffer full: dropping newest events" if dropping else "sink buffer full: pausing the source",
+                    extra={"sink": self.sink, "buffer_bytes": self.nbytes, "max_bytes": self.max_bytes},
+                )
+                self._full_logged = True
+            if dropping:
                 self._dropped.inc(len(part.events))
-                if not self._full_logged:
-                    log.warning(
-                        "sink buffer full, dropping newest events",
-                        extra={"sink": self.sink, "buffer_bytes": self.nbytes, "max_bytes": self.max_bytes},
-                    )
-                    self._full_logged = True
                 part.ack.done(len(part.events))
                 return
             self._writable.clear()
             await self._writable.wait()
-        self._full_logged = False
+        if self._full_logged and self.nbytes + part.nbytes <= self.max_bytes // 2:
+            self._full_logged = False  # drained well below the bound: the next episode is logged again
         self._items.append(part)
         self.nbytes += part.nbytes
         self.nevents += len(part.events)

@@ -105,6 +105,7 @@ def test_http_sink_down_then_recovering_loses_nothing_and_stays_bounded(tmp_path
         assert set(collector.encodings) == {"gzip"}
         assert shipper.peak_rss_kib < 200 * 1024, f"peak RSS {shipper.peak_rss_kib} KiB for {len(data)} bytes"
         assert b"retrying" in shipper.stderr
+        assert b"sink buffer full: pausing the source" in shipper.stderr  # the user is told why input stalls
     finally:
         collector.stop()
 
