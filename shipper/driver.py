@@ -130,7 +130,13 @@ class SinkDriver:
 
     async def _deliver(self, events: list[Event], acks: Sequence[tuple[Ack, int]]) -> None:
         try:
-            for request in self.sink.encode(events):
+            try:
+                requests = self.sink.encode(events)
+            except Exception:  # a bug that would fail the same way on every retry: count it, never stall
+                log.exception("sink could not encode a batch; dropped", extra={"sink": self.sink.name})
+                requests = []
+                metrics.events_dropped.labels(self.sink.name, "encode_error").inc(len(events))
+            for request in requests:
                 await self._send(request)
         finally:
             self.inflight_events -= len(events)

@@ -294,3 +294,18 @@ def test_batch_limits_above_destination_limits_are_config_errors() -> None:
     with pytest.raises(ConfigError) as info:
         batch_limits(sink)
     assert info.value.key == "sinks.scripted.batch.max_events"
+
+
+async def test_an_encoding_bug_drops_the_batch_loudly_instead_of_stalling_the_checkpoint() -> None:
+    class BrokenEncoder(ScriptedSink):
+        def encode(self, events: list[Event]) -> list[Request]:
+            if any(e.fields["message"] == "poison" for e in events):
+                raise ValueError("bug")
+            return super().encode(events)
+
+    sink = BrokenEncoder(lambda r: DELIVERED)
+    before = sample("shipper_events_dropped_total", sink="scripted", reason="encode_error")
+    commits = await drive(sink, [[event("poison"), event("innocent bystander")]])
+    assert sample("shipper_events_dropped_total", sink="scripted", reason="encode_error") - before == 2
+    assert commits == [1]  # counted and logged, and the checkpoint moves on
+    assert await drive(sink, [[event("fine")]]) == [1] and sink.delivered == ["fine"]
