@@ -20,7 +20,7 @@ from isal import igzip
 
 from shipper.config import HttpSinkConfig
 from shipper.event import Event
-from shipper.sink import Outcome, Request, Sink
+from shipper.sink import CheckResult, Outcome, Request, Sink
 
 # Compression releases the GIL: a small pool lets the second core compress while the loop parses.
 _compressors = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipper-gzip")
@@ -126,6 +126,26 @@ class HttpSink(Sink):
             return Outcome("retry", reason="connection", detail=type(exc).__name__)
         except TimeoutError:
             return Outcome("retry", reason="timeout", detail=f"no answer within {self.config.request_timeout}s")
+
+    async def check(self) -> CheckResult:
+        """Reachability and credentials without shipping logs: a GET with the sink's headers."""
+        probe = Request(b"", [])
+        headers = {k: v for k, v in self.request_headers(probe).items() if k != "Content-Encoding"}
+        return await self.probe(self.url(probe), headers)
+
+    async def probe(self, url: str, headers: dict[str, str]) -> CheckResult:
+        """GET `url`: any HTTP answer but 401/403 means the destination is there and did not refuse us."""
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        try:
+            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return CheckResult(False, f"{url} unreachable: {type(exc).__name__}")
+        if status in (401, 403):
+            return CheckResult(False, f"{url} refused the credentials (HTTP {status})")
+        return CheckResult(True, f"{url} reachable (HTTP {status} to a GET)")
 
     def classify(self, status: int, headers: Mapping[str, str], body: bytes, request: Request) -> Outcome:
         if 200 <= status < 300:

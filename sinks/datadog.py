@@ -558,7 +558,7 @@ class DatadogSink(HttpSink):
             key = await asyncio.to_thread(self._validate_with_client)
         if not key.ok:
             return key
-        reach = await self._intake_reachable()
+        reach = await self.probe(self.intake, {})  # without the key: only reachability is asked
         return CheckResult(reach.ok, f"{key.detail}; {reach.detail}")
 
     def _validate_with_client(self) -> CheckResult:
@@ -603,17 +603,6 @@ class DatadogSink(HttpSink):
         if status in (401, 403):
             return CheckResult(False, f"API key rejected for {self.where} (HTTP {status})")
         return CheckResult(False, f"key validation at {self.api_base} failed (HTTP {status})")
-
-    async def _intake_reachable(self) -> CheckResult:
-        """Any HTTP answer from the intake URL (a GET, without the key) proves it is reachable."""
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        try:
-            async with self._session.get(self.intake) as resp:
-                return CheckResult(True, f"intake {self.intake} reachable (HTTP {resp.status} to a GET)")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return CheckResult(False, f"intake {self.intake} unreachable: {type(exc).__name__}")
 
 
 REGISTRATION = (DatadogConfig, DatadogSink)

@@ -182,3 +182,29 @@ def test_version_and_help() -> None:
     for args in (["--version"], ["run", "--help"], ["validate", "--help"], ["tail", "--help"], ["check", "--help"]):
         result = subprocess.run([sys.executable, "-m", "shipper", *args], capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0 and result.stdout.strip()
+
+
+def test_check_reports_each_sink_and_fails_on_an_unreachable_one(tmp_path: Path, collector: Collector) -> None:
+    dead = free_port()
+    sinks = (
+        file_sink(tmp_path / "out.ndjson")
+        + f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{collector.url}"\n'
+        + f'[sinks.nowhere]\ntype = "http"\ninputs = ["api"]\nurl = "http://127.0.0.1:{dead}/logs"\n'
+        + '[sinks.locked]\ntype = "http"\ninputs = ["api"]\nheaders = { Authorization = "Bearer s3cret-token" }\n'
+        + f'url = "{collector.url.replace("/logs", "/locked")}"\n'
+    )
+    collector.locked_paths.add("/locked")
+    result = subprocess.run(
+        [sys.executable, "-m", "shipper", "check", "--config", str(write_config(tmp_path, sinks))],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert result.returncode == 1
+    assert " OK " in rows["out"] and " OK " in rows["collector"]
+    assert " FAIL " in rows["nowhere"] and "unreachable" in rows["nowhere"]
+    assert " FAIL " in rows["locked"] and "refused the credentials" in rows["locked"]
+    assert "s3cret-token" not in result.stdout + result.stderr
+    assert collector.events == []  # checking ships nothing

@@ -25,6 +25,7 @@ class Collector:
     fail_status: int | None = None
     retry_after: str | None = None
     encodings: list[str] = field(default_factory=list)
+    locked_paths: set[str] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
@@ -50,6 +51,10 @@ class Collector:
         self.events.extend(docs)
         return web.Response(status=204)
 
+    async def _probe(self, request: web.Request) -> web.Response:
+        """GET, as `shipper check` sends: 403 on a locked path, else 405 like a POST-only endpoint."""
+        return web.Response(status=403 if request.path in self.locked_paths else 405)
+
     def start(self) -> Collector:
         ready = threading.Event()
 
@@ -58,6 +63,7 @@ class Collector:
             self._loop = loop
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_post("/logs", self._handle)
+            app.router.add_get("/{path:.*}", self._probe)
             runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port)
