@@ -12,10 +12,9 @@ from typing import Any
 import orjson
 
 from sinks.datadog import epoch_ms
-from tests.conftest import REPO, Shipper
+from tests.conftest import CORPUS, REPO, Shipper, needs_corpus
 from tests.fakes.datadog_intake import DatadogIntake
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 KEY = "dd-e2e-secret-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 ENV = {"DD_API_KEY": KEY}
 
@@ -68,6 +67,7 @@ def assert_clean(shipper: Shipper, intake: DatadogIntake) -> None:
     assert intake.unindexed == [] and intake.oversized == []
 
 
+@needs_corpus
 def test_healthy_intake_gets_every_event_exactly_once(tmp_path: Path) -> None:
     data, expected = corpus()
     with DatadogIntake([KEY]).threaded() as intake:
@@ -80,6 +80,7 @@ def test_healthy_intake_gets_every_event_exactly_once(tmp_path: Path) -> None:
         assert log["ddsource"] == "nodejs" and log["hostname"] and epoch_ms(log["timestamp"])
 
 
+@needs_corpus
 def test_storms_of_429_503_413_lose_nothing(tmp_path: Path) -> None:
     data, expected = corpus()
     with DatadogIntake([KEY]).threaded() as intake:
@@ -102,6 +103,7 @@ def test_storms_of_429_503_413_lose_nothing(tmp_path: Path) -> None:
         assert_clean(shipper, intake)
 
 
+@needs_corpus
 def test_rejected_key_then_fixed_loses_nothing(tmp_path: Path) -> None:
     data, expected = corpus()
     with DatadogIntake(["not-the-key-shipper-has"]).threaded() as intake:

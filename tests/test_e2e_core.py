@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from shipper.event import LEVELS
-from tests.conftest import CORPUS, REPO, Shipper, free_port, run_shipper
+from tests.conftest import CORPUS, REPO, Shipper, free_port, needs_corpus, run_shipper
 from tests.fakes.collector import Collector
 
 
@@ -54,6 +54,7 @@ def read_ndjson(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+@needs_corpus
 def test_stdin_to_file_delivers_every_line_normalized(tmp_path: Path) -> None:
     out = tmp_path / "out.ndjson"
     corpus = (CORPUS / "fastify-pino.ndjson").read_bytes()
@@ -166,6 +167,7 @@ def test_console_sink_prints_ndjson_when_piped(tmp_path: Path) -> None:
     assert event["message"] == "careful" and event["level"] == "warn"
 
 
+@needs_corpus
 def test_tail_filters_by_level_and_grep() -> None:
     corpus = (CORPUS / "fastify-pino.ndjson").read_bytes()
     shipper = run_shipper(["tail", "--level", "error", "--json"], corpus)

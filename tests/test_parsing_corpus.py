@@ -18,8 +18,8 @@ import pytest
 from shipper.config import RedactConfig, SourceConfig
 from shipper.event import Event
 from shipper.parsing import build_processor
+from tests.conftest import CORPUS, needs_corpus
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "parsing"
 RECEIVED = datetime(2026, 11, 23, 0, 48, 30, tzinfo=UTC).timestamp()  # just after every capture
 WINDOW = (datetime(2026, 11, 23, 0, 47, tzinfo=UTC), datetime(2026, 11, 23, 0, 49, tzinfo=UTC))
@@ -27,7 +27,7 @@ RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 ANSI = re.compile(r"\x1b\[")
 CONTINUATION = re.compile(rb"(\s|at |\}|\]|\.\.\. |\[cause\]|caused by)")
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared/corpus is not beside the repository")
+pytestmark = needs_corpus
 
 
 def lines_of(path: Path) -> list[bytes]:
