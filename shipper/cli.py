@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
         help="input log format (default: detect per line)",
     )
     tail.add_argument("--json", action="store_true", help="print normalized NDJSON instead of pretty text")
+    tail.add_argument(
+        "--no-redact", action="store_true", help="show secrets as they are (redaction is on by default)"
+    )
     return parser
 
 
@@ -156,7 +159,7 @@ def _tail(args: argparse.Namespace) -> int:
         sink["when"] = when
     doc = {
         "agent": {"state_dir": state},
-        "redact": {"enabled": False},
+        "redact": {"enabled": not args.no_redact},
         "sources": {"tail": source},
         "sinks": {"out": sink},
     }

@@ -210,3 +210,10 @@ def test_check_reports_each_sink_and_fails_on_an_unreachable_one(tmp_path: Path,
     assert " FAIL " in rows["locked"] and "refused the credentials" in rows["locked"]
     assert "s3cret-token" not in result.stdout + result.stderr
     assert collector.events == []  # checking ships nothing
+
+
+def test_tail_redacts_by_default() -> None:
+    line = b'{"level":30,"msg":"login","req":{"headers":{"authorization":"Bearer abc.def.ghi"}}}\n'
+    shown = run_shipper(["tail", "--json"], line)
+    assert b"abc.def.ghi" not in shown.stdout and b"[REDACTED]" in shown.stdout
+    assert b"abc.def.ghi" in run_shipper(["tail", "--json", "--no-redact"], line).stdout
