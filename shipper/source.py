@@ -136,9 +136,12 @@ class LineFeed:
         position = None if self.position is None else self.position - self.held_bytes
         ack = self.tracker.open(position)
         if events:
-            if self.fields:
+            if self.fields:  # never over a field the application logged itself
+                extra = self.fields.items()
                 for event in events:
-                    event.fields.update(self.fields)
+                    setdefault = event.fields.setdefault
+                    for key, value in extra:
+                        setdefault(key, value)
             self._received.inc(len(events))
             await self.context.router.route(self.context.name, events, ack)
         ack.done()
