@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,12 +22,6 @@ import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 _ID = re.compile(r"^line (\d+)$")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pino_lines(ids: Iterable[int]) -> bytes:

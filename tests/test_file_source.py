@@ -17,11 +17,11 @@ import orjson
 import pytest
 
 from shipper.checkpoint import CheckpointStore
+from tests.conftest import free_port
 from tests.procutil import (
     ShipperProcess,
     check_delivery,
     delivered_ids,
-    free_port,
     line_id,
     pino_lines,
     read_events,

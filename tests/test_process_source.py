@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procutil import REPO, ShipperProcess, free_port, read_events, wait_for, write_config
+from tests.conftest import free_port
+from tests.procutil import REPO, ShipperProcess, read_events, wait_for, write_config
 
 APP = REPO / "tests" / "apps" / "fastify-app"
 
