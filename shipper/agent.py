@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable
+from collections.abc import Iterable
 
-from shipper import systemd
+from shipper import metrics, systemd
 from shipper.channel import Channel
 from shipper.config import Config
 from shipper.driver import SinkDriver
@@ -112,13 +112,8 @@ class Agent:
         stop_wait.cancel()
         deadline = self.config.agent.shutdown_timeout
 
-        ok = await self._within(
-            asyncio.gather(*source_tasks.values(), return_exceptions=True), deadline, by_signal, "sources"
-        )
-        if not ok:
-            for task in source_tasks.values():
-                task.cancel()
-            await asyncio.gather(*source_tasks.values(), return_exceptions=True)
+        if not await self._within(source_tasks.values(), deadline, by_signal, "sources"):
+            await self._cancel(source_tasks.values())
         self._report_failures(source_tasks)
         for context in self.contexts.values():
             for feed in list(context.feeds):
@@ -126,14 +121,10 @@ class Agent:
                     await asyncio.wait_for(feed.flush(force=True), 1.0)
         for driver in self.drivers.values():
             driver.channel.close()
-        drained = await self._within(
-            asyncio.gather(*driver_tasks.values(), return_exceptions=True), deadline, by_signal, "sinks"
-        )
+        drained = await self._within(driver_tasks.values(), deadline, by_signal, "sinks")
         if not drained:
-            self._abandon(driver_tasks)
-            for task in driver_tasks.values():
-                task.cancel()
-            await asyncio.gather(*driver_tasks.values(), return_exceptions=True)
+            self._abandon()
+            await self._cancel(driver_tasks.values())
         self._report_failures(driver_tasks)
         for task in housekeeping:
             task.cancel()
@@ -144,31 +135,45 @@ class Agent:
         log.info("stopped", extra={"drained": drained})
         return codes[0] if codes else 0
 
-    async def _within(self, work: Awaitable[object], deadline: float, by_signal: bool, what: str) -> bool:
-        """Wait for `work`: within the deadline after a signal, else until done or a second signal."""
-        task = asyncio.ensure_future(work)
+    async def _within(self, tasks: Iterable[asyncio.Task[None]], deadline: float, by_signal: bool, what: str) -> bool:
+        """Wait for `tasks`: within the deadline after a signal, else until done or a second signal.
+        On timeout the tasks are left running, so the caller can account for their work first."""
+        pending = set(tasks)
+        if not pending:
+            return True
         if not by_signal:
-            signalled = asyncio.create_task(self._deadline_started.wait())
-            await asyncio.wait([task, signalled], return_when=asyncio.FIRST_COMPLETED)
+            finished = asyncio.ensure_future(asyncio.wait(pending))  # cancelling it leaves `pending` running
+            signalled = asyncio.ensure_future(self._deadline_started.wait())
+            await asyncio.wait({finished, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
             signalled.cancel()
-            if task.done():
+            if all(task.done() for task in pending):
                 return True
-        done, _ = await asyncio.wait([task], timeout=deadline)
-        if not done:
+        _, still_running = await asyncio.wait(pending, timeout=deadline)
+        if still_running:
             log.error("shutdown deadline passed", extra={"waiting_for": what, "shutdown_timeout": deadline})
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        return bool(done)
+        return not still_running
 
-    def _abandon(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+    @staticmethod
+    async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _abandon(self) -> None:
+        """Account for what the deadline cut off: replayable sources resend it, the others lost it."""
+        replayable = {name for name, source in self.sources.items() if source.replayable}
         for name, driver in self.drivers.items():
-            unsent = sum(len(p.events) for p in driver.channel.drain_unsent()) + driver.inflight_events
-            if unsent:
-                log.error(
-                    "events not delivered before the shutdown deadline; replayable sources resend them on restart",
-                    extra={"sink": name, "events": unsent},
-                )
+            unsent = driver.unsent()
+            if not unsent:
+                continue
+            lost = sum(1 for event in unsent if event.fields.get("source") not in replayable)
+            if lost:
+                metrics.events_dropped.labels(name, "shutdown_timeout").inc(lost)
+            log.error(
+                "events not delivered before the shutdown deadline",
+                extra={"sink": name, "events": len(unsent), "lost": lost, "resent_on_restart": len(unsent) - lost},
+            )
 
     def _report_failures(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         for name, task in tasks.items():

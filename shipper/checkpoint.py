@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ class CheckpointStore:
         self.path = path
         self.state: dict[str, Any] = {}
         self.dirty = False
+        # Saves run in a worker thread every second and once more at exit: never two at once, or
+        # both would write the same temporary file.
+        self._saving = threading.Lock()
 
     def load(self) -> dict[str, Any]:
         """Read and validate the stored state; corrupt files are set aside, never trusted."""
@@ -80,10 +84,11 @@ class CheckpointStore:
 
     def save(self) -> None:
         """Write the current state if it changed since the last save."""
-        if not self.dirty:
-            return
-        self.dirty = False
-        state = dict(self.state)  # one snapshot: sources replace entries from the loop while this runs in a thread
-        payload = orjson.dumps(state, option=orjson.OPT_SORT_KEYS)
-        doc = {"version": FORMAT_VERSION, "crc32": zlib.crc32(payload), "state": state}
-        atomic_write(self.path, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+        with self._saving:
+            if not self.dirty:
+                return
+            self.dirty = False
+            state = dict(self.state)  # one snapshot: sources replace entries from the loop meanwhile
+            payload = orjson.dumps(state, option=orjson.OPT_SORT_KEYS)
+            doc = {"version": FORMAT_VERSION, "crc32": zlib.crc32(payload), "state": state}
+            atomic_write(self.path, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))

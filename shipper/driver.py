@@ -62,7 +62,7 @@ class SinkDriver:
         self.channel = channel
         self.max_events, self.max_bytes, self.batch_timeout = batch_limits(sink)
         self.healthy = True
-        self.inflight_events = 0
+        self.inflight: dict[int, list[Event]] = {}  # batches being delivered, by id
         self._slots = asyncio.Semaphore(sink.config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         name = sink.name
@@ -121,9 +121,18 @@ class SinkDriver:
                     await self._dispatch(events, acks)
                     events, acks, nbytes = [], [], 0.0
 
+    @property
+    def inflight_events(self) -> int:
+        return sum(len(batch) for batch in self.inflight.values())
+
+    def unsent(self) -> list[Event]:
+        """Everything queued or in flight (at shutdown, to account for what was not delivered)."""
+        queued = [event for part in self.channel.drain_unsent() for event in part.events]
+        return queued + [event for batch in self.inflight.values() for event in batch]
+
     async def _dispatch(self, events: list[Event], acks: list[tuple[Ack, int]]) -> None:
         await self._slots.acquire()
-        self.inflight_events += len(events)
+        self.inflight[id(events)] = events
         task = asyncio.create_task(self._deliver(events, acks))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -139,7 +148,7 @@ class SinkDriver:
             for request in requests:
                 await self._send(request)
         finally:
-            self.inflight_events -= len(events)
+            del self.inflight[id(events)]
             self._slots.release()
         for ack, units in acks:
             ack.done(units)

@@ -4,10 +4,12 @@ across a restart in the middle of an outage."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import orjson
 
+from tests.conftest import Shipper, free_port
 from tests.fakes.collector import Collector
 from tests.procutil import ShipperProcess, check_delivery, line_id, pino_lines, wait_for
 
@@ -43,7 +45,8 @@ def test_checkpoint_holds_through_an_outage_and_a_restart(tmp_path: Path, collec
         first.ensure_stopped()
     assert collector.events == []
     assert checkpointed_offsets(tmp_path) in ([], [0])  # nothing was accepted, so nothing is checkpointed
-    assert "shutdown deadline passed" in first.stderr
+    [cut] = [m for m in first.logs() if m["msg"] == "events not delivered before the shutdown deadline"]
+    assert cut["lost"] == 0 and cut["resent_on_restart"] > 0  # a file is read again; nothing is lost
 
     collector.fail_status = None  # the destination recovers; shipper is started again
     with open(log, "ab") as handle:
@@ -59,3 +62,40 @@ def test_checkpoint_holds_through_an_outage_and_a_restart(tmp_path: Path, collec
     )
     assert duplicates == 0  # nothing had been accepted before the restart, so nothing is sent twice
     assert checkpointed_offsets(tmp_path) == [log.stat().st_size]
+
+
+def test_stdin_events_cut_by_the_deadline_are_counted_as_lost(tmp_path: Path, collector: Collector) -> None:
+    collector.fail_status = 503
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "500ms"\n[api]\nenabled = true\n'
+        f'address = "127.0.0.1:{free_port()}"\n[sources.api]\ntype = "stdin"\n'
+        f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{collector.url}"\n'
+        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
+    )
+    shipper = Shipper(["run", "--config", str(path)])
+    shipper.feed(pino_lines(range(300)), close=False)
+    wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
+    shipper.proc.send_signal(signal.SIGTERM)
+    assert shipper.wait(20) == 0
+    logs = [orjson.loads(line) for line in shipper.stderr.splitlines() if line.startswith(b'{"ts"')]
+    [cut] = [m for m in logs if m["msg"] == "events not delivered before the shutdown deadline"]
+    assert cut["lost"] == 300 and cut["resent_on_restart"] == 0  # stdin cannot be read again: said loudly
+
+
+def test_at_stdin_eof_shipper_waits_past_the_deadline_to_deliver(tmp_path: Path, collector: Collector) -> None:
+    collector.fail_status = 503
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "500ms"\n[sources.api]\ntype = "stdin"\n'
+        f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{collector.url}"\n'
+        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
+    )
+    shipper = Shipper(["run", "--config", str(path)])
+    shipper.feed(pino_lines(range(50)))  # EOF: the input can never be read again
+    wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
+    time.sleep(1.0)
+    assert shipper.proc.poll() is None  # well past shutdown_timeout: still waiting to deliver
+    collector.fail_status = None
+    assert shipper.wait(20) == 0  # delivered, then exited by itself
+    assert sorted(line_id(e) for e in collector.events) == list(range(50))
