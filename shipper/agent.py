@@ -25,6 +25,7 @@ from shipper.source import Source, SourceContext
 
 log = logging.getLogger("shipper.agent")
 
+EXIT_FAILED = 1  # a source or sink died of an error: let systemd or the orchestrator restart us
 FLUSH_TICK = 0.25
 CHECKPOINT_INTERVAL = 1.0
 
@@ -114,7 +115,7 @@ class Agent:
 
         if not await self._within(source_tasks.values(), deadline, by_signal, "sources"):
             await self._cancel(source_tasks.values())
-        self._report_failures(source_tasks)
+        failed = self._report_failures(source_tasks)
         for context in self.contexts.values():
             for feed in list(context.feeds):
                 with contextlib.suppress(Exception):
@@ -125,7 +126,7 @@ class Agent:
         if not drained:
             self._abandon()
             await self._cancel(driver_tasks.values())
-        self._report_failures(driver_tasks)
+        failed = self._report_failures(driver_tasks) or failed
         for task in housekeeping:
             task.cancel()
         self._save_checkpoints()
@@ -133,7 +134,9 @@ class Agent:
             await self.api.stop()
         codes = [c.exit_code for c in self.contexts.values() if c.exit_code is not None]
         log.info("stopped", extra={"drained": drained})
-        return codes[0] if codes else 0
+        if codes:
+            return codes[0]  # the wrapped API's exit code
+        return EXIT_FAILED if failed else 0
 
     async def _within(self, tasks: Iterable[asyncio.Task[None]], deadline: float, by_signal: bool, what: str) -> bool:
         """Wait for `tasks`: within the deadline after a signal, else until done or a second signal.
@@ -175,10 +178,14 @@ class Agent:
                 extra={"sink": name, "events": len(unsent), "lost": lost, "resent_on_restart": len(unsent) - lost},
             )
 
-    def _report_failures(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+    def _report_failures(self, tasks: dict[str, asyncio.Task[None]]) -> bool:
+        """Log every task that died of an exception; True when one did."""
+        failed = False
         for name, task in tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("task failed", extra={"task": name}, exc_info=task.exception())
+                failed = True
+        return failed
 
     async def _flush_loop(self) -> None:
         while True:

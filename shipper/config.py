@@ -13,6 +13,7 @@ import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -93,6 +94,16 @@ class SourceConfig(Strict):
     timezone: str | None = None
     multiline: MultilineConfig = MultilineConfig()
     max_line_bytes: Size = 1024 * 1024
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (an IANA name such as \"Europe/Berlin\")") from None
+        return value
 
 
 # ---------------------------------------------------------------- sinks

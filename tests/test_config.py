@@ -153,3 +153,11 @@ def test_bundled_config_is_valid() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "2 sink(s)" in result.stdout
+
+
+def test_unknown_time_zone_is_a_config_error(tmp_path: Path) -> None:
+    text = config_text(tmp_path).replace('type = "stdin"', 'type = "stdin"\ntimezone = "Mars/Olympus"')
+    error = error_of(text)
+    assert error.key == "sources.api.timezone" and "Mars/Olympus" in error.message and error.line == 6
+    text = config_text(tmp_path).replace('type = "stdin"', 'type = "stdin"\ntimezone = "Europe/Berlin"')
+    assert parse_config(text, None, {}).sources["api"].timezone == "Europe/Berlin"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -309,3 +310,22 @@ async def test_an_encoding_bug_drops_the_batch_loudly_instead_of_stalling_the_ch
     assert sample("shipper_events_dropped_total", sink="scripted", reason="encode_error") - before == 2
     assert commits == [1]  # counted and logged, and the checkpoint moves on
     assert await drive(sink, [[event("fine")]]) == [1] and sink.delivered == ["fine"]
+
+
+async def test_agent_exits_non_zero_when_a_source_dies(tmp_path: Path) -> None:
+    from shipper.agent import EXIT_FAILED, Agent
+    from shipper.config import parse_config
+
+    config = parse_config(
+        f'[agent]\nstate_dir = "{tmp_path}"\n[sources.api]\ntype = "stdin"\n'
+        f'[sinks.out]\ntype = "file"\ninputs = ["api"]\npath = "{tmp_path}/out.ndjson"\n',
+        None,
+        {},
+    )
+    agent = Agent(config)
+
+    async def broken() -> None:
+        raise RuntimeError("source bug")
+
+    agent.sources["api"].run = broken  # type: ignore[method-assign]
+    assert await asyncio.wait_for(agent.run(), 10) == EXIT_FAILED
