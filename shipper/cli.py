@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shipper import __version__
-from shipper.config import Config, config_from_dict, load_config, resolve_path
+from shipper.config import Config, config_from_dict, find_line, load_config, resolve_path
 from shipper.errors import ConfigError
 from shipper.log import setup_logging
 
@@ -78,13 +78,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path_arg: str | None) -> Config:
-    config = load_config(resolve_path(path_arg))
-    preflight(config)
+    path = resolve_path(path_arg)
+    config = load_config(path)
+    try:
+        preflight(config)
+    except ConfigError as exc:
+        exc.path = str(path)
+        exc.line = exc.line or find_line(path.read_text(), exc.key)
+        raise
     return config
 
 
 def preflight(config: Config) -> None:
-    """Checks that need the machine, not just the file: the state directory must be writable."""
+    """Checks that need the machine, not just the file: writable state directory, usable paths."""
     state_dir = config.agent.state_dir
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +98,10 @@ def preflight(config: Config) -> None:
         raise ConfigError("agent.state_dir", f"cannot create {str(state_dir)!r}: {exc.strerror}") from None
     if not os.access(state_dir, os.W_OK):
         raise ConfigError("agent.state_dir", f"{str(state_dir)!r} is not writable")
+    for name, source in config.sources.items():
+        source.preflight(f"sources.{name}")
+    for name, sink in config.sinks.items():
+        sink.preflight(f"sinks.{name}")
 
 
 def _run_agent(config: Config, command: list[str] | None = None) -> int:

@@ -29,6 +29,9 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def preflight(self, key: str) -> None:
+        """Checks that need the machine, not just the file (paths); raise ConfigError naming `key`."""
+
 
 # ---------------------------------------------------------------- agent-wide tables
 

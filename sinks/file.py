@@ -15,6 +15,7 @@ from pydantic import Field
 
 from shipper.config import SinkConfig
 from shipper.encoding import ndjson
+from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request, Sink
 from shipper.units import Size
@@ -26,6 +27,15 @@ class FileConfig(SinkConfig):
     max_size: Size = 100 * 1024 * 1024
     max_files: int = Field(default=5, ge=1, le=1000)
     fsync: bool = False
+
+    def preflight(self, key: str) -> None:
+        directory = self.path.parent
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent  # the sink creates missing directories below the first existing one
+        if not directory.is_dir():
+            raise ConfigError(f"{key}.path", f"cannot write {str(self.path)!r}: {str(directory)!r} is not a directory")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}.path", f"cannot write {str(self.path)!r}: {str(directory)!r} is not writable")
 
 
 class FileSink(Sink):

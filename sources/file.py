@@ -39,6 +39,7 @@ from pydantic import Field, field_validator
 
 from shipper import metrics
 from shipper.config import SourceConfig
+from shipper.errors import ConfigError
 from shipper.log import RateLimitedLog
 from shipper.source import LineFeed, Source, SourceContext
 from shipper.units import Duration, Size
@@ -64,6 +65,13 @@ class FileConfig(SourceConfig):
     fingerprint_bytes: int = Field(default=1024, ge=64, le=65536)
     rotate_wait: Duration = 10.0
     forget_after: Duration = 86400.0
+
+    def preflight(self, key: str) -> None:
+        """A pattern's fixed directory that exists but cannot be listed would silently match nothing."""
+        for index, pattern in enumerate(self.include):
+            fixed = os.path.dirname(os.path.expanduser(pattern).split("*")[0].split("?")[0].split("[")[0])
+            if fixed and os.path.isdir(fixed) and not os.access(fixed, os.R_OK | os.X_OK):
+                raise ConfigError(f"{key}.include[{index}]", f"cannot list {fixed!r}: permission denied")
 
     @field_validator("read_bytes")
     @classmethod

@@ -161,3 +161,17 @@ def test_unknown_time_zone_is_a_config_error(tmp_path: Path) -> None:
     assert error.key == "sources.api.timezone" and "Mars/Olympus" in error.message and error.line == 6
     text = config_text(tmp_path).replace('type = "stdin"', 'type = "stdin"\ntimezone = "Europe/Berlin"')
     assert parse_config(text, None, {}).sources["api"].timezone == "Europe/Berlin"
+
+
+def test_file_sink_path_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        config_text(tmp_path).replace(f'path = "{tmp_path}/out.ndjson"', f'path = "{blocker}/sub/out.ndjson"')
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"{path}:10: sinks.out.path: cannot write" in result.stderr and "is not a directory" in result.stderr
