@@ -8,7 +8,6 @@ import orjson
 import pytest
 
 from shipper.config import MultilineConfig, RedactConfig, SourceConfig
-from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.metrics import registry
 from shipper.parsing import Processor, build_processor
@@ -271,11 +270,6 @@ def test_streams_keep_separate_groups_on_one_processor() -> None:
         "stderr": b"\n".join(ERROR_BLOCK),
         "stdout": b"[Nest] 7  - 11/23/2026, 12:47:50 AM     LOG [App] meanwhile",
     }
-
-
-def test_unknown_timezone_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"sources\.api\.timezone"):
-        processor(timezone="Mars/Olympus_Mons")
 
 
 def test_nest_json_error_forms() -> None:

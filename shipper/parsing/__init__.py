@@ -48,12 +48,10 @@ import time
 from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
-from zoneinfo import ZoneInfoNotFoundError
 
 import orjson
 
 from shipper.config import RedactConfig, SourceConfig
-from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.metrics import parse_fallbacks
 from shipper.parsing.clock import MAX_MS, MS_SUFFIX, LocalTimes, epoch_ms, format_ms, resolve_zone, second_prefix
@@ -130,11 +128,7 @@ class Processor:
         self._nest = fmt in ("auto", "nest")
         self._pretty = fmt in ("auto", "pino-pretty")
         self._service = config.service
-        try:
-            zone = resolve_zone(config.timezone)
-        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-            raise ConfigError(f"sources.{source}.timezone", f"unknown time zone {config.timezone!r}: {exc}") from None
-        self._times = LocalTimes(zone)
+        self._times = LocalTimes(resolve_zone(config.timezone))  # the name was checked with the config
         self._timeout = config.multiline.flush_timeout
         self._max_bytes = config.multiline.max_bytes
         self._max_lines = config.multiline.max_lines
