@@ -53,6 +53,8 @@ class ApiServer:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
                 return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
+        for name, context in self.agent.contexts.items():  # computed at scrape time, off the hot path
+            metrics.checkpoint_lag.labels(name).set(sum(feed.tracker.outstanding for feed in context.feeds))
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -1,7 +1,8 @@
 """One exception hierarchy for the agent.
 
-Configuration errors carry the key path (and TOML line where known); sink errors carry whether a
-retry can help and a short `reason` that becomes a metric label.
+Configuration errors carry the key path (and TOML line where known). A sink's failures are not
+exceptions but `shipper.sink.Outcome` values (retry / split / reject / unhealthy, with a `reason`
+that becomes a metric label), so the driver's handling of them is explicit and typed.
 """
 
 from __future__ import annotations
@@ -25,13 +26,3 @@ class ConfigError(ShipperError):
         where = f"{self.path}:" if self.path else ""
         where += f"{self.line}: " if self.line else (" " if where else "")
         return f"{where}{self.key}: {self.message}"
-
-
-class SinkError(ShipperError):
-    """A sink failed to deliver; `retryable` says whether the same data may succeed later."""
-
-    def __init__(self, reason: str, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
-        self.reason = reason
-        self.retryable = retryable
-        self.retry_after = retry_after
-        super().__init__(message)

@@ -8,15 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-# Normalized field names every sink encodes from.
-TIMESTAMP = "timestamp"
-LEVEL = "level"
-MESSAGE = "message"
-SOURCE = "source"
-STREAM = "stream"
-HOST = "host"
-SERVICE = "service"
-
 # Memory a parsed event costs beyond its raw bytes (dict, keys, small values), measured on pino
 # lines with tracemalloc: ~900 bytes of Python objects for a 220-byte line. Channel and batch
 # bounds use this estimate so that "64MiB" of buffer means about 64 MiB of memory.

@@ -59,6 +59,7 @@ def test_metrics_need_the_token_and_count_events(tmp_path: Path) -> None:
         assert b'shipper_events_received_total{source="api"} 2.0' in body
         assert b'shipper_events_sent_total{sink="out"} 2.0' in body
         assert b'shipper_sink_healthy{sink="out"} 1.0' in body
+        assert b'shipper_checkpoint_lag_chunks{source="api"} 0.0' in body  # everything read was acknowledged
         status, body = get(f"{base}/health")
         assert status == 200 and orjson.loads(body)["sinks"]["out"]["healthy"] is True
         assert get(f"{base}/health/live")[0] == 200
