@@ -35,6 +35,13 @@ def error_of(text: str, environ: dict[str, str] | None = None) -> ConfigError:
     return info.value
 
 
+def validate(path: Path) -> subprocess.CompletedProcess[str]:
+    """`shipper validate --config PATH` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
+    )
+
+
 def test_valid_config_has_defaults(tmp_path: Path) -> None:
     config = parse_config(config_text(tmp_path), None, {})
     sink = config.sinks["out"]
@@ -114,9 +121,7 @@ def test_interpolation_errors_name_the_key(tmp_path: Path) -> None:
 def test_batch_above_destination_limit_is_rejected_by_validate(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(config_text(tmp_path, "batch = { max_events = 100000 }\n"))
-    result = subprocess.run(
-        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
-    )
+    result = validate(path)
     assert result.returncode == 2
     assert "sinks.out.batch.max_events" in result.stderr and "at most 10000" in result.stderr
     assert "Traceback" not in result.stderr
@@ -125,9 +130,7 @@ def test_batch_above_destination_limit_is_rejected_by_validate(tmp_path: Path) -
 def test_cli_reports_bad_config_without_traceback(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(config_text(tmp_path, "colour = 1\n"))
-    result = subprocess.run(
-        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
-    )
+    result = validate(path)
     assert result.returncode == 2
     assert result.stderr.strip() == f"shipper: invalid configuration: {path}:11: sinks.out.colour: unknown key"
 
@@ -137,9 +140,7 @@ def test_unwritable_state_dir(tmp_path: Path) -> None:
     blocker.write_text("")
     path = tmp_path / "config.toml"
     path.write_text(BASE.format(state=blocker / "state"))
-    result = subprocess.run(
-        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
-    )
+    result = validate(path)
     assert result.returncode == 2 and "agent.state_dir" in result.stderr
 
 
@@ -170,8 +171,6 @@ def test_file_sink_path_that_cannot_be_created_is_named(tmp_path: Path) -> None:
     path.write_text(
         config_text(tmp_path).replace(f'path = "{tmp_path}/out.ndjson"', f'path = "{blocker}/sub/out.ndjson"')
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "shipper", "validate", "--config", str(path)], capture_output=True, text=True
-    )
+    result = validate(path)
     assert result.returncode == 2
     assert f"{path}:10: sinks.out.path: cannot write" in result.stderr and "is not a directory" in result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import Shipper, free_port
+from tests.conftest import Shipper
 from tests.fakes.collector import Collector
 from tests.procutil import ShipperProcess, check_delivery, line_id, pino_lines, wait_for
 
@@ -22,6 +22,17 @@ def config(tmp_path: Path, log: Path, url: str) -> Path:
         'glob_interval = "100ms"\npoll_interval = "50ms"\n'
         f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{url}"\n'
         'batch = { timeout = "50ms" }\nretry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
+    )
+    return path
+
+
+def stdin_config(tmp_path: Path, url: str) -> Path:
+    """stdin to the collector, with a short shutdown deadline and fast retries."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "500ms"\n[sources.api]\ntype = "stdin"\n'
+        f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{url}"\n'
+        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
     )
     return path
 
@@ -66,14 +77,7 @@ def test_checkpoint_holds_through_an_outage_and_a_restart(tmp_path: Path, collec
 
 def test_stdin_events_cut_by_the_deadline_are_counted_as_lost(tmp_path: Path, collector: Collector) -> None:
     collector.fail_status = 503
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "500ms"\n[api]\nenabled = true\n'
-        f'address = "127.0.0.1:{free_port()}"\n[sources.api]\ntype = "stdin"\n'
-        f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{collector.url}"\n'
-        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
-    )
-    shipper = Shipper(["run", "--config", str(path)])
+    shipper = Shipper(["run", "--config", str(stdin_config(tmp_path, collector.url))])
     shipper.feed(pino_lines(range(300)), close=False)
     wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
     shipper.proc.send_signal(signal.SIGTERM)
@@ -85,13 +89,7 @@ def test_stdin_events_cut_by_the_deadline_are_counted_as_lost(tmp_path: Path, co
 
 def test_at_stdin_eof_shipper_waits_past_the_deadline_to_deliver(tmp_path: Path, collector: Collector) -> None:
     collector.fail_status = 503
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "500ms"\n[sources.api]\ntype = "stdin"\n'
-        f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{collector.url}"\n'
-        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
-    )
-    shipper = Shipper(["run", "--config", str(path)])
+    shipper = Shipper(["run", "--config", str(stdin_config(tmp_path, collector.url))])
     shipper.feed(pino_lines(range(50)))  # EOF: the input can never be read again
     wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
     time.sleep(1.0)
