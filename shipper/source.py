@@ -109,6 +109,11 @@ class LineFeed:
                 self.position = end_offset
             events = self.processor.feed(lines, stream, time.time()) if lines else []
             await self._route(events)
+        # Let the sinks encode and send what this chunk added before the next one is parsed. A
+        # source whose reads complete at once (a file in the page cache) would otherwise fill its
+        # sinks' buffers to the bound before any driver ran: memory at the bound all the time,
+        # and batches sent in bursts.
+        await asyncio.sleep(0)
 
     async def flush(self, force: bool = False) -> None:
         """Emit multi-line events idle past their timeout; with `force`, everything held."""

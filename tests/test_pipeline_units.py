@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -13,11 +15,14 @@ import pytest
 from shipper import metrics
 from shipper.acks import AckTracker
 from shipper.channel import Channel, Part
-from shipper.config import SinkConfig, WhenConfig
+from shipper.config import SinkConfig, WhenConfig, config_from_dict
 from shipper.driver import SinkDriver
-from shipper.event import Event
+from shipper.event import Event, memory_size
+from shipper.parsing import build_processor
 from shipper.router import Router, compile_when
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
+from shipper.source import SourceContext
+from tests.conftest import CORPUS, needs_corpus
 
 
 def event(message: str, level: str = "info", **fields: object) -> Event:
@@ -329,3 +334,61 @@ async def test_agent_exits_non_zero_when_a_source_dies(tmp_path: Path) -> None:
 
     agent.sources["api"].run = broken  # type: ignore[method-assign]
     assert await asyncio.wait_for(agent.run(), 10) == EXIT_FAILED
+
+
+# ------------------------------------------------------------------------------- line feed
+
+
+async def test_a_source_that_never_waits_still_lets_its_sinks_run_between_chunks(tmp_path: Path) -> None:
+    """A file in the page cache reads without ever blocking. Were the sinks to run only when the
+    buffer is full, memory would sit at the bound and batches would leave in bursts: each pushed
+    chunk must give the consumer a turn."""
+    config = config_from_dict(
+        {"sources": {"app": {"type": "stdin"}}, "sinks": {"out": {"type": "console", "inputs": ["app"]}}}, environ={}
+    )
+    channel = Channel("out", 1 << 30, "block")
+    router = Router()
+    router.add("app", channel, None)
+    context = SourceContext(
+        "app", config.sources["app"], router=router, host="h", redact=config.redact,
+        state_dir=tmp_path, stopping=asyncio.Event(),
+    )  # fmt: skip
+    feed = context.open_feed()
+    taken: list[int] = []
+
+    async def consume() -> None:
+        while (part := await channel.get(None)) is not None:
+            taken.append(len(part.events))
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0)  # the consumer now waits for its first part
+    for chunk in range(5):
+        await feed.push(b"".join(b'{"level":30,"time":1,"msg":"m%d"}\n' % (chunk * 100 + i) for i in range(100)))
+        assert sum(taken) == 100 * (chunk + 1), "the consumer did not run after this chunk"
+    channel.close()
+    await consumer
+
+
+@needs_corpus
+def test_the_memory_estimate_of_parsed_events_is_close_to_their_real_size() -> None:
+    """Buffer bounds are in estimated memory: "64MiB" must not turn out to be 100 MiB for the
+    Fastify lines that make up most of a real API's logs (nor be wildly over for Nest's)."""
+    config = config_from_dict(
+        {"sources": {"app": {"type": "stdin"}}, "sinks": {"out": {"type": "console", "inputs": ["app"]}}}, environ={}
+    )
+    for path, low, high in ((CORPUS / "fastify-pino.ndjson", 0.9, 1.2), (CORPUS / "nest-text-plain.log", 1.0, 1.6)):
+        data = path.read_bytes()
+        processor = build_processor("app", config.sources["app"], host="h", redact=config.redact)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            lines = data.split(b"\n")[:-1]  # the raw lines the events keep are part of their cost
+            events = processor.feed(lines, "stdout", time.time()) + processor.flush(force=True)
+            del lines
+            gc.collect()
+            actual = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        ratio = memory_size(events) / actual
+        assert low <= ratio <= high, f"{path.name}: estimated/actual = {ratio:.2f}"
