@@ -242,6 +242,10 @@ class DatadogSink(HttpSink):
         self._templates = [t for t in config.tags if _PLACEHOLDER.search(t)]
         self._paths = sorted({p for t in self._templates for p in _PLACEHOLDER.findall(t)})
         self._tag_cache: dict[Any, str] = {}
+        # The common template set names one top-level field (`level:{level}`): to_doc then looks
+        # its rendering up directly. (A dict or list value is unhashable: ddtags handles it.)
+        single = self._paths[0] if len(self._paths) == 1 else ""
+        self._tag_key = single if single and "." not in single else None
         self._last_stamp: Any = None
         self._last_ms: int | None = None
         # Events whose raw line is shorter than this cannot encode past max_event_bytes.
@@ -294,7 +298,8 @@ class DatadogSink(HttpSink):
         """The Datadog log object for normalized `fields`. A canonical UTC timestamp
         (`2026-11-23T00:47:16.241Z`) is sent as is; any other form is converted to epoch ms.
 
-        This runs once per event on the hot path: plain dict operations, no per-field loop."""
+        This runs once per event on the hot path: plain dict operations, no per-field loop, no
+        helper call for the common event (one top-level tag field whose rendering is cached)."""
         doc = fields.copy()
         host = doc.pop("host", None)
         if host is not None and doc.get("hostname") == host:  # pino's own `hostname`: the same value
@@ -308,7 +313,14 @@ class DatadogSink(HttpSink):
         doc["ddsource"] = self._source
         if self._service is not None:
             doc["service"] = self._service
-        tags = self.ddtags(fields) if self._paths else self._static_tags
+        tags: str | None = self._static_tags
+        if self._paths:
+            try:
+                tags = self._tag_cache.get(fields.get(self._tag_key)) if self._tag_key else None
+            except TypeError:  # a dict or list value: not hashable
+                tags = None
+            if tags is None:
+                tags = self.ddtags(fields)
         if tags:
             doc["ddtags"] = tags
         if shadowed:
@@ -333,46 +345,68 @@ class DatadogSink(HttpSink):
         """Requests within every intake limit; out-of-range events re-stamped or dropped (counted),
         oversized ones truncated (flagged and counted). Changed events are replaced by new `Event`s
         in `Request.events`, so a split that re-encodes them neither changes nor counts them twice."""
+        if not events:
+            return []
         now = time.time()
         now_ms = int(now * 1000)
         oldest, newest = now_ms - MAX_AGE_MS, now_ms + MAX_AHEAD_MS
-        # Canonical UTC strings (what shipper's normalizer writes) compare in time order as strings.
-        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
-        earliest, earliest_iso = newest, newest_iso
-        to_doc, check_above = self.to_doc, self._check_above
-        docs: list[Doc] = []
-        add = docs.append
-        unusual: list[int] = []
-        for index, event in enumerate(events):
-            doc = to_doc(event.fields)
-            add(doc)
-            stamp = doc.get("timestamp")
-            if stamp is not None:
-                if stamp.__class__ is str:
-                    if stamp < earliest_iso:
-                        earliest_iso = stamp
-                    if stamp < oldest_iso or stamp > newest_iso:
-                        unusual.append(index)
-                        continue
-                else:
-                    if stamp < earliest:
-                        earliest = stamp
-                    if stamp < oldest or stamp > newest:
-                        unusual.append(index)
-                        continue
-            if len(event.raw) > check_above:
-                unusual.append(index)
-        oldest_ms = min(earliest, epoch_ms(earliest_iso) or newest)
-        if unusual:
-            events, docs = self._unusual(events, docs, unusual, now, oldest, newest)
-            stamps = [epoch_ms(doc.get("timestamp")) for doc in docs]
-            oldest_ms = min([ms for ms in stamps if ms is not None], default=newest)
+        to_doc = self.to_doc
+        docs = [to_doc(event.fields) for event in events]
+        # The common batch, checked with C-level min/max: every timestamp of one type (canonical
+        # UTC strings compare in time order as strings), all in the window, no event long enough
+        # to pass max_event_bytes. Anything else takes the per-event look in `_unusual_indexes`.
+        stamps: list[Any] = [doc.get("timestamp") for doc in docs]
+        first: Any
+        last: Any
+        try:
+            first, last = min(stamps), max(stamps)
+        except TypeError:  # mixed types, or an event without a timestamp
+            first = last = None
+        longest = max([len(event.raw) for event in events])
+        if first.__class__ is str and last.__class__ is str:
+            in_window = format_ms(oldest) <= first and last <= format_ms(newest)
+            oldest_ms = epoch_ms(first) or newest
+        elif first.__class__ is int and last.__class__ is int:
+            in_window = oldest <= first and last <= newest
+            oldest_ms = first
+        else:
+            in_window = False
+        if not in_window or longest > self._check_above:
+            unusual, oldest_ms = self._unusual_indexes(events, stamps, oldest, newest)
+            if unusual:
+                events, docs = self._unusual(events, docs, unusual, now, oldest, newest)
+                stamps = [epoch_ms(doc.get("timestamp")) for doc in docs]
+                oldest_ms = min([ms for ms in stamps if ms is not None], default=newest)
         meta = {"oldest_ms": oldest_ms}
         requests: list[Request] = []
         for start in range(0, len(events), MAX_ENTRIES):
             end = start + MAX_ENTRIES
             requests.extend(self._bodies(events[start:end], docs[start:end], meta))
         return requests
+
+    def _unusual_indexes(
+        self, events: list[Event], stamps: list[Any], oldest: int, newest: int
+    ) -> tuple[list[int], int]:
+        """Indexes of the events out of Datadog's time window or possibly oversized, and the
+        oldest timestamp (epoch ms) among the others."""
+        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
+        earliest, earliest_iso = newest, newest_iso
+        unusual: list[int] = []
+        for index, stamp in enumerate(stamps):
+            if stamp is not None:
+                if stamp.__class__ is str:
+                    if stamp < oldest_iso or stamp > newest_iso:
+                        unusual.append(index)
+                        continue
+                    earliest_iso = min(earliest_iso, stamp)
+                else:
+                    if stamp < oldest or stamp > newest:
+                        unusual.append(index)
+                        continue
+                    earliest = min(earliest, stamp)
+            if len(events[index].raw) > self._check_above:
+                unusual.append(index)
+        return unusual, min(earliest, epoch_ms(earliest_iso) or newest)
 
     def _unusual(
         self, events: list[Event], docs: list[Doc], indexes: list[int], now: float, oldest: int, newest: int

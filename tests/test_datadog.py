@@ -184,6 +184,34 @@ def test_templated_tags_nested_paths_and_commas() -> None:
     ]
 
 
+def test_one_field_tag_template_renders_from_its_cache_and_skips_unusable_values() -> None:
+    sink = make_sink(tags=["env:prod", "level:{level}"])
+    batch = [event(0, level="info"), event(1, level="error"), event(2, level={"not": "a tag"}), event(3)]
+    del batch[3].fields["level"]
+    expected = ["env:prod,level:info", "env:prod,level:error", "env:prod", "env:prod"]
+    for _ in range(2):  # the second pass is served from the rendered-tags cache
+        (request,) = sink.encode(batch)
+        assert [d["ddtags"] for d in docs(request)] == expected
+
+
+def test_a_batch_mixing_timestamp_forms_is_checked_event_by_event() -> None:
+    sink = make_sink()
+    moment = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=250_000)
+    batch = [
+        event(0, timestamp=iso(moment)),  # canonical: sent as is
+        event(1, timestamp=moment.timestamp()),  # epoch seconds: sent as epoch ms
+        event(2, timestamp=now_iso(-timedelta(hours=20))),  # too old for Datadog: re-stamped
+        event(3),
+    ]
+    del batch[3].fields["timestamp"]  # none at all: Datadog stamps it on receipt
+    (request,) = sink.encode(batch)
+    entries = docs(request)
+    assert entries[0]["timestamp"] == iso(moment) and entries[1]["timestamp"] == round(moment.timestamp() * 1000)
+    assert abs(epoch_ms(entries[2]["timestamp"]) - time.time() * 1000) < 5_000  # type: ignore[operator]
+    assert "shipper.original_timestamp" in entries[2] and "timestamp" not in entries[3]
+    assert abs(request.meta["oldest_ms"] - moment.timestamp() * 1000) < 2  # the stale check's reference
+
+
 def test_unparseable_timestamp_is_left_to_datadog_and_kept() -> None:
     (request,) = make_sink().encode([event(timestamp="not a date")])
     (doc,) = docs(request)
