@@ -1,13 +1,14 @@
-"""Throughput of the Datadog sink, end to end: `shipper run < 1M pino lines` -> fake intake (gzip on).
+"""Throughput of the Datadog sink, end to end: 1M pino lines in a file -> shipper -> fake intake (gzip on).
 
 The fake intake runs as a separate process (counting, not keeping, what it accepts) so its CPU is
-not charged to shipper. Prints records/s (wall clock from spawn to exit at EOF after draining),
+not charged to shipper. Prints records/s (wall clock from spawn until the intake has accepted every
+line; with --stdin, until shipper exits at EOF after draining),
 shipper's CPU seconds (user+sys, rusage) and its peak RSS (VmHWM), and checks that the intake
 accepted every line. Targets: >= 120,000 records/s, < 120 MiB peak RSS.
 
     python bench/bench_datadog.py [--lines 1000000] [--seed 42] [--no-redact] [--concurrency N]
     python bench/bench_datadog.py --sink-only         # the sink alone, on pre-parsed events
-    python bench/bench_datadog.py --profile out.json  # py-spy (speedscope .json, else flame graph .svg)
+    python bench/bench_datadog.py --profile out.json  # py-spy (speedscope .json, collapsed .txt, else .svg)
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, run_shipper, write_pino_file
+from bench.common import REPO, run_shipper, run_shipper_until, write_pino_file
 
 KEY = "bench-api-key-00000000000000000000"
 TARGET_RPS = 120_000
@@ -52,12 +54,16 @@ def start_intake() -> tuple[subprocess.Popen[bytes], str]:
     return intake, line.split()[1]
 
 
-def write_config(directory: Path, endpoint: str, buffer: str, redact: bool, concurrency: int | None) -> Path:
+def write_config(
+    directory: Path, endpoint: str, buffer: str, redact: bool, concurrency: int | None, data: Path | None
+) -> Path:
+    """The bench config: the pino lines from the file `data` (read from its start), else stdin."""
     config = directory / "bench.toml"
+    source = f'type = "file"\ninclude = ["{data}"]\nstart_at = "beginning"\n' if data else 'type = "stdin"\n'
     config.write_text(
         f'[agent]\nstate_dir = "{directory / "state"}"\nlog_format = "json"\n\n'
         f"[redact]\nenabled = {str(redact).lower()}\n\n"
-        '[sources.api]\ntype = "stdin"\nservice = "api"\n\n'
+        f'[sources.api]\n{source}service = "api"\n\n'
         '[sinks.dd]\ntype = "datadog"\ninputs = ["api"]\napi_key = "${DD_API_KEY}"\n'
         f'endpoint = "{endpoint}"\ncompression = "gzip"\ntags = ["env:bench", "level:{{level}}"]\n'
         + (f'buffer = {{ max_bytes = "{buffer}" }}\n' if buffer else "")
@@ -110,12 +116,24 @@ async def sink_only(data: Path, endpoint: str, lines: int, concurrency: int | No
     return time.perf_counter() - started, cpu
 
 
+def intake_stats(endpoint: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{endpoint}/_fake/stats", timeout=10) as resp:
+        stats: dict[str, Any] = json.loads(resp.read())
+    return stats
+
+
+def profile_format(path: str) -> str:
+    """py-spy's output format from the file name: speedscope (.json), collapsed stacks (.txt), else SVG."""
+    return {".json": "speedscope", ".txt": "raw"}.get(Path(path).suffix, "flamegraph")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--buffer", default="", help="sink buffer.max_bytes (default: the sink's default)")
     parser.add_argument("--concurrency", type=int, help="sink concurrency (default: the sink's default)")
+    parser.add_argument("--stdin", action="store_true", help="read the lines from stdin (to EOF) instead of a file")
     parser.add_argument("--no-redact", action="store_true", help="disable redaction (isolates parse + sink cost)")
     parser.add_argument(
         "--sink-only", action="store_true", help="time the sink alone, in-process, on pre-parsed events"
@@ -129,13 +147,13 @@ def main() -> int:
         size = write_lines(data, args.lines, args.seed)
         intake, endpoint = start_intake()
         try:
-            config = write_config(directory, endpoint, args.buffer, not args.no_redact, args.concurrency)
+            from_file = None if args.stdin or args.profile or args.sink_only else data
+            config = write_config(directory, endpoint, args.buffer, not args.no_redact, args.concurrency, from_file)
             if args.sink_only:
                 import asyncio
 
                 seconds, cpu = asyncio.run(sink_only(data, endpoint, args.lines, args.concurrency))
-                with urllib.request.urlopen(f"{endpoint}/_fake/stats", timeout=10) as resp:
-                    stats = json.loads(resp.read())
+                stats = intake_stats(endpoint)
                 sent = args.lines // 10_000 * 10_000
                 print(
                     f"sink only        {sent:,} pre-parsed events -> intake: {sent / seconds:,.0f} records/s, ", end=""
@@ -145,7 +163,7 @@ def main() -> int:
                 return 0 if stats["accepted"] == sent else 1
             if args.profile:
                 command = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "250", "--threads"]
-                command += ["--idle", "--format", "speedscope" if args.profile.endswith(".json") else "flamegraph"]
+                command += ["--idle", "--format", profile_format(args.profile)]
                 command += ["-o", args.profile, "--", sys.executable, "-m", "shipper", "run", "--config", str(config)]
                 started = time.perf_counter()
                 with data.open("rb") as stdin:
@@ -154,18 +172,24 @@ def main() -> int:
                     ).returncode
                 print(f"profiled run: exit {code}, wall {time.perf_counter() - started:.2f} s -> {args.profile}")
                 return code
-            result = run_shipper(["run", "--config", str(config)], data, env={"DD_API_KEY": KEY})
-            with urllib.request.urlopen(f"{endpoint}/_fake/stats", timeout=10) as resp:
-                stats = json.loads(resp.read())
+            run = ["run", "--config", str(config)]
+            env = {"DD_API_KEY": KEY}
+            if from_file:
+                result = run_shipper_until(run, lambda: intake_stats(endpoint)["accepted"] >= args.lines, env=env)
+            else:
+                result = run_shipper(run, data, env=env)
+            stats = intake_stats(endpoint)
         finally:
             intake.terminate()
             intake.wait(10)
 
     rate = args.lines / result.seconds
     redaction = "off" if args.no_redact else "on"
-    print(f"lines            {args.lines:,} ({size / 1e6:.0f} MB, seed {args.seed}), gzip on, redaction {redaction}")
+    origin = "stdin" if args.stdin else "a file"
+    print(f"lines            {args.lines:,} from {origin} ({size / 1e6:.0f} MB, seed {args.seed}), gzip on, ", end="")
+    print(f"redaction {redaction}")
     print(f"exit code        {result.returncode}")
-    print(f"wall             {result.seconds:.2f} s")
+    print(f"wall             {result.seconds:.2f} s (spawn to " + ("exit)" if args.stdin else "all accepted)"))
     print(f"records/s        {rate:,.0f}   (target >= {TARGET_RPS:,})")
     print(f"cpu (user+sys)   {result.cpu_seconds:.2f} s")
     print(f"peak RSS         {result.peak_rss_mib:.1f} MiB   (target < {TARGET_RSS_MIB})")

@@ -10,30 +10,13 @@ The file source never ends by itself, so the run is timed until the sink has wri
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, write_pino_file
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from bench.common import run_shipper_until, write_pino_file
 
 
 def main() -> None:
@@ -55,32 +38,21 @@ def main() -> None:
             f'read_bytes = "{args.read_bytes}"\n'
             f'[sinks.out]\ntype = "file"\ninputs = ["api"]\npath = "{out}"\nmax_size = "10GiB"\n'
         )
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shipper", "run", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
-        )
         written, offset = 0, 0
-        try:
-            while written < args.lines:
-                if proc.poll() is not None or time.perf_counter() - started > args.timeout:
-                    raise SystemExit(f"shipper stopped or timed out at {written:,} lines")
-                if out.exists():
-                    with open(out, "rb") as handle:
-                        handle.seek(offset)
-                        chunk = handle.read()
-                    offset += len(chunk)
-                    written += chunk.count(b"\n")
-                time.sleep(0.02)
-            seconds = time.perf_counter() - started
-            cpu, rss = cpu_seconds(proc.pid), peak_rss_mib(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 0, stderr[-2000:]
+
+        def all_written() -> bool:
+            nonlocal written, offset
+            if out.exists():
+                with open(out, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                offset += len(chunk)
+                written += chunk.count(b"\n")
+            return written >= args.lines
+
+        result = run_shipper_until(["run", "--config", str(config)], all_written, timeout=args.timeout)
+        seconds, cpu, rss, stderr = result.seconds, result.cpu_seconds, result.peak_rss_mib, result.stderr
+        assert result.returncode == 0, stderr[-2000:]
         assert written == args.lines, written
         print(
             f"file source -> file sink  {args.lines / seconds:>10,.0f} lines/s  {nbytes / seconds / 2**20:6.1f} MiB/s  "

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +127,47 @@ def run_shipper(args: list[str], stdin_path: Path | None = None, env: dict[str, 
     # VmHWM is the process's own high-water mark; RUSAGE_CHILDREN's ru_maxrss would be the largest of
     # every child this bench ever waited for, not this run's.
     return RunResult(seconds, cpu, peak[0] / 1024, proc.returncode, stderr)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a live process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_shipper_until(
+    args: list[str], done: Callable[[], bool], env: dict[str, str] | None = None, timeout: float = 600
+) -> RunResult:
+    """Run `python -m shipper ARGS` (a source that never ends, such as a file) until `done()` says
+    its output is complete: wall time from spawn to then, CPU and VmHWM read just before SIGTERM."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shipper", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        while not done():
+            if proc.poll() is not None or time.perf_counter() - started > timeout:
+                raise SystemExit(f"shipper stopped or timed out: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        cpu, rss = cpu_seconds(proc.pid), peak_rss_mib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    return RunResult(seconds, cpu, rss, proc.returncode, stderr)
 
 
 def report(name: str, records: int, nbytes: int, result: RunResult) -> None:
