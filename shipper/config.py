@@ -131,7 +131,7 @@ class WhenConfig(Strict):
 
 
 class BufferConfig(Strict):
-    max_bytes: Size = 64 * 1024 * 1024
+    max_bytes: Size = 48 * 1024 * 1024  # per sink, in estimated memory (shipper/event.py)
     when_full: Literal["block", "drop_newest"] = "block"
 
 
