@@ -131,7 +131,7 @@ class WhenConfig(Strict):
 
 
 class BufferConfig(Strict):
-    max_bytes: Size = 48 * 1024 * 1024  # per sink, in estimated memory (shipper/event.py)
+    max_bytes: Size = 32 * 1024 * 1024  # per sink, in estimated memory (shipper/event.py)
     when_full: Literal["block", "drop_newest"] = "block"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 # dicts, keys and small values. Measured with tracemalloc on every file of shared/corpus:
 # pino and pino-pretty events 1,150-1,230 bytes, so Fastify's access lines (the bulk of a real
 # API's logs) are not under-counted; Nest events 450-600 bytes, over-counted. Channel and batch
-# bounds use this estimate so that "48MiB" of buffer means about 48 MiB of memory.
+# bounds use this estimate so that "32MiB" of buffer means about 32 MiB of memory.
 EVENT_OVERHEAD = 1200
 
 LEVELS: tuple[str, ...] = ("trace", "debug", "info", "warn", "error", "fatal")

@@ -371,7 +371,7 @@ async def test_a_source_that_never_waits_still_lets_its_sinks_run_between_chunks
 
 @needs_corpus
 def test_the_memory_estimate_of_parsed_events_is_close_to_their_real_size() -> None:
-    """Buffer bounds are in estimated memory: "48MiB" must not turn out to be 70 MiB for the
+    """Buffer bounds are in estimated memory: "32MiB" must not turn out to be 45 MiB for the
     Fastify lines that make up most of a real API's logs (nor be wildly over for Nest's)."""
     config = config_from_dict(
         {"sources": {"app": {"type": "stdin"}}, "sinks": {"out": {"type": "console", "inputs": ["app"]}}}, environ={}
