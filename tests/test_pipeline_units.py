@@ -21,7 +21,7 @@ from shipper.event import Event, memory_size
 from shipper.parsing import build_processor
 from shipper.router import Router, compile_when
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
-from shipper.source import SourceContext
+from shipper.source import LineFeed, SourceContext
 from tests.conftest import CORPUS, needs_corpus
 
 
@@ -339,21 +339,26 @@ async def test_agent_exits_non_zero_when_a_source_dies(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- line feed
 
 
-async def test_a_source_that_never_waits_still_lets_its_sinks_run_between_chunks(tmp_path: Path) -> None:
-    """A file in the page cache reads without ever blocking. Were the sinks to run only when the
-    buffer is full, memory would sit at the bound and batches would leave in bursts: each pushed
-    chunk must give the consumer a turn."""
+def line_feed_into(channel: Channel, state_dir: Path, fields: dict[str, str] | None = None) -> LineFeed:
+    """A line feed of a stdin source named `app` whose events all go to `channel`."""
     config = config_from_dict(
         {"sources": {"app": {"type": "stdin"}}, "sinks": {"out": {"type": "console", "inputs": ["app"]}}}, environ={}
     )
-    channel = Channel("out", 1 << 30, "block")
     router = Router()
     router.add("app", channel, None)
     context = SourceContext(
         "app", config.sources["app"], router=router, host="h", redact=config.redact,
-        state_dir=tmp_path, stopping=asyncio.Event(),
+        state_dir=state_dir, stopping=asyncio.Event(),
     )  # fmt: skip
-    feed = context.open_feed()
+    return context.open_feed(fields=fields)
+
+
+async def test_a_source_that_never_waits_still_lets_its_sinks_run_between_chunks(tmp_path: Path) -> None:
+    """A file in the page cache reads without ever blocking. Were the sinks to run only when the
+    buffer is full, memory would sit at the bound and batches would leave in bursts: each pushed
+    chunk must give the consumer a turn."""
+    channel = Channel("out", 1 << 30, "block")
+    feed = line_feed_into(channel, tmp_path)
     taken: list[int] = []
 
     async def consume() -> None:
@@ -367,6 +372,15 @@ async def test_a_source_that_never_waits_still_lets_its_sinks_run_between_chunks
         assert sum(taken) == 100 * (chunk + 1), "the consumer did not run after this chunk"
     channel.close()
     await consumer
+
+
+async def test_feed_fields_fill_in_but_never_replace_what_the_application_logged(tmp_path: Path) -> None:
+    channel = Channel("out", 1 << 20, "block")
+    feed = line_feed_into(channel, tmp_path, fields={"file": "/var/log/api.log"})
+    await feed.push(b'{"level":30,"time":1,"msg":"a"}\n{"level":30,"time":2,"msg":"b","file":"users.ts"}\n')
+    part = await channel.get(0)
+    assert part is not None
+    assert [event.fields["file"] for event in part.events] == ["/var/log/api.log", "users.ts"]
 
 
 @needs_corpus
