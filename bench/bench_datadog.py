@@ -41,9 +41,10 @@ def write_lines(path: Path, count: int, seed: int) -> int:
     return write_pino_file(path, count, seed, base_ms=int(time.time() * 1000) - count - 60_000)
 
 
-def start_intake() -> tuple[subprocess.Popen[bytes], str]:
+def start_intake(delay: float = 0.0) -> tuple[subprocess.Popen[bytes], str]:
     intake = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.datadog_intake", "--port", "0", "--api-key", KEY, "--no-record"],
+        [sys.executable, "-m", "tests.fakes.datadog_intake", "--port", "0", "--api-key", KEY, "--no-record",
+         "--delay", str(delay)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert intake.stdout is not None
@@ -56,20 +57,19 @@ def start_intake() -> tuple[subprocess.Popen[bytes], str]:
     return intake, line.split()[1]
 
 
-def write_config(
-    directory: Path, endpoint: str, buffer: str, redact: bool, concurrency: int | None, data: Path | None
-) -> Path:
+def write_config(directory: Path, endpoint: str, args: argparse.Namespace, data: Path | None) -> Path:
     """The bench config: the pino lines from the file `data` (read from its start), else stdin."""
     config = directory / "bench.toml"
     source = f'type = "file"\ninclude = ["{data}"]\nstart_at = "beginning"\n' if data else 'type = "stdin"\n'
+    workers = '"auto"' if args.parse_workers == "auto" else int(args.parse_workers)
     config.write_text(
-        f'[agent]\nstate_dir = "{directory / "state"}"\nlog_format = "json"\n\n'
-        f"[redact]\nenabled = {str(redact).lower()}\n\n"
+        f'[agent]\nstate_dir = "{directory / "state"}"\nlog_format = "json"\nparse_workers = {workers}\n\n'
+        f"[redact]\nenabled = {str(not args.no_redact).lower()}\n\n"
         f'[sources.api]\n{source}service = "api"\n\n'
         '[sinks.dd]\ntype = "datadog"\ninputs = ["api"]\napi_key = "${DD_API_KEY}"\n'
         f'endpoint = "{endpoint}"\ncompression = "gzip"\ntags = ["env:bench", "level:{{level}}"]\n'
-        + (f'buffer = {{ max_bytes = "{buffer}" }}\n' if buffer else "")
-        + (f"concurrency = {concurrency}\n" if concurrency else "")
+        + (f'buffer = {{ max_bytes = "{args.buffer}" }}\n' if args.buffer else "")
+        + (f"concurrency = {args.concurrency}\n" if args.concurrency else "")
     )
     return config
 
@@ -152,10 +152,10 @@ def profile_format(path: str) -> str:
 
 def end_to_end(args: argparse.Namespace, directory: Path, data: Path) -> tuple[RunResult, dict[str, Any], float]:
     """One run against a fresh intake: shipper's result, the intake's stats, the steady rate."""
-    intake, endpoint = start_intake()
+    intake, endpoint = start_intake(args.intake_delay)
     try:
         from_file = None if args.stdin else data
-        config = write_config(directory, endpoint, args.buffer, not args.no_redact, args.concurrency, from_file)
+        config = write_config(directory, endpoint, args, from_file)
         run = ["run", "--config", str(config)]
         env = {"DD_API_KEY": KEY}
         progress = Progress(endpoint, args.lines)
@@ -171,7 +171,7 @@ def in_process(args: argparse.Namespace, data: Path) -> int:
     """--sink-only and --profile: against one intake, with stdin as the source."""
     intake, endpoint = start_intake()
     try:
-        config = write_config(data.parent, endpoint, args.buffer, not args.no_redact, args.concurrency, None)
+        config = write_config(data.parent, endpoint, args, None)
         if args.sink_only:
             import asyncio
 
@@ -183,6 +183,7 @@ def in_process(args: argparse.Namespace, data: Path) -> int:
             print(f"intake           {stats['accepted']:,} logs accepted in {stats['requests']} requests")
             return 0 if stats["accepted"] == sent else 1
         command = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "250", "--threads"]
+        command += ["--subprocesses"]  # the parse workers
         command += ["--idle", "--format", profile_format(args.profile)]
         command += ["-o", args.profile, "--", sys.executable, "-m", "shipper", "run", "--config", str(config)]
         started = time.perf_counter()
@@ -202,6 +203,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs (this VM's speed swings: give a median)")
     parser.add_argument("--buffer", default="", help="sink buffer.max_bytes (default: the sink's default)")
     parser.add_argument("--concurrency", type=int, help="sink concurrency (default: the sink's default)")
+    parser.add_argument("--parse-workers", default="auto", help="agent.parse_workers (default: auto)")
+    parser.add_argument(
+        "--intake-delay", type=float, default=0.0, help="seconds the intake waits before each answer: a slow "
+        "destination, so the sink buffer fills (peak RSS at the bound)",
+    )  # fmt: skip
     parser.add_argument("--stdin", action="store_true", help="read the lines from stdin (to EOF) instead of a file")
     parser.add_argument("--no-redact", action="store_true", help="disable redaction (isolates parse + sink cost)")
     parser.add_argument(
@@ -228,7 +234,8 @@ def main() -> int:
             steady_text = f"{steady:>9,.0f}" if steady else "        -"  # stdin: not tracked
             print(
                 f"records/s {rate:>9,.0f}   steady {steady_text}   cpu {result.cpu_seconds:6.2f} s   "
-                f"peak RSS {result.peak_rss_mib:6.1f} MiB   wall {result.seconds:6.2f} s   "
+                f"peak RSS {result.peak_rss_mib:6.1f} MiB (PSS {result.peak_pss_mib:5.1f})   "
+                f"wall {result.seconds:6.2f} s   "
                 f"intake {stats['accepted']:,} logs in {stats['requests']} requests {stats['statuses']}, "
                 f"largest {stats['max_entries']} entries / {stats['max_json_bytes']:,} bytes"
             )
@@ -239,6 +246,8 @@ def main() -> int:
     if args.repeat > 1:
         print(f"median {statistics.median(rates):,.0f} records/s, best {max(rates):,.0f} over {args.repeat} runs")
     print(f"targets: >= {TARGET_RPS:,} records/s, < {TARGET_RSS_MIB} MiB peak RSS")
+    print("peak RSS sums the agent's and its parse workers' high-water marks; PSS counts the pages they")
+    print("share (interpreter, extension modules) once: what they cost together (sampled; 0 with --stdin)")
     return 0
 
 

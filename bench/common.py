@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import resource
@@ -85,13 +86,15 @@ def write_pino_file(path: Path, count: int, seed: int = 42, base_ms: int = 17953
 class RunResult:
     seconds: float
     cpu_seconds: float
-    peak_rss_mib: float
+    peak_rss_mib: float  # VmHWM summed over the agent and its parse workers
     returncode: int
     stderr: bytes
+    peak_pss_mib: float = 0.0  # sampled: the same, with pages the processes share counted once
 
 
 def run_shipper(args: list[str], stdin_path: Path | None = None, env: dict[str, str] | None = None) -> RunResult:
-    """Run `python -m shipper ARGS` to completion; CPU from rusage, peak RSS from /proc VmHWM (sampled)."""
+    """Run `python -m shipper ARGS` to completion; CPU from rusage, peak RSS (agent plus parse
+    workers) from /proc VmHWM (sampled)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
     started = time.perf_counter()
@@ -103,15 +106,12 @@ def run_shipper(args: list[str], stdin_path: Path | None = None, env: dict[str, 
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
-    peak = [0]
+    peak = [0.0]
 
     def sample() -> None:
-        status = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:
             try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]))
+                peak[0] = max(peak[0], peak_rss_mib(proc.pid))
             except OSError:
                 return
             time.sleep(0.02)
@@ -124,23 +124,48 @@ def run_shipper(args: list[str], stdin_path: Path | None = None, env: dict[str, 
         stdin.close()  # type: ignore[union-attr]
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # VmHWM is the process's own high-water mark; RUSAGE_CHILDREN's ru_maxrss would be the largest of
-    # every child this bench ever waited for, not this run's.
-    return RunResult(seconds, cpu, peak[0] / 1024, proc.returncode, stderr)
+    # VmHWM is each process's own high-water mark; RUSAGE_CHILDREN's ru_maxrss would be the largest
+    # of every child this bench ever waited for, not this run's. CPU includes the parse workers.
+    return RunResult(seconds, cpu, peak[0], proc.returncode, stderr)
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of `pid` (shipper's parse workers)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a live process and its live children (parse workers), from /proc."""
+    total = 0.0
+    for each in (pid, *_children(pid)):
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def peak_rss_mib(pid: int) -> float:
-    """VmHWM of a live process."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """VmHWM of a live process plus its live children's: the agent's whole peak footprint (an
+    upper bound: the peaks need not coincide)."""
+    total = 0.0
+    for each in (pid, *_children(pid)):
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size of a live process plus its live children: what they cost together,
+    each shared page (the interpreter, extension modules) counted once rather than per process."""
+    total = 0.0
+    for each in (pid, *_children(pid)):
+        for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def run_shipper_until(
@@ -157,17 +182,23 @@ def run_shipper_until(
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+    pss, polls = 0.0, 0
     try:
         while not done():
             if proc.poll() is not None or time.perf_counter() - started > timeout:
                 raise SystemExit(f"shipper stopped or timed out: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+            polls += 1
+            if polls % 10 == 0:  # every 0.2 s: reading smaps is not free
+                with contextlib.suppress(OSError):
+                    pss = max(pss, pss_mib(proc.pid))
             time.sleep(0.02)
         seconds = time.perf_counter() - started
         cpu, rss = cpu_seconds(proc.pid), peak_rss_mib(proc.pid)
+        pss = max(pss, pss_mib(proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
-    return RunResult(seconds, cpu, rss, proc.returncode, stderr)
+    return RunResult(seconds, cpu, rss, proc.returncode, stderr, pss)
 
 
 def report(name: str, records: int, nbytes: int, result: RunResult) -> None:

@@ -21,7 +21,9 @@ from shipper.config import Config
 from shipper.driver import SinkDriver
 from shipper.errors import ConfigError
 from shipper.router import Router, compile_when
+from shipper.sink import prepares
 from shipper.source import Source, SourceContext
+from shipper.workers import WorkerPool, resolve_worker_count
 
 log = logging.getLogger("shipper.agent")
 
@@ -38,6 +40,7 @@ class Agent:
         self.config = config
         self.stopping = asyncio.Event()
         self._deadline_started = asyncio.Event()
+        self._housekeeping_failed = False
         self.router = Router()
         self.drivers: dict[str, SinkDriver] = {}
         for name, sink_config in config.sinks.items():
@@ -45,6 +48,17 @@ class Agent:
             self.drivers[name] = SinkDriver(build_sink(name, sink_config), channel)
             for source in sink_config.inputs:
                 self.router.add(source, channel, compile_when(sink_config.when))
+        # Parse workers pay off only when what comes back is already encoded: they serve the
+        # sources whose every sink prepares its logs (shipper/workers.py); the others parse here.
+        routes = {
+            name: [(sink, table, self.drivers[sink].channel) for sink, table in config.sinks.items()
+                   if name in table.inputs]
+            for name in config.sources
+        }  # fmt: skip
+        served = {name for name, to in routes.items() if to and all(prepares(self.drivers[s].sink) for s, _, _ in to)}
+        workers = resolve_worker_count(config.agent.parse_workers) if served else 0
+        agent = config.agent
+        self.workers = WorkerPool(workers, agent.log_level, agent.log_format, self._failed) if workers else None
         self.contexts: dict[str, SourceContext] = {}
         self.sources: dict[str, Source] = {}
         for name, source_config in config.sources.items():
@@ -56,6 +70,8 @@ class Agent:
                 redact=config.redact,
                 state_dir=config.agent.state_dir,
                 stopping=self.stopping,
+                workers=self.workers if name in served else None,
+                routes=routes[name],
             )
             if source_config.type == "process":
                 context.command = command
@@ -82,6 +98,17 @@ class Agent:
             self._deadline_started.set()
         self.stopping.set()
 
+    def _housekeeping_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed", extra={"task": task.get_name()}, exc_info=task.exception())
+            self._failed()
+
+    def _failed(self) -> None:
+        """Part of the pipeline died outside a source or sink task: stop, and exit 1 (the
+        checkpoints hold, so a restart resends what was not delivered)."""
+        self._housekeeping_failed = True
+        self.request_stop()
+
     def _reload_requested(self) -> None:
         log.warning("SIGHUP: live config reload is not implemented yet; restart shipper to apply changes")
 
@@ -92,13 +119,17 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
         if self.api is not None:
             await self.api.start()
+        if self.workers is not None:
+            await self.workers.start()
         driver_tasks = {name: asyncio.create_task(d.run(), name=f"sink:{name}") for name, d in self.drivers.items()}
         source_tasks = {name: asyncio.create_task(s.run(), name=f"source:{name}") for name, s in self.sources.items()}
         housekeeping = [
-            asyncio.create_task(self._flush_loop()),
-            asyncio.create_task(self._checkpoint_loop()),
-            asyncio.create_task(systemd.watchdog()),
+            asyncio.create_task(self._flush_loop(), name="flush"),
+            asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
+            asyncio.create_task(systemd.watchdog(), name="watchdog"),
         ]
+        for task in housekeeping:  # one that dies would leave events held or checkpoints stale
+            task.add_done_callback(self._housekeeping_ended)
         log.info("started", extra={"sources": sorted(self.sources), "sinks": sorted(self.drivers)})
         systemd.notify("READY=1")
 
@@ -115,7 +146,7 @@ class Agent:
 
         if not await self._within(source_tasks.values(), deadline, by_signal, "sources"):
             await self._cancel(source_tasks.values())
-        failed = self._report_failures(source_tasks)
+        failed = self._report_failures(source_tasks) or self._housekeeping_failed
         for context in self.contexts.values():
             for feed in list(context.feeds):
                 with contextlib.suppress(Exception):
@@ -127,6 +158,8 @@ class Agent:
             self._abandon()
             await self._cancel(driver_tasks.values())
         failed = self._report_failures(driver_tasks) or failed
+        if self.workers is not None:
+            await self.workers.close()
         for task in housekeeping:
             task.cancel()
         self._save_checkpoints()

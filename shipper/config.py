@@ -42,6 +42,16 @@ class AgentConfig(Strict):
     host: str = Field(default_factory=socket.gethostname)
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"
+    # Processes that parse and encode beside the agent's own (shipper/workers.py); `auto` is one
+    # when a second CPU is usable (affinity and cgroup quota), else none.
+    parse_workers: int | str = "auto"
+
+    @field_validator("parse_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int | str:
+        if value == "auto" or (type(value) is int and 0 <= value <= 64):
+            return value  # type: ignore[no-any-return]
+        raise ValueError(f'expected "auto" or a number of processes from 0 to 64, got {value!r}')
 
 
 class ApiConfig(Strict):

@@ -37,6 +37,40 @@ class Event:
         return f"Event({self.fields!r})"
 
 
+# Memory of an `Encoded` event beyond its bytes: the object and its bytes' header.
+ENCODED_OVERHEAD = 128
+
+
+class Encoded(Event):
+    """An event already in one sink's wire form, made by `Sink.prepare` where it was parsed (a
+    parse worker): `raw` holds the sink's bytes for it and `stamp` its timestamp as sent (for
+    the sink's age checks). `fields` keeps only what the agent still reads: `source`."""
+
+    __slots__ = ("stamp",)
+
+    def __init__(self, fields: dict[str, Any], raw: bytes, stamp: Any) -> None:
+        self.fields = fields
+        self.raw = raw
+        self.stamp = stamp
+
+    @property
+    def size(self) -> int:
+        return len(self.raw) + ENCODED_OVERHEAD
+
+
+# What `Sink.prepare` makes of a chunk: its encoded logs as NDJSON (no encoded log holds a raw
+# newline), and each log's timestamp as sent.
+Prepared = tuple[bytes, list[Any]]
+
+
+def encoded_events(prepared: Prepared, fields: dict[str, Any]) -> list[Event]:
+    """One `Encoded` event per line of `prepared`, each sharing `fields`."""
+    lines, stamps = prepared
+    raws = lines.split(b"\n")
+    raws.pop()
+    return [Encoded(fields, raw, stamp) for raw, stamp in zip(raws, stamps, strict=True)]
+
+
 def memory_size(events: list[Event]) -> int:
     """`Event.size` summed over a list, without a per-event method call."""
     return 2 * sum([len(event.raw) for event in events]) + EVENT_OVERHEAD * len(events)

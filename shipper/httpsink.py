@@ -12,15 +12,17 @@ import email.utils
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 from isal import igzip
 
 from shipper.config import HttpSinkConfig
 from shipper.event import Event
 from shipper.sink import CheckResult, Outcome, Request, Sink
+
+if TYPE_CHECKING:  # imported where a session is made: a parse worker preparing logs never needs it
+    import aiohttp
 
 # Compression releases the GIL: a small pool lets the second core compress while the loop parses.
 _compressors = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipper-gzip")
@@ -83,6 +85,8 @@ class HttpSink(Sink):
         return {}
 
     async def start(self) -> None:
+        import aiohttp
+
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
             connector=aiohttp.TCPConnector(limit=self.config.concurrency * 2),
@@ -112,6 +116,8 @@ class HttpSink(Sink):
         return headers
 
     async def send(self, request: Request) -> Outcome:
+        import aiohttp
+
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -135,6 +141,8 @@ class HttpSink(Sink):
 
     async def probe(self, url: str, headers: dict[str, str]) -> CheckResult:
         """GET `url`: any HTTP answer but 401/403 means the destination is there and did not refuse us."""
+        import aiohttp
+
         if self._session is None:
             await self.start()
         assert self._session is not None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from shipper.config import SinkConfig
-from shipper.event import Event
+from shipper.event import Event, Prepared
 
 OutcomeKind = Literal["delivered", "retry", "split", "reject", "unhealthy"]
 
@@ -93,6 +93,14 @@ class Sink(ABC):
         Events are shared with every other sink they were routed to: read them, never mutate them.
         """
 
+    def prepare(self, events: list[Event]) -> Prepared | None:
+        """This sink's per-event encoding, for a parse worker to run where the events are parsed
+        (shipper/workers.py): the encoded logs as NDJSON, which the agent turns into `Encoded`
+        events and only frames into requests. None (the default): the sink encodes in the agent,
+        from `fields`. A sink that prepares must accept `Encoded` events in `encode`, and count
+        per-event changes (truncations, re-stamps) only here."""
+        return None
+
     @abstractmethod
     async def send(self, request: Request) -> Outcome:
         """Send one request and classify the response. Connection errors may raise OSError."""
@@ -100,3 +108,9 @@ class Sink(ABC):
     async def check(self) -> CheckResult:
         """Verify credentials and reachability without shipping logs (`shipper check`)."""
         return CheckResult(True, "nothing to check")
+
+
+def prepares(sink: Sink | type[Sink]) -> bool:
+    """Whether a sink (or sink class) encodes its logs where they are parsed (overrides prepare)."""
+    kind = sink if isinstance(sink, type) else type(sink)
+    return kind.prepare is not Sink.prepare

@@ -12,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from shipper import metrics
 from shipper.acks import AckTracker
+from shipper.channel import Channel, Part
 from shipper.checkpoint import CheckpointStore
-from shipper.config import RedactConfig, SourceConfig
-from shipper.event import Event
+from shipper.config import RedactConfig, SinkConfig, SourceConfig
+from shipper.event import ENCODED_OVERHEAD, Event, encoded_events
 from shipper.parsing import Processor, build_processor
 from shipper.router import Router
+from shipper.workers import Parsed, RemoteParser, WorkerPool
 
 
 class SourceContext:
@@ -38,6 +41,8 @@ class SourceContext:
         redact: RedactConfig,
         state_dir: Path,
         stopping: asyncio.Event,
+        workers: WorkerPool | None = None,
+        routes: list[tuple[str, SinkConfig, Channel]] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -45,6 +50,8 @@ class SourceContext:
         self.host = host
         self.redact = redact
         self.stopping = stopping
+        self.workers = workers  # parse workers: feeds parse (and sinks prepare) there
+        self.routes = routes or []  # the sinks this source feeds, in config order (for workers)
         self.checkpoints = CheckpointStore(state_dir / "checkpoints" / f"{name}.json")
         self.feeds: list[LineFeed] = []
         self.command: list[str] | None = None  # `shipper run -- CMD ARGS` for a process source
@@ -64,21 +71,37 @@ class SourceContext:
 
     def close_feed(self, feed: LineFeed) -> None:
         self.feeds.remove(feed)
+        if feed.remote is not None:
+            feed.remote.close()
 
 
 class LineFeed:
-    """Chunks of bytes in, routed events out, with acks ordered by position."""
+    """Chunks of bytes in, routed events out, with acks ordered by position. With parse workers,
+    up to IN_FLIGHT chunks are parsed there while earlier ones are routed here."""
+
+    IN_FLIGHT = 3
 
     def __init__(self, context: SourceContext, tracker: AckTracker, fields: dict[str, Any] | None = None) -> None:
         self.context = context
         self.tracker = tracker
         self.fields = fields
-        self.processor: Processor = build_processor(
-            context.name, context.config, host=context.host, redact=context.redact
-        )
+        self.processor: Processor | None = None
+        self.remote: RemoteParser | None = None
+        if context.workers is not None:
+            routes = [(name, config) for name, config, _ in context.routes]
+            self.remote = context.workers.parser(
+                context.name, context.config, host=context.host, redact=context.redact, fields=fields, routes=routes
+            )
+        else:
+            self.processor = build_processor(context.name, context.config, host=context.host, redact=context.redact)
         self.max_line = context.config.max_line_bytes
         self.position: int | None = None
         self._partial: dict[str | None, bytes] = {}
+        # Chunks a worker is parsing: their reply, the position after them minus the partial lines
+        # held here then (None for a source without positions), and whether they consumed input
+        # (a flush that emits nothing moves no checkpoint, as without workers); in input order.
+        self._pending: deque[tuple[asyncio.Future[Parsed], int | None, bool]] = deque()
+        self._encoded_fields = {"source": context.name}  # what the agent reads of a prepared event
         self._lock = asyncio.Lock()
         self._received = metrics.events_received.labels(context.name)
         self._bytes = metrics.bytes_received.labels(context.name)
@@ -86,7 +109,9 @@ class LineFeed:
 
     @property
     def held_bytes(self) -> int:
-        return sum(len(p) for p in self._partial.values()) + self.processor.held_bytes
+        """Input bytes not yet emitted as events: partial lines, open multi-line groups (local)."""
+        held = sum(len(p) for p in self._partial.values())
+        return held + self.processor.held_bytes if self.processor is not None else held
 
     async def push(self, data: bytes, stream: str | None = None, end_offset: int | None = None) -> None:
         """Feed raw bytes read from `stream`; `end_offset` is the source position after them."""
@@ -94,21 +119,34 @@ class LineFeed:
         partial = self._partial.pop(stream, b"")
         if partial:
             data = partial + data
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        if len(data) > self.max_line:
-            lines = self._bounded(lines)
-            while len(rest) > self.max_line:
-                lines.append(rest[: self.max_line])
-                rest = rest[self.max_line :]
-                self._long_lines.inc()
+        body: bytes | None = None
+        lines: list[bytes] = []
+        if self.remote is not None and len(data) <= self.max_line:  # no line to cut: one slice
+            cut = data.rfind(b"\n")
+            body, rest = (None, data) if cut < 0 else (data[:cut], data[cut + 1 :])
+        else:
+            lines = data.split(b"\n")
+            rest = lines.pop()
+            if len(data) > self.max_line:
+                lines = self._bounded(lines)
+                while len(rest) > self.max_line:
+                    lines.append(rest[: self.max_line])
+                    rest = rest[self.max_line :]
+                    self._long_lines.inc()
+            if self.remote is not None and lines:
+                body = b"\n".join(lines)
         if rest:
             self._partial[stream] = rest
         async with self._lock:
             if end_offset is not None:
                 self.position = end_offset
-            events = self.processor.feed(lines, stream, time.time()) if lines else []
-            await self._route(events)
+            if self.processor is not None:
+                events = self.processor.feed(lines, stream, time.time()) if lines else []
+                await self._route(events)
+            elif body is not None and self.remote is not None:
+                parsing = await self.remote.feed(body, stream, time.time())
+                self._pending.append((parsing, self._unheld_position(), True))
+                await self._route_parsed(keep=self.IN_FLIGHT)
         # Let the sinks encode and send what this chunk added before the next one is parsed. A
         # source whose reads complete at once (a file in the page cache) would otherwise fill its
         # sinks' buffers to the bound before any driver ran: memory at the bound all the time,
@@ -116,16 +154,48 @@ class LineFeed:
         await asyncio.sleep(0)
 
     async def flush(self, force: bool = False) -> None:
-        """Emit multi-line events idle past their timeout; with `force`, everything held."""
+        """Emit multi-line events idle past their timeout; with `force`, everything held. With a
+        parse worker, also route every chunk it is still parsing."""
         async with self._lock:
-            if force and self._partial:
+            rests: list[tuple[str | None, bytes]] = []
+            if force:
+                rests = list(self._partial.items())
+                self._partial.clear()
+            if self.processor is not None:
                 now = time.time()
-                for stream, rest in list(self._partial.items()):
-                    del self._partial[stream]
+                for stream, rest in rests:
                     await self._route(self.processor.feed([rest], stream, now))
-            events = self.processor.flush(time.time(), force)
-            if events:
-                await self._route(events)
+                events = self.processor.flush(now, force)
+                if events:
+                    await self._route(events)
+            elif self.remote is not None:
+                flushing = await self.remote.flush(time.time(), force, rests)
+                self._pending.append((flushing, self._unheld_position(), bool(rests)))
+                await self._route_parsed(keep=0)
+
+    def _unheld_position(self) -> int | None:
+        if self.position is None:
+            return None
+        return self.position - sum(len(p) for p in self._partial.values())
+
+    async def _route_parsed(self, keep: int) -> None:
+        """Route what the worker finished, in input order; wait for the oldest chunk while more
+        than `keep` are in flight."""
+        pending = self._pending
+        while pending and (len(pending) > keep or pending[0][0].done()):
+            parsing, unheld, consumed = pending[0]
+            held, count, routed = await parsing
+            pending.popleft()
+            if not (count or consumed):  # a flush that emitted nothing: no position to acknowledge
+                continue
+            ack = self.tracker.open(None if unheld is None else unheld - held)
+            if count:
+                self._received.inc(count)
+            for index, lines, stamps in routed:
+                events = encoded_events((lines, stamps), self._encoded_fields)
+                ack.add(len(events))
+                await self.context.routes[index][2].put(Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events)))
+            ack.done()
 
     def _bounded(self, lines: list[bytes]) -> list[bytes]:
         out: list[bytes] = []

@@ -1,10 +1,12 @@
 """Datadog Logs sink: HTTP intake v2 (`POST /api/v2/logs`), spoken directly for speed.
 
-Each event becomes one Datadog log object built with plain dicts and one orjson call per request
-(datadog-api-client's models cost ~120 us/record; see WIRE.md). `encode` enforces every intake limit
-itself: at most 1,000 entries and 5,000,000 uncompressed bytes per request, no entry above
-`max_event_bytes` (Datadog would truncate it silently with a 2xx), and no timestamp outside the
-window Datadog indexes (older than 18 h or more than 2 h ahead: the log would be accepted and lost).
+Each event becomes one Datadog log object built with plain dicts and encoded by one orjson call
+(datadog-api-client's models cost ~120 us/record; see WIRE.md). `prepare` does that per event and
+applies the per-log rules: no entry above `max_event_bytes` (Datadog would truncate it silently
+with a 2xx) and no timestamp outside the window Datadog indexes (older than 18 h or more than 2 h
+ahead: the log would be accepted and lost). It runs where events are parsed, in a parse worker
+when there is one (shipper/workers.py). `encode` only frames prepared logs into requests of at most
+1,000 entries and 5,000,000 uncompressed bytes.
 Batching, retries, splitting and acknowledgements stay in `shipper.driver`.
 """
 
@@ -20,14 +22,14 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import aiohttp
+import msgspec
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from shipper import metrics
 from shipper.config import HttpSinkConfig
-from shipper.event import Event
-from shipper.httpsink import HttpSink, encode_json_array
+from shipper.event import Encoded, Event, Prepared, encoded_events
+from shipper.httpsink import HttpSink
 from shipper.log import RateLimitedLog
 from shipper.parsing.clock import epoch_ms, format_ms
 from shipper.router import field_value
@@ -63,10 +65,6 @@ MAX_AHEAD_MS = 2 * 3600 * 1000 - 60 * 1000
 # A request whose oldest entry is this close to the age limit is re-encoded before being (re)sent,
 # so a long outage (e.g. a revoked key fixed hours later) re-stamps or drops it instead of losing it.
 STALE_MS = 18 * 3600 * 1000 - 2 * 60 * 1000
-
-# Largest serialized growth of a field over its raw line (a control character becomes `\u00XX`):
-# events whose raw bytes could not reach `max_event_bytes` skip the per-event size check.
-WORST_GROWTH = 6
 
 # Attributes Datadog reads specially; an event field of the same name is kept as `<name>_original`
 # rather than silently reinterpreted or overwritten.
@@ -209,6 +207,26 @@ def _largest_string(node: Any, path: tuple[str | int, ...] = ()) -> tuple[int, t
     return best
 
 
+_LINES = msgspec.json.Encoder()
+
+
+def _encoded(doc: Doc) -> bytes:
+    """One log object as JSON bytes that outlive the call. orjson's own result buffer, when kept
+    (and prepared logs are kept until delivered), costs ~6 us per call here against 0.6 us when
+    freed at once; encoding a one-element list and slicing out the object copies it into a
+    right-sized object and frees the buffer: ~1.3 us."""
+    return orjson.dumps((doc,))[1:-1]
+
+
+def _oldest_ms(stamps: list[Any]) -> int | None:
+    """The oldest of logs' timestamps (as sent) in epoch ms; None when none has one."""
+    stamps = [stamp for stamp in stamps if stamp is not None]
+    try:
+        return epoch_ms(min(stamps)) if stamps else None
+    except TypeError:  # canonical strings and epoch numbers mixed
+        return min([ms for ms in map(epoch_ms, stamps) if ms is not None], default=None)
+
+
 def _replace_at(root: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
     """Set `root[path] = value`, copying every container on the way (the originals may be shared)."""
     node: Any = root
@@ -248,9 +266,9 @@ class DatadogSink(HttpSink):
         self._tag_key = single if single and "." not in single else None
         self._last_stamp: Any = None
         self._last_ms: int | None = None
-        # Events whose raw line is shorter than this cannot encode past max_event_bytes.
-        self._check_above = config.max_event_bytes // WORST_GROWTH - 1024
         self._notices = RateLimitedLog(log, interval=60.0)
+        # A request body within this holds no log above max_event_bytes, nor too many bytes.
+        self._whole_body_limit = min(MAX_REQUEST_BYTES, config.max_event_bytes)
         self._truncated = metrics.events_truncated.labels(name)
         self._out_of_range = metrics.events_dropped.labels(name, "out_of_range")
         self._restamped = metrics.events_restamped.labels(name)
@@ -341,119 +359,154 @@ class DatadogSink(HttpSink):
                 doc["timestamp"] = ms
         return doc
 
+    def prepare(self, events: list[Event]) -> Prepared:
+        """The events' Datadog log objects, encoded, within every per-log rule (see `_docs`; above
+        `max_event_bytes` truncated, flagged and counted). Runs where the events are parsed, in a
+        parse worker when there is one, so the agent only frames the logs into requests. One
+        msgspec `encode_lines` call for the chunk; log by log only when some log may be too big
+        or holds a value JSON cannot carry."""
+        events, docs, stamps = self._docs(events)
+        try:
+            lines: bytes | None = _LINES.encode_lines(docs)
+        except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
+            lines = None
+        if lines is None or len(lines) > self.config.max_event_bytes:
+            fitted = self._each_encoded(events, docs)
+            lines = b"".join([raw + b"\n" for raw, _ in fitted])
+            stamps = [stamp for _, stamp in fitted]
+        return lines, stamps
+
     def encode(self, events: list[Event]) -> list[Request]:
-        """Requests within every intake limit; out-of-range events re-stamped or dropped (counted),
-        oversized ones truncated (flagged and counted). Changed events are replaced by new `Event`s
-        in `Request.events`, so a split that re-encodes them neither changes nor counts them twice."""
+        """Requests of at most 1,000 logs and 5,000,000 bytes.
+
+        Events parsed in this process are encoded here with one orjson call for the whole request
+        (the common batch: no log can pass `max_event_bytes` when the whole body does not);
+        anything else is encoded log by log. Prepared logs (and so a split's halves, re-encoded)
+        are only framed, which is why nothing is ever counted twice."""
         if not events:
             return []
+        prepared: list[Event] = events
+        if events[0].__class__ is not Encoded and all(event.__class__ is not Encoded for event in events):
+            events, docs, stamps = self._docs(events)
+            try:
+                body: bytes | None = orjson.dumps(docs)
+            except orjson.JSONEncodeError:
+                body = None
+            if body is not None and len(events) <= MAX_ENTRIES and len(body) <= self._whole_body_limit:
+                return [Request(body, events, {"oldest_ms": _oldest_ms(stamps)})] if events else []
+            fitted = self._each_encoded(events, docs)
+            prepared = [Encoded(e.fields, raw, stamp) for e, (raw, stamp) in zip(events, fitted, strict=True)]
+        elif any(event.__class__ is not Encoded for event in events):  # mixed (rare): one by one
+            prepared = []
+            for event in events:
+                encoded = event.__class__ is Encoded
+                prepared += [event] if encoded else encoded_events(self.prepare([event]), event.fields)
+        requests: list[Request] = []
+        start, count = 0, len(prepared)
+        while start < count:
+            end, size = start, 2
+            while end < count and end - start < MAX_ENTRIES:
+                size += len(prepared[end].raw) + 1
+                if size > MAX_REQUEST_BYTES and end > start:
+                    break
+                end += 1
+            batch = prepared[start:end]
+            body = b"[" + b",".join([event.raw for event in batch]) + b"]"
+            stamps = [event.stamp for event in batch if isinstance(event, Encoded)]
+            requests.append(Request(body, batch, {"oldest_ms": _oldest_ms(stamps)}))
+            start = end
+        return requests
+
+    def _docs(self, events: list[Event]) -> tuple[list[Event], list[Doc], list[Any]]:
+        """The Datadog log objects of `events` and their timestamps, out-of-window ones re-stamped
+        (changed events replaced by new `Event`s) or dropped, and counted."""
         now = time.time()
         now_ms = int(now * 1000)
         oldest, newest = now_ms - MAX_AGE_MS, now_ms + MAX_AHEAD_MS
         to_doc = self.to_doc
         docs = [to_doc(event.fields) for event in events]
         # The common batch, checked with C-level min/max: every timestamp of one type (canonical
-        # UTC strings compare in time order as strings), all in the window, no event long enough
-        # to pass max_event_bytes. Anything else takes the per-event look in `_unusual_indexes`.
+        # UTC strings compare in time order as strings) and all in the window. Anything else
+        # takes the per-event look.
         stamps: list[Any] = [doc.get("timestamp") for doc in docs]
         first: Any
         last: Any
         try:
             first, last = min(stamps), max(stamps)
-        except TypeError:  # mixed types, or an event without a timestamp
+        except (TypeError, ValueError):  # mixed types, an event without a timestamp, no event
             first = last = None
-        longest = max([len(event.raw) for event in events])
         if first.__class__ is str and last.__class__ is str:
             in_window = format_ms(oldest) <= first and last <= format_ms(newest)
-            oldest_ms = epoch_ms(first) or newest
         elif first.__class__ is int and last.__class__ is int:
             in_window = oldest <= first and last <= newest
-            oldest_ms = first
         else:
             in_window = False
-        if not in_window or longest > self._check_above:
-            unusual, oldest_ms = self._unusual_indexes(events, stamps, oldest, newest)
-            if unusual:
-                events, docs = self._unusual(events, docs, unusual, now, oldest, newest)
-                stamps = [epoch_ms(doc.get("timestamp")) for doc in docs]
-                oldest_ms = min([ms for ms in stamps if ms is not None], default=newest)
-        meta = {"oldest_ms": oldest_ms}
-        requests: list[Request] = []
-        for start in range(0, len(events), MAX_ENTRIES):
-            end = start + MAX_ENTRIES
-            requests.extend(self._bodies(events[start:end], docs[start:end], meta))
-        return requests
+        if not in_window and events:
+            events, docs = self._into_window(events, docs, stamps, now, oldest, newest)
+            stamps = [doc.get("timestamp") for doc in docs]
+        return events, docs, stamps
 
-    def _unusual_indexes(
-        self, events: list[Event], stamps: list[Any], oldest: int, newest: int
-    ) -> tuple[list[int], int]:
-        """Indexes of the events out of Datadog's time window or possibly oversized, and the
-        oldest timestamp (epoch ms) among the others."""
-        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
-        earliest, earliest_iso = newest, newest_iso
-        unusual: list[int] = []
-        for index, stamp in enumerate(stamps):
-            if stamp is not None:
-                if stamp.__class__ is str:
-                    if stamp < oldest_iso or stamp > newest_iso:
-                        unusual.append(index)
-                        continue
-                    earliest_iso = min(earliest_iso, stamp)
-                else:
-                    if stamp < oldest or stamp > newest:
-                        unusual.append(index)
-                        continue
-                    earliest = min(earliest, stamp)
-            if len(events[index].raw) > self._check_above:
-                unusual.append(index)
-        return unusual, min(earliest, epoch_ms(earliest_iso) or newest)
+    def _each_encoded(self, events: list[Event], docs: list[Doc]) -> list[tuple[bytes, Any]]:
+        """Log by log: each encoded, fitted when too big or not encodable, with its timestamp."""
+        limit = self.config.max_event_bytes
+        out: list[tuple[bytes, Any]] = []
+        for event, doc in zip(events, docs, strict=True):
+            try:
+                body = _encoded(doc)
+            except orjson.JSONEncodeError:
+                body = b""
+            if not body or len(body) > limit:
+                _, doc = self._fitted(event, doc)
+                body = _encoded(doc)
+            out.append((body, doc.get("timestamp")))
+        return out
 
-    def _unusual(
-        self, events: list[Event], docs: list[Doc], indexes: list[int], now: float, oldest: int, newest: int
+    def _into_window(
+        self, events: list[Event], docs: list[Doc], stamps: list[Any], now: float, oldest: int, newest: int
     ) -> tuple[list[Event], list[Doc]]:
-        """The slow path for the few events out of Datadog's time window or possibly oversized."""
-        events, docs = list(events), list(docs)
-        dropped: set[int] = set()
+        """The slow path for a chunk with logs outside Datadog's window: re-stamped, or dropped
+        when configured, and counted."""
+        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
+        kept_events: list[Event] = []
+        kept_docs: list[Doc] = []
         out_of_range = 0
-        for index in indexes:
-            event, doc = events[index], docs[index]
-            ms = epoch_ms(doc.get("timestamp"))
-            if ms is not None and not oldest <= ms <= newest:
+        for event, doc, stamp in zip(events, docs, stamps, strict=True):
+            if stamp is not None and (
+                (stamp < oldest_iso or stamp > newest_iso) if stamp.__class__ is str else not oldest <= stamp <= newest
+            ):
                 out_of_range += 1
                 if self.config.out_of_range == "drop":
-                    dropped.add(index)
                     continue
                 event = self._restamped_event(event, now)
                 doc = self.to_doc(event.fields)
-            if len(event.raw) > self._check_above:
-                event, doc = self._fitted(event, doc)
-            events[index], docs[index] = event, doc
+            kept_events.append(event)
+            kept_docs.append(doc)
         if out_of_range:
             self._count_out_of_range(out_of_range)
-        if dropped:
-            events = [e for i, e in enumerate(events) if i not in dropped]
-            docs = [d for i, d in enumerate(docs) if i not in dropped]
-        return events, docs
+        return kept_events, kept_docs
 
-    def _bodies(self, events: list[Event], docs: list[Doc], meta: dict[str, Any]) -> list[Request]:
-        """JSON arrays of at most MAX_REQUEST_BYTES: one orjson call for the whole chunk. If orjson
-        cannot encode some value, or the body is bigger than the raw lines predicted (an event whose
-        fields did not come from `raw`), every event gets the per-event check first."""
-        try:
-            body: bytes | None = orjson.dumps(docs)
-        except orjson.JSONEncodeError:
-            body = None
-        if body is None or (
-            len(body) > self.config.max_event_bytes
-            and len(body) > 2 * sum([len(e.raw) for e in events]) + 256 * len(events)
-        ):
-            fitted = [self._fitted(event, doc) for event, doc in zip(events, docs, strict=True)]
-            events, docs = [e for e, _ in fitted], [d for _, d in fitted]
-            body = orjson.dumps(docs)
-        if len(body) <= MAX_REQUEST_BYTES:
-            return [Request(body, events, dict(meta))]
-        by_event = {id(event): doc for event, doc in zip(events, docs, strict=True)}
-        return encode_json_array(events, lambda event: by_event[id(event)], MAX_REQUEST_BYTES, meta)
+    def _aged(self, events: list[Event]) -> list[Event]:
+        """Prepared logs that aged out of Datadog's window while queued (behind a revoked key, an
+        outage): re-stamped, or dropped when configured, and counted."""
+        now = time.time()
+        oldest = int(now * 1000) - MAX_AGE_MS
+        out: list[Event] = []
+        aged = 0
+        for event in events:
+            ms = epoch_ms(event.stamp) if isinstance(event, Encoded) else None
+            if ms is None or ms >= oldest:
+                out.append(event)
+                continue
+            aged += 1
+            if self.config.out_of_range == "drop":
+                continue
+            doc = orjson.loads(event.raw)
+            doc.setdefault(ORIGINAL_TIMESTAMP, doc.get("timestamp"))
+            doc["timestamp"] = format_ms(int(now * 1000))
+            out.append(Encoded(event.fields, orjson.dumps(doc), doc["timestamp"]))
+        if aged:
+            self._count_out_of_range(aged)
+        return out
 
     def _restamped_event(self, event: Event, now: float) -> Event:
         fields = dict(event.fields)
@@ -542,11 +595,11 @@ class DatadogSink(HttpSink):
     # ------------------------------------------------------------ sending
 
     async def send(self, request: Request) -> Outcome:
-        """Send, first re-encoding a request that waited so long its oldest log nears the age limit."""
+        """Send, first re-stamping the logs of a request that waited so long they near the age limit."""
         oldest = request.meta.get("oldest_ms")
         if oldest is not None and oldest < time.time() * 1000 - STALE_MS:
-            fresh = self.encode(request.events)
-            if not fresh:  # every event dropped as out of range (counted by encode)
+            fresh = self.encode(self._aged(request.events))
+            if not fresh:  # every event dropped as out of range (counted by _aged)
                 request.events = []
                 return DELIVERED
             if len(fresh) > 1:
@@ -618,6 +671,8 @@ class DatadogSink(HttpSink):
         return self._validation_result(200 if getattr(response, "valid", False) else 403)
 
     async def _validate_plain(self) -> CheckResult:
+        import aiohttp
+
         if self._session is None:
             await self.start()
         assert self._session is not None

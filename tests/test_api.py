@@ -46,18 +46,21 @@ def test_metrics_need_the_token_and_count_events(tmp_path: Path) -> None:
     shipper = Shipper(["run", "--config", str(config)], env={"METRICS_TOKEN": TOKEN})
     base = f"http://127.0.0.1:{port}"
     try:
-        shipper.feed(b'{"level":30,"msg":"one"}\n{"level":50,"msg":"two"}\n', close=False)
+        secret = b'{"level":50,"msg":"two","req":{"headers":{"authorization":"Bearer abc.def"}}}\n'
+        shipper.feed(b'{"level":30,"msg":"one"}\n{"level":30, broken\n' + secret, close=False)
         wait_until_up(f"{base}/health/live")
         assert get(f"{base}/metrics")[0] == 401
         assert get(f"{base}/metrics", "wrong")[0] == 401
         deadline = time.monotonic() + 10
         body = b""
-        while time.monotonic() < deadline and b'shipper_events_sent_total{sink="out"} 2.0' not in body:
+        while time.monotonic() < deadline and b'shipper_events_sent_total{sink="out"} 3.0' not in body:
             status, body = get(f"{base}/metrics", TOKEN)
             assert status == 200
             time.sleep(0.1)
-        assert b'shipper_events_received_total{source="api"} 2.0' in body
-        assert b'shipper_events_sent_total{sink="out"} 2.0' in body
+        assert b'shipper_events_received_total{source="api"} 3.0' in body
+        assert b'shipper_events_sent_total{sink="out"} 3.0' in body
+        assert b'shipper_parse_fallbacks_total{reason="invalid_json",source="api"} 1.0' in body
+        assert b'shipper_redactions_total{rule="header"} 1.0' in body
         assert b'shipper_sink_healthy{sink="out"} 1.0' in body
         assert b'shipper_checkpoint_lag_chunks{source="api"} 0.0' in body  # everything read was acknowledged
         status, body = get(f"{base}/health")

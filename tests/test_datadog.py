@@ -20,7 +20,7 @@ from shipper.channel import Channel, Part
 from shipper.config import config_from_dict
 from shipper.driver import SinkDriver
 from shipper.errors import ConfigError
-from shipper.event import Event
+from shipper.event import Encoded, Event, encoded_events
 from shipper.parsing.clock import epoch_ms
 from shipper.sink import Request
 from sinks import build_sink
@@ -535,14 +535,26 @@ async def test_connection_refused_then_intake_comes_up() -> None:
         assert len(intake.logs) == 20
 
 
-async def test_a_request_stale_in_the_queue_is_restamped_before_sending() -> None:
+@pytest.mark.parametrize("prepared", [False, True], ids=["encoded-here", "prepared-by-a-worker"])
+async def test_a_request_stale_in_the_queue_is_restamped_before_sending(prepared: bool) -> None:
     async with DatadogIntake([KEY]) as intake:
         sink = fast(intake)
-        (request,) = sink.encode([event(0), event(1)])
-        request.meta["oldest_ms"] = 0  # as if it had waited 18 h behind a revoked key
-        request.events[0].fields["timestamp"] = now_iso(-timedelta(hours=20))
+        batch = [event(0), event(1)]
+        if prepared:
+            batch = encoded_events(sink.prepare(batch), {"source": "app"})
+        (request,) = sink.encode(batch)
+        # As if it had waited 20 h behind a revoked key: its first log is now too old for Datadog.
+        old = now_iso(-timedelta(hours=20))
+        first = request.events[0]
+        if isinstance(first, Encoded):
+            doc = orjson.loads(first.raw)
+            doc["timestamp"] = old
+            request.events[0] = Encoded(first.fields, orjson.dumps(doc), old)
+        else:
+            first.fields["timestamp"] = old
+        request.meta["oldest_ms"] = epoch_ms(old)
         outcome = await sink.send(request)
         await sink.stop()
         assert outcome.kind == "delivered"
         assert len(intake.logs) == 2 and intake.unindexed == []
-        assert intake.logs[0]["shipper.original_timestamp"].startswith(str(datetime.now(UTC).year))
+        assert intake.logs[0]["shipper.original_timestamp"] == old

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from sinks.datadog import epoch_ms
 from tests.conftest import CORPUS, REPO, Shipper, needs_corpus
@@ -21,10 +22,10 @@ ENV = {"DD_API_KEY": KEY}
 Key = tuple[Any, ...]
 
 
-def write_config(tmp_path: Path, endpoint: str, extra: str = "") -> Path:
+def write_config(tmp_path: Path, endpoint: str, extra: str = "", workers: int | str = '"auto"') -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
-        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\n\n'
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\nparse_workers = {workers}\n\n'
         '[sources.api]\ntype = "stdin"\n\n'
         '[sinks.dd]\ntype = "datadog"\ninputs = ["api"]\napi_key = "${DD_API_KEY}"\n'
         f'endpoint = "{endpoint}"\n'
@@ -67,11 +68,17 @@ def assert_clean(shipper: Shipper, intake: DatadogIntake) -> None:
     assert intake.unindexed == [] and intake.oversized == []
 
 
+# Both ways of encoding: in the agent (no parse worker) and prepared in a parse worker.
+WORKERS = pytest.mark.parametrize("workers", [0, 1], ids=["in-agent", "parse-worker"])
+
+
 @needs_corpus
-def test_healthy_intake_gets_every_event_exactly_once(tmp_path: Path) -> None:
+@WORKERS
+def test_healthy_intake_gets_every_event_exactly_once(tmp_path: Path, workers: int) -> None:
     data, expected = corpus()
     with DatadogIntake([KEY]).threaded() as intake:
-        shipper = Shipper(["run", "--config", str(write_config(tmp_path, intake.url))], env=ENV)
+        config = write_config(tmp_path, intake.url, workers=workers)
+        shipper = Shipper(["run", "--config", str(config)], env=ENV)
         assert shipper.wait(30, data) == 0, shipper.stderr.decode()[-3000:]
         assert compare(expected, intake.logs) == (0, 0)
         assert {s.status for s in intake.seen} == {202} and {s.encoding for s in intake.seen} == {"gzip"}
@@ -124,10 +131,12 @@ def test_rejected_key_then_fixed_loses_nothing(tmp_path: Path) -> None:
         assert any("healthy again" in line.get("msg", "") for line in lines)
 
 
-def test_two_megabyte_line_arrives_truncated_never_oversized(tmp_path: Path) -> None:
+@WORKERS
+def test_two_megabyte_line_arrives_truncated_never_oversized(tmp_path: Path, workers: int) -> None:
     big = b'{"level":50,"msg":"' + b"x" * 2_000_000 + b'"}\n'
     with DatadogIntake([KEY]).threaded() as intake:
-        shipper = Shipper(["run", "--config", str(write_config(tmp_path, intake.url))], env=ENV)
+        config = write_config(tmp_path, intake.url, workers=workers)
+        shipper = Shipper(["run", "--config", str(config)], env=ENV)
         assert shipper.wait(30, b'{"level":30,"msg":"before"}\n' + big + b'{"level":30,"msg":"after"}\n') == 0
         assert_clean(shipper, intake)
         truncated = [log for log in intake.logs if log.get("shipper.truncated")]

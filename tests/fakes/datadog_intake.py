@@ -130,10 +130,13 @@ def _epoch_s(value: Any) -> float | None:
 
 
 class DatadogIntake:
-    def __init__(self, api_keys: Iterable[str] = ("test-api-key",), *, record: bool = True, port: int = 0) -> None:
+    def __init__(
+        self, api_keys: Iterable[str] = ("test-api-key",), *, record: bool = True, port: int = 0, delay: float = 0.0
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port
         self.record = record
+        self.delay = delay  # seconds before each answer: a slow destination, so buffers fill
         self.keys: set[str] = set(api_keys)
         self.logs: list[dict[str, Any]] = []
         self.unindexed: list[dict[str, Any]] = []
@@ -204,6 +207,8 @@ class DatadogIntake:
 
     async def _logs(self, request: web.Request) -> web.Response:
         raw = await request.read()  # raw bytes: the app runs with auto_decompress=False
+        if self.delay:
+            await asyncio.sleep(self.delay)
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         response, entries, json_bytes = self._judge(request, raw, encoding)
         with self._lock:
@@ -356,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", action="append", default=[], help="an accepted DD-API-KEY (repeatable)")
     parser.add_argument("--no-record", action="store_true", help="count logs instead of keeping them (bench)")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer (a slow intake)")
     args = parser.parse_args(argv)
 
     async def serve() -> None:
-        intake = DatadogIntake(args.api_key or ["test-api-key"], record=not args.no_record, port=args.port)
+        keys = args.api_key or ["test-api-key"]
+        intake = DatadogIntake(keys, record=not args.no_record, port=args.port, delay=args.delay)
         await intake.start()
         print(f"listening {intake.url}", flush=True)
         stop = asyncio.Event()

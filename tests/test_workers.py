@@ -1,0 +1,238 @@
+"""Parse workers: the same logs as without them, counters forwarded, a dead worker is loud and loses
+nothing a restart cannot resend, and `auto` only uses a CPU that is really there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from shipper import workers
+from shipper.config import config_from_dict
+from shipper.errors import ConfigError
+from shipper.event import Encoded, Event, encoded_events
+from shipper.parsing import build_processor
+from sinks import build_sink
+from sinks.datadog import DatadogSink
+from tests.conftest import CORPUS, Shipper, free_port, needs_corpus
+from tests.fakes.datadog_intake import DatadogIntake
+from tests.procutil import (
+    ShipperProcess,
+    check_delivery,
+    delivered_ids,
+    line_id,
+    pino_lines,
+    wait_for,
+    write_config,
+)
+
+KEY = "dd-workers-secret-00112233445566778899aabbccdd"
+
+
+def datadog_sink() -> DatadogSink:
+    table = {"type": "datadog", "inputs": ["api"], "api_key": KEY, "tags": ["env:test", "level:{level}"]}
+    config = config_from_dict({"sources": {"api": {"type": "stdin"}}, "sinks": {"dd": table}}, environ={})
+    sink = build_sink("dd", config.sinks["dd"])
+    assert isinstance(sink, DatadogSink)
+    return sink
+
+
+def logs_of(sink: DatadogSink, events: list[Event]) -> list[dict[str, Any]]:
+    return [log for request in sink.encode(events) for log in orjson.loads(request.body)]
+
+
+@needs_corpus
+def test_logs_prepared_in_a_worker_are_the_logs_encoded_in_the_agent() -> None:
+    """Corpus events plus the per-log rules (a re-stamp, a truncation): framing what `prepare`
+    made gives the very logs the agent's own encoding gives, in the same order."""
+    sinks = {"out": {"type": "console", "inputs": ["api"]}}
+    config = config_from_dict({"sources": {"api": {"type": "stdin"}}, "sinks": sinks}, environ={})
+    processor = build_processor("api", config.sources["api"], host="h", redact=config.redact)
+    lines = (CORPUS / "fastify-pino.ndjson").read_bytes().split(b"\n")[:-1]
+    events = processor.feed(lines, "stdout", time.time())
+    old = (datetime.now(UTC) - timedelta(hours=30)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    events[5].fields["timestamp"] = old
+    events[9].fields["message"] = "x" * 1_500_000
+    sink, other = datadog_sink(), datadog_sink()
+
+    def stable(log: dict[str, Any]) -> dict[str, Any]:  # a re-stamp's "now" differs by milliseconds
+        return {k: v for k, v in log.items() if not (k == "timestamp" and log.get("shipper.original_timestamp"))}
+
+    prepared = encoded_events(sink.prepare(events), {"source": "api"})
+    assert all(isinstance(event, Encoded) for event in prepared)
+    in_worker, in_agent = logs_of(sink, prepared), logs_of(other, events)
+    assert len(in_worker) == len(events) > 2800
+    assert [stable(log) for log in in_worker] == [stable(log) for log in in_agent]
+    assert in_worker[5]["shipper.original_timestamp"] == old and in_worker[9]["shipper.truncated"] is True
+
+
+def test_a_batch_mixing_prepared_and_unprepared_events_keeps_its_order() -> None:
+    sink = datadog_sink()
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    events = [Event({"message": f"m{i}", "level": "info", "timestamp": now}, b"m") for i in range(4)]
+    mixed = [*encoded_events(sink.prepare(events[:2]), {"source": "api"}), *events[2:]]
+    assert [log["message"] for log in logs_of(sink, mixed)] == ["m0", "m1", "m2", "m3"]
+
+
+def shipper_with_a_worker(tmp_path: Path, app: Path, intake: DatadogIntake) -> ShipperProcess:
+    """A file source read in a parse worker, to a Datadog intake (a sink that prepares its logs)."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\nparse_workers = 1\n\n'
+        f'[sources.api]\ntype = "file"\ninclude = ["{app}"]\nstart_at = "beginning"\npoll_interval = "50ms"\n\n'
+        f'[sinks.dd]\ntype = "datadog"\ninputs = ["api"]\napi_key = "{KEY}"\nendpoint = "{intake.url}"\n'
+        'batch = { timeout = "50ms" }\nretry = { initial_backoff = "50ms", max_backoff = "500ms" }\n'
+    )
+    return ShipperProcess(config, tmp_path)
+
+
+def delivered(intake: DatadogIntake) -> list[int]:
+    return [i for i in map(line_id, intake.logs) if i is not None]
+
+
+def worker_pid(shipper: ShipperProcess) -> int:
+    children = Path(f"/proc/{shipper.proc.pid}/task/{shipper.proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_a_killed_worker_stops_shipper_loudly_and_a_restart_resends_what_it_held(tmp_path: Path) -> None:
+    app = tmp_path / "app.log"
+    app.write_bytes(pino_lines(range(1000)))
+    with DatadogIntake([KEY]).threaded() as intake:
+        first = shipper_with_a_worker(tmp_path, app, intake)
+        try:
+            wait_for(lambda: len(set(delivered(intake))) == 1000, 30, "the first lines")
+            os.kill(worker_pid(first), signal.SIGKILL)
+            with open(app, "ab") as handle:
+                handle.write(pino_lines(range(1000, 2000)))
+            assert first.wait(30) == 1, first.stderr[-3000:]
+            assert "parse worker exited" in first.stderr
+        finally:
+            first.ensure_stopped()
+        second = shipper_with_a_worker(tmp_path, app, intake)
+        try:
+            wait_for(lambda: set(range(2000)) <= set(delivered(intake)), 30, "every line after the restart")
+            assert second.stop() == 0
+        finally:
+            second.ensure_stopped()
+        check_delivery("killed worker", range(2000), delivered(intake))
+
+
+def test_signals_to_the_whole_group_leave_the_worker_to_the_agent(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal (or systemd's stop) signals every process of the group: the worker
+    must ignore it and let the agent drain through it, so nothing is lost on the way out."""
+    app = tmp_path / "app.log"
+    app.write_bytes(pino_lines(range(300)))
+    with DatadogIntake([KEY]).threaded() as intake:
+        shipper = shipper_with_a_worker(tmp_path, app, intake)
+        try:
+            wait_for(lambda: len(set(delivered(intake))) == 300, 30, "the lines")
+            os.kill(worker_pid(shipper), signal.SIGINT)
+            os.kill(worker_pid(shipper), signal.SIGTERM)
+            with open(app, "ab") as handle:
+                handle.write(pino_lines(range(300, 400)))
+            wait_for(lambda: set(range(400)) <= set(delivered(intake)), 30, "lines after the signals")
+            assert shipper.stop(signal.SIGINT) == 0, shipper.stderr[-3000:]
+        finally:
+            shipper.ensure_stopped()
+        check_delivery("signals", range(400), delivered(intake))
+
+
+def test_sources_whose_sinks_do_not_prepare_parse_in_the_agent(tmp_path: Path) -> None:
+    """A file sink encodes from fields: sending them back from a worker would cost more than
+    parsing, so no worker is started even when configured."""
+    app, out = tmp_path / "app.log", tmp_path / "out.ndjson"
+    app.write_bytes(pino_lines(range(50)))
+    config = write_config(tmp_path, f'type = "file"\ninclude = ["{app}"]\nstart_at = "beginning"\n', out)
+    config.write_text(config.read_text().replace('shutdown_timeout = "10s"\n', 'parse_workers = 2\n'))
+    shipper = ShipperProcess(config, tmp_path)
+    try:
+        wait_for(lambda: len(delivered_ids(out)) == 50, 30, "the lines")
+        assert Path(f"/proc/{shipper.proc.pid}/task/{shipper.proc.pid}/children").read_text().split() == []
+        assert shipper.stop() == 0
+    finally:
+        shipper.ensure_stopped()
+
+
+def test_counters_of_the_worker_reach_the_agents_metrics(tmp_path: Path) -> None:
+    """Fallbacks, redactions and truncations happen in the worker; /metrics must still show them."""
+    port = free_port()
+    with DatadogIntake([KEY]).threaded() as intake:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[agent]\nstate_dir = "{tmp_path}/state"\nparse_workers = 1\n'
+            f'[api]\nenabled = true\naddress = "127.0.0.1:{port}"\n'
+            '[sources.api]\ntype = "stdin"\n'
+            f'[sinks.dd]\ntype = "datadog"\ninputs = ["api"]\napi_key = "{KEY}"\nendpoint = "{intake.url}"\n'
+            'batch = { timeout = "50ms" }\n'
+        )
+        shipper = Shipper(["run", "--config", str(config)], env={"METRICS_TOKEN": "t0ken-for-the-workers-test"})
+        try:
+            secret = b'{"level":50,"msg":"two","req":{"headers":{"authorization":"Bearer abc.def"}}}\n'
+            big = b'{"level":50,"msg":"' + b"x" * 1_020_000 + b'"}\n'  # over Datadog's 1 MB, under the line cap
+            shipper.feed(b'{"level":30,"msg":"one"}\n{"level":30, broken\n' + secret + big, close=False)
+            wanted = [
+                b'shipper_events_sent_total{sink="dd"} 4.0',
+                b'shipper_parse_fallbacks_total{reason="invalid_json",source="api"} 1.0',
+                b'shipper_redactions_total{rule="header"} 1.0',
+                b'shipper_events_truncated_total{sink="dd"} 1.0',
+            ]
+            deadline, body = time.monotonic() + 20, b""
+            while time.monotonic() < deadline and not all(line in body for line in wanted):
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer t0ken-for-the-workers-test"}
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as resp:
+                        body = resp.read()
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            assert all(line in body for line in wanted), body.decode()[-3000:]
+        finally:
+            shipper.wait(20, b"")
+
+
+@pytest.mark.parametrize(
+    ("affinity", "cpu_max", "memory_max", "expected"),
+    [
+        ({0, 1}, "max 100000", "max", 1),
+        ({0}, "max 100000", "max", 0),
+        ({0, 1, 2, 3}, "100000 100000", "max", 0),
+        ({0, 1}, None, None, 1),
+        ({0, 1}, "max 100000", str(128 * 1024 * 1024), 0),
+        ({0, 1}, "200000 100000", str(1024 * 1024 * 1024), 1),
+    ],
+    ids=["two-cpus", "one-cpu", "container-limited-to-one-cpu", "no-cgroup-files", "128MiB-container", "1GiB-2cpus"],
+)
+def test_auto_uses_a_worker_only_when_a_second_cpu_and_the_memory_are_there(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    affinity: set[int],
+    cpu_max: str | None,
+    memory_max: str | None,
+    expected: int,
+) -> None:
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: affinity)
+    for name, text in (("CGROUP_CPU_MAX", cpu_max), ("CGROUP_MEMORY_MAX", memory_max)):
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text + "\n")
+        monkeypatch.setattr(workers, name, path)
+    assert workers.resolve_worker_count("auto") == expected
+    assert workers.resolve_worker_count(3) == 3
+
+
+def test_a_bad_worker_count_names_the_key() -> None:
+    with pytest.raises(ConfigError) as error:
+        sinks = {"out": {"type": "console", "inputs": ["api"]}}
+        config_from_dict({"agent": {"parse_workers": -1}, "sources": {"api": {"type": "stdin"}}, "sinks": sinks})
+    assert error.value.key == "agent.parse_workers"
