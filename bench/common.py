@@ -146,26 +146,26 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM of a live process plus its live children's: the agent's whole peak footprint (an
-    upper bound: the peaks need not coincide)."""
+def _memory_mib(pid: int, table: str, field: str) -> float:
+    """`field` (kB) of /proc/PID/`table`, summed over a live process and its live children."""
     total = 0.0
     for each in (pid, *_children(pid)):
-        for line in Path(f"/proc/{each}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(f"/proc/{each}/{table}").read_text().splitlines():
+            if line.startswith(field):
                 total += int(line.split()[1]) / 1024
     return total
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a live process plus its live children's: the agent's whole peak footprint (an
+    upper bound: the peaks need not coincide, and shared pages count once per process)."""
+    return _memory_mib(pid, "status", "VmHWM:")
 
 
 def pss_mib(pid: int) -> float:
     """Proportional set size of a live process plus its live children: what they cost together,
     each shared page (the interpreter, extension modules) counted once rather than per process."""
-    total = 0.0
-    for each in (pid, *_children(pid)):
-        for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                total += int(line.split()[1]) / 1024
-    return total
+    return _memory_mib(pid, "smaps_rollup", "Pss:")
 
 
 def run_shipper_until(

@@ -97,6 +97,11 @@ def delivered(intake: DatadogIntake) -> list[int]:
     return [i for i in map(line_id, intake.logs) if i is not None]
 
 
+def append(app: Path, ids: range) -> None:
+    with open(app, "ab") as handle:
+        handle.write(pino_lines(ids))
+
+
 def worker_pid(shipper: ShipperProcess) -> int:
     children = Path(f"/proc/{shipper.proc.pid}/task/{shipper.proc.pid}/children").read_text().split()
     assert len(children) == 1, children
@@ -111,8 +116,7 @@ def test_a_killed_worker_stops_shipper_loudly_and_a_restart_resends_what_it_held
         try:
             wait_for(lambda: len(set(delivered(intake))) == 1000, 30, "the first lines")
             os.kill(worker_pid(first), signal.SIGKILL)
-            with open(app, "ab") as handle:
-                handle.write(pino_lines(range(1000, 2000)))
+            append(app, range(1000, 2000))
             assert first.wait(30) == 1, first.stderr[-3000:]
             assert "parse worker exited" in first.stderr
         finally:
@@ -137,8 +141,7 @@ def test_signals_to_the_whole_group_leave_the_worker_to_the_agent(tmp_path: Path
             wait_for(lambda: len(set(delivered(intake))) == 300, 30, "the lines")
             os.kill(worker_pid(shipper), signal.SIGINT)
             os.kill(worker_pid(shipper), signal.SIGTERM)
-            with open(app, "ab") as handle:
-                handle.write(pino_lines(range(300, 400)))
+            append(app, range(300, 400))
             wait_for(lambda: set(range(400)) <= set(delivered(intake)), 30, "lines after the signals")
             assert shipper.stop(signal.SIGINT) == 0, shipper.stderr[-3000:]
         finally:
