@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -239,3 +240,28 @@ def test_a_bad_worker_count_names_the_key() -> None:
         sinks = {"out": {"type": "console", "inputs": ["api"]}}
         config_from_dict({"agent": {"parse_workers": -1}, "sources": {"api": {"type": "stdin"}}, "sinks": sinks})
     assert error.value.key == "agent.parse_workers"
+
+
+def test_a_wrapped_process_through_a_worker_keeps_both_streams_and_its_exit_code(tmp_path: Path) -> None:
+    """stdout and stderr are two streams of one feed: both parse in the worker (the crash on
+    stderr stays one event), everything is delivered, and shipper exits with the child's code."""
+    child = (
+        "import json, sys\n"
+        "for i in range(2000): print(json.dumps({'level': 30, 'time': 1795394836366 + i, 'msg': f'line {i}'}))\n"
+        "print('Error: boom\\n    at main (/srv/app/main.js:1:1)', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    with DatadogIntake([KEY]).threaded() as intake:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[agent]\nstate_dir = "{tmp_path}/state"\nparse_workers = 1\n[sources.api]\ntype = "process"\n'
+            f'[sinks.dd]\ntype = "datadog"\ninputs = ["api"]\napi_key = "{KEY}"\nendpoint = "{intake.url}"\n'
+        )
+        shipper = ShipperProcess(config, tmp_path, command=[sys.executable, "-c", child])
+        try:
+            assert shipper.wait(60) == 3, shipper.stderr[-3000:]
+        finally:
+            shipper.ensure_stopped()
+        assert sorted(delivered(intake)) == list(range(2000))
+        crash = [log for log in intake.logs if log.get("stream") == "stderr"]
+        assert len(crash) == 1 and "at main (/srv/app/main.js:1:1)" in str(crash[0]), crash
