@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, report, run_shipper, write_pino_file
+from bench.common import REPO, bench_config, pino_input, report, run_shipper
 
 
 def free_port() -> int:
@@ -35,16 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shipper-bench-") as tmp:
         work = Path(tmp)
-        source = work / "pino.ndjson"
-        nbytes = write_pino_file(source, args.lines)
-        print(f"input: {args.lines:,} pino lines, {nbytes / 2**20:.1f} MiB")
-
+        source, nbytes = pino_input(work, args.lines)
         out = work / "out.ndjson"
-        config = work / "file.toml"
-        config.write_text(
-            f'[agent]\nstate_dir = "{work / "state"}"\n[sources.api]\ntype = "stdin"\n'
-            f'[sinks.out]\ntype = "file"\ninputs = ["api"]\npath = "{out}"\nmax_size = "10GiB"\n'
-        )
+        file_sink = f'type = "file"\ninputs = ["api"]\npath = "{out}"\nmax_size = "10GiB"\n'
+        config = bench_config(work, "file.toml", 'type = "stdin"\n', file_sink)
         result = run_shipper(["run", "--config", str(config)], source)
         written = out.read_bytes().count(b"\n")
         assert result.returncode == 0 and written == args.lines, (written, result.stderr[-2000:])
@@ -59,12 +53,11 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.1)
-            config = work / "http.toml"
-            config.write_text(
-                f'[agent]\nstate_dir = "{work / "state"}"\n[sources.api]\ntype = "stdin"\n'
-                f'[sinks.out]\ntype = "http"\ninputs = ["api"]\nurl = "http://127.0.0.1:{port}/logs"\n'
+            http_sink = (
+                f'type = "http"\ninputs = ["api"]\nurl = "http://127.0.0.1:{port}/logs"\n'
                 'encoding = "ndjson"\ncompression = "gzip"\n'
             )
+            config = bench_config(work, "http.toml", 'type = "stdin"\n', http_sink)
             result = run_shipper(["run", "--config", str(config)], source)
             counted = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5))
             assert result.returncode == 0 and counted["events"] == args.lines, (counted, result.stderr[-2000:])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import run_shipper_until, write_pino_file
+from bench.common import bench_config, pino_input, report, run_shipper_until
 
 
 def main() -> None:
@@ -27,16 +27,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shipper-bench-file-") as tmp:
         work = Path(tmp)
-        source = work / "app.log"
-        nbytes = write_pino_file(source, args.lines)
-        print(f"input: {args.lines:,} pino lines, {nbytes / 2**20:.1f} MiB")
+        source, nbytes = pino_input(work, args.lines, "app.log")
         out = work / "out.ndjson"
-        config = work / "config.toml"
-        config.write_text(
-            f'[agent]\nstate_dir = "{work / "state"}"\n'
-            f'[sources.api]\ntype = "file"\ninclude = ["{source}"]\nstart_at = "beginning"\n'
-            f'read_bytes = "{args.read_bytes}"\n'
-            f'[sinks.out]\ntype = "file"\ninputs = ["api"]\npath = "{out}"\nmax_size = "10GiB"\n'
+        config = bench_config(
+            work,
+            "config.toml",
+            f'type = "file"\ninclude = ["{source}"]\nstart_at = "beginning"\nread_bytes = "{args.read_bytes}"\n',
+            f'type = "file"\ninputs = ["api"]\npath = "{out}"\nmax_size = "10GiB"\n',
         )
         written, offset = 0, 0
 
@@ -51,13 +48,9 @@ def main() -> None:
             return written >= args.lines
 
         result = run_shipper_until(["run", "--config", str(config)], all_written, timeout=args.timeout)
-        seconds, cpu, rss, stderr = result.seconds, result.cpu_seconds, result.peak_rss_mib, result.stderr
-        assert result.returncode == 0, stderr[-2000:]
+        assert result.returncode == 0, result.stderr[-2000:]
         assert written == args.lines, written
-        print(
-            f"file source -> file sink  {args.lines / seconds:>10,.0f} lines/s  {nbytes / seconds / 2**20:6.1f} MiB/s  "
-            f"wall {seconds:6.2f} s  cpu {cpu:6.2f} s  peak RSS {rss:6.1f} MiB"
-        )
+        report("file source -> file sink", args.lines, nbytes, result)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,21 @@ def write_pino_file(path: Path, count: int, seed: int = 42, base_ms: int = 17953
     return path.stat().st_size
 
 
+def pino_input(work: Path, lines: int, name: str = "pino.ndjson") -> tuple[Path, int]:
+    """A bench's input file of `lines` seeded pino lines, announced; its path and size."""
+    path = work / name
+    nbytes = write_pino_file(path, lines)
+    print(f"input: {lines:,} pino lines, {nbytes / 2**20:.1f} MiB")
+    return path, nbytes
+
+
+def bench_config(work: Path, name: str, source: str, sink: str) -> Path:
+    """A config file: state under `work`, `[sources.api]` and `[sinks.out]` with these bodies."""
+    config = work / name
+    config.write_text(f'[agent]\nstate_dir = "{work / "state"}"\n[sources.api]\n{source}[sinks.out]\n{sink}')
+    return config
+
+
 @dataclass
 class RunResult:
     seconds: float

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from shipper import metrics, systemd
 from shipper.channel import Channel
-from shipper.config import Config
+from shipper.config import Config, SinkConfig
 from shipper.driver import SinkDriver
 from shipper.errors import ConfigError
 from shipper.router import Router, compile_when
@@ -43,18 +43,16 @@ class Agent:
         self._housekeeping_failed = False
         self.router = Router()
         self.drivers: dict[str, SinkDriver] = {}
+        # Per source, the sinks it feeds in config order (a parse worker routes by these).
+        routes: dict[str, list[tuple[str, SinkConfig, Channel]]] = {name: [] for name in config.sources}
         for name, sink_config in config.sinks.items():
             channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)
             self.drivers[name] = SinkDriver(build_sink(name, sink_config), channel)
             for source in sink_config.inputs:
                 self.router.add(source, channel, compile_when(sink_config.when))
+                routes.setdefault(source, []).append((name, sink_config, channel))
         # Parse workers pay off only when what comes back is already encoded: they serve the
         # sources whose every sink prepares its logs (shipper/workers.py); the others parse here.
-        routes = {
-            name: [(sink, table, self.drivers[sink].channel) for sink, table in config.sinks.items()
-                   if name in table.inputs]
-            for name in config.sources
-        }  # fmt: skip
         served = {name for name, to in routes.items() if to and all(prepares(self.drivers[s].sink) for s, _, _ in to)}
         workers = resolve_worker_count(config.agent.parse_workers) if served else 0
         agent = config.agent

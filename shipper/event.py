@@ -71,6 +71,16 @@ def encoded_events(prepared: Prepared, fields: dict[str, Any]) -> list[Event]:
     return [Encoded(fields, raw, stamp) for raw, stamp in zip(raws, stamps, strict=True)]
 
 
+def fill_in(events: list[Event], fields: dict[str, Any] | None) -> None:
+    """Add `fields` (a file source's path, ...) to every event, never over a field of the same name
+    the application logged itself. One field at a time: an `in` test is 3x cheaper than setdefault."""
+    for key, value in (fields or {}).items():
+        for event in events:
+            own = event.fields
+            if key not in own:
+                own[key] = value
+
+
 def memory_size(events: list[Event]) -> int:
     """`Event.size` summed over a list, without a per-event method call."""
     return 2 * sum([len(event.raw) for event in events]) + EVENT_OVERHEAD * len(events)

@@ -55,7 +55,7 @@ from prometheus_client import Counter
 
 from shipper import metrics
 from shipper.config import RedactConfig, SinkConfig, SourceConfig
-from shipper.event import Event
+from shipper.event import Event, fill_in
 from shipper.parsing import Processor, build_processor
 from shipper.router import Predicate, compile_when
 from shipper.sink import Sink
@@ -314,16 +314,13 @@ class _Feed:
 
         source, config, host, redact, fields, routes = pickle.loads(setup)
         self.processor: Processor = build_processor(source, config, host=host, redact=redact)
-        self.extra: list[tuple[str, Any]] = list((fields or {}).items())
+        self.extra: dict[str, Any] | None = fields
         self.routes: list[tuple[Predicate | None, Sink]] = [
             (compile_when(sink_config.when), build_sink(name, sink_config)) for name, sink_config in routes
         ]
 
     def parsed(self, events: list[Event]) -> tuple[int, int, list[Routed]]:
-        for key, value in self.extra:  # never over a field the application logged itself
-            for event in events:
-                if key not in event.fields:
-                    event.fields[key] = value
+        fill_in(events, self.extra)
         routed: list[Routed] = []
         for index, (predicate, sink) in enumerate(self.routes):
             selected = events if predicate is None else [e for e in events if predicate(e)]

@@ -390,7 +390,7 @@ class DatadogSink(HttpSink):
         if not events:
             return []
         prepared: list[Event] = events
-        if events[0].__class__ is not Encoded and all(event.__class__ is not Encoded for event in events):
+        if all(event.__class__ is not Encoded for event in events):
             events, docs, stamps = self._docs(events)
             try:
                 body: bytes | None = orjson.dumps(docs)

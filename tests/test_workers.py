@@ -82,6 +82,18 @@ def test_a_batch_mixing_prepared_and_unprepared_events_keeps_its_order() -> None
     assert [log["message"] for log in logs_of(sink, mixed)] == ["m0", "m1", "m2", "m3"]
 
 
+def delivering(tmp_path: Path, app: Path, intake: DatadogIntake, lines: int) -> ShipperProcess:
+    """`app` gets `lines` lines; a shipper reading it through a worker has delivered them all."""
+    app.write_bytes(pino_lines(range(lines)))
+    shipper = shipper_with_a_worker(tmp_path, app, intake)
+    try:
+        wait_for(lambda: len(set(delivered(intake))) == lines, 30, "the first lines")
+    except BaseException:
+        shipper.ensure_stopped()
+        raise
+    return shipper
+
+
 def shipper_with_a_worker(tmp_path: Path, app: Path, intake: DatadogIntake) -> ShipperProcess:
     """A file source read in a parse worker, to a Datadog intake (a sink that prepares its logs)."""
     config = tmp_path / "config.toml"
@@ -111,11 +123,9 @@ def worker_pid(shipper: ShipperProcess) -> int:
 
 def test_a_killed_worker_stops_shipper_loudly_and_a_restart_resends_what_it_held(tmp_path: Path) -> None:
     app = tmp_path / "app.log"
-    app.write_bytes(pino_lines(range(1000)))
     with DatadogIntake([KEY]).threaded() as intake:
-        first = shipper_with_a_worker(tmp_path, app, intake)
+        first = delivering(tmp_path, app, intake, 1000)
         try:
-            wait_for(lambda: len(set(delivered(intake))) == 1000, 30, "the first lines")
             os.kill(worker_pid(first), signal.SIGKILL)
             append(app, range(1000, 2000))
             assert first.wait(30) == 1, first.stderr[-3000:]
@@ -135,11 +145,9 @@ def test_signals_to_the_whole_group_leave_the_worker_to_the_agent(tmp_path: Path
     """Ctrl-C in a terminal (or systemd's stop) signals every process of the group: the worker
     must ignore it and let the agent drain through it, so nothing is lost on the way out."""
     app = tmp_path / "app.log"
-    app.write_bytes(pino_lines(range(300)))
     with DatadogIntake([KEY]).threaded() as intake:
-        shipper = shipper_with_a_worker(tmp_path, app, intake)
+        shipper = delivering(tmp_path, app, intake, 300)
         try:
-            wait_for(lambda: len(set(delivered(intake))) == 300, 30, "the lines")
             os.kill(worker_pid(shipper), signal.SIGINT)
             os.kill(worker_pid(shipper), signal.SIGTERM)
             append(app, range(300, 400))
