@@ -17,13 +17,13 @@ from collections.abc import Iterable
 
 from shipper import metrics, systemd
 from shipper.channel import Channel
-from shipper.config import Config, SinkConfig
+from shipper.config import Config
 from shipper.driver import SinkDriver
 from shipper.errors import ConfigError
-from shipper.router import Router, compile_when
-from shipper.sink import prepares
+from shipper.router import Router
 from shipper.source import Source, SourceContext
-from shipper.workers import WorkerPool, resolve_worker_count
+from shipper.when import compile_when
+from shipper.workers import SinkRoute, WorkerPool, resolve_worker_count
 
 log = logging.getLogger("shipper.agent")
 
@@ -44,16 +44,17 @@ class Agent:
         self.router = Router()
         self.drivers: dict[str, SinkDriver] = {}
         # Per source, the sinks it feeds in config order (a parse worker routes by these).
-        routes: dict[str, list[tuple[str, SinkConfig, Channel]]] = {name: [] for name in config.sources}
+        routes: dict[str, list[SinkRoute]] = {name: [] for name in config.sources}
         for name, sink_config in config.sinks.items():
             channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)
-            self.drivers[name] = SinkDriver(build_sink(name, sink_config), channel)
+            sink = build_sink(name, sink_config)
+            self.drivers[name] = SinkDriver(sink, channel)
             for source in sink_config.inputs:
                 self.router.add(source, channel, compile_when(sink_config.when))
-                routes.setdefault(source, []).append((name, sink_config, channel))
+                routes.setdefault(source, []).append(SinkRoute(name, sink_config.when, sink.preparer(), channel))
         # Parse workers pay off only when what comes back is already encoded: they serve the
         # sources whose every sink prepares its logs (shipper/workers.py); the others parse here.
-        served = {name for name, to in routes.items() if to and all(prepares(self.drivers[s].sink) for s, _, _ in to)}
+        served = {name for name, to in routes.items() if to and all(route.preparer for route in to)}
         workers = resolve_worker_count(config.agent.parse_workers) if served else 0
         agent = config.agent
         self.workers = WorkerPool(workers, agent.log_level, agent.log_format, self._failed) if workers else None

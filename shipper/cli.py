@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help=CONFIG_HELP)
     run.add_argument(
-        "wrapped", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+        "wrapped",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND [ARGS...]",
         help="wrap this process (your API): its stdout/stderr feed the config's process source, "
         "signals are forwarded and its exit code becomes shipper's",
     )
@@ -71,9 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         help="input log format (default: detect per line)",
     )
     tail.add_argument("--json", action="store_true", help="print normalized NDJSON instead of pretty text")
-    tail.add_argument(
-        "--no-redact", action="store_true", help="show secrets as they are (redaction is on by default)"
-    )
+    tail.add_argument("--no-redact", action="store_true", help="show secrets as they are (redaction is on by default)")
     return parser
 
 

@@ -115,7 +115,7 @@ class SourceConfig(Strict):
             try:
                 ZoneInfo(value)
             except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r} (an IANA name such as \"Europe/Berlin\")") from None
+                raise ValueError(f'unknown time zone {value!r} (an IANA name such as "Europe/Berlin")') from None
         return value
 
 

@@ -6,7 +6,7 @@ re-serialize) next to its normalized fields (what routing, redaction and encoder
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 # Memory a parsed event costs beyond twice its raw bytes (the bytes and their parsed copy): the
 # dicts, keys and small values. Measured with tracemalloc on every file of shared/corpus:
@@ -42,7 +42,7 @@ ENCODED_OVERHEAD = 128
 
 
 class Encoded(Event):
-    """An event already in one sink's wire form, made by `Sink.prepare` where it was parsed (a
+    """An event already in one sink's wire form, made by a sink's `Preparer` where it was parsed (a
     parse worker): `raw` holds the sink's bytes for it and `stamp` its timestamp as sent (for
     the sink's age checks). `fields` keeps only what the agent still reads: `source`."""
 
@@ -58,9 +58,20 @@ class Encoded(Event):
         return len(self.raw) + ENCODED_OVERHEAD
 
 
-# What `Sink.prepare` makes of a chunk: its encoded logs as NDJSON (no encoded log holds a raw
+# What a `Preparer` makes of a chunk: its encoded logs as NDJSON (no encoded log holds a raw
 # newline), and each log's timestamp as sent.
 Prepared = tuple[bytes, list[Any]]
+# A sink's preparer as a parse worker builds it: the class as `module:name` (a module that imports
+# neither config models nor an HTTP client), and its keyword settings (plain values).
+PreparerSpec = tuple[str, dict[str, Any]]
+
+
+class Preparer(Protocol):
+    """A sink's per-event encoding, runnable apart from the sink (see `Sink.preparer`)."""
+
+    def prepare(self, events: list[Event]) -> Prepared:
+        """The events encoded as the sink sends them, every per-log rule applied and counted."""
+        ...
 
 
 def encoded_events(prepared: Prepared, fields: dict[str, Any]) -> list[Event]:

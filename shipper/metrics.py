@@ -6,9 +6,37 @@ content ever becomes a label. Callers look up labelled children per batch, never
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from shipper.tally import (
+    TALLIES,
+    events_dropped,
+    events_restamped,
+    events_truncated,
+    parse_fallbacks,
+    redactions,
+)
+
+__all__ = ["events_dropped", "events_restamped", "events_truncated", "parse_fallbacks", "redactions"]
+
+
+class _TallyCollector(Collector):
+    """The counters parse workers also increment (shipper/tally.py), as Prometheus counters."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for tally in TALLIES:
+            family = CounterMetricFamily(tally.name, tally.documentation, labels=tally.labelnames)
+            for values, cell in list(tally.cells.items()):
+                family.add_metric(values, cell.value)
+            yield family
+
 
 registry = CollectorRegistry(auto_describe=True)
+registry.register(_TallyCollector())
 
 events_received = Counter(
     "shipper_events_received", "Events produced by a source after parsing.", ["source"], registry=registry
@@ -23,18 +51,6 @@ source_dropped = Counter(
 events_sent = Counter("shipper_events_sent", "Events a sink's destination accepted.", ["sink"], registry=registry)
 bytes_sent = Counter(
     "shipper_bytes_sent", "Request body bytes (as sent on the wire) accepted.", ["sink"], registry=registry
-)
-events_dropped = Counter(
-    "shipper_events_dropped", "Events a sink gave up on, by reason.", ["sink", "reason"], registry=registry
-)
-events_truncated = Counter(
-    "shipper_events_truncated", "Events shortened to fit a destination's limit.", ["sink"], registry=registry
-)
-events_restamped = Counter(
-    "shipper_events_restamped",
-    "Events whose timestamp was replaced because the destination would not index it.",
-    ["sink"],
-    registry=registry,
 )
 retries = Counter("shipper_retries", "Request retries, by reason.", ["sink", "reason"], registry=registry)
 buffer_bytes = Gauge("shipper_buffer_bytes", "Bytes waiting in a sink's channel.", ["sink"], registry=registry)
@@ -53,13 +69,6 @@ checkpoint_lag = Gauge(
     "shipper_checkpoint_lag_chunks",
     "Chunks read but not yet acknowledged by every sink.",
     ["source"],
-    registry=registry,
-)
-redactions = Counter("shipper_redactions", "Values replaced by [REDACTED], by rule.", ["rule"], registry=registry)
-parse_fallbacks = Counter(
-    "shipper_parse_fallbacks",
-    "Lines kept as text because they did not parse as expected.",
-    ["source", "reason"],
     registry=registry,
 )
 file_truncations = Counter(

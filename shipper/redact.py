@@ -26,12 +26,14 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shipper.config import RedactConfig
-from shipper.metrics import redactions
+from shipper.tally import redactions
+
+if TYPE_CHECKING:
+    from shipper.config import RedactConfig
 
 REDACTED = "[REDACTED]"
 _ALREADY = ("[REDACTED]", "[Redacted]")  # ours, and pino's own `redact` marker
@@ -116,6 +118,7 @@ _VALUE_RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
         r"""(?i)\b[\w-]*?(?:password|passwd|pwd|secret|token|api[_-]?key)["']?\s*[:=]\s*["']?(?P<s>[^\s"',;&}\]]+)""",
     ),
 )
+
 _EMAIL = ("email", ("@",), r"(?<![\w.%+-])(?P<s>[\w.%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
 _PHONE = ("phone", ("+",), r"(?<![\w+])(?P<s>\+[1-9](?:[ .()-]{0,2}\d){6,14})(?!\d)")
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from shipper.config import SinkConfig
-from shipper.event import Event, Prepared
+from shipper.event import Event, PreparerSpec
+
+if TYPE_CHECKING:
+    from shipper.config import SinkConfig
 
 OutcomeKind = Literal["delivered", "retry", "split", "reject", "unhealthy"]
 
@@ -93,12 +95,13 @@ class Sink(ABC):
         Events are shared with every other sink they were routed to: read them, never mutate them.
         """
 
-    def prepare(self, events: list[Event]) -> Prepared | None:
+    def preparer(self) -> PreparerSpec | None:
         """This sink's per-event encoding, for a parse worker to run where the events are parsed
-        (shipper/workers.py): the encoded logs as NDJSON, which the agent turns into `Encoded`
-        events and only frames into requests. None (the default): the sink encodes in the agent,
-        from `fields`. A sink that prepares must accept `Encoded` events in `encode`, and count
-        per-event changes (truncations, re-stamps) only here."""
+        (shipper/workers.py): which `Preparer` class to build there, and with what. The agent
+        turns the NDJSON it makes into `Encoded` events and only frames them into requests.
+        None (the default): the sink encodes in the agent, from `fields`. A sink with a preparer
+        must accept `Encoded` events in `encode`, and its preparer counts the per-event changes
+        (truncations, re-stamps)."""
         return None
 
     @abstractmethod
@@ -108,9 +111,3 @@ class Sink(ABC):
     async def check(self) -> CheckResult:
         """Verify credentials and reachability without shipping logs (`shipper check`)."""
         return CheckResult(True, "nothing to check")
-
-
-def prepares(sink: Sink | type[Sink]) -> bool:
-    """Whether a sink (or sink class) encodes its logs where they are parsed (overrides prepare)."""
-    kind = sink if isinstance(sink, type) else type(sink)
-    return kind.prepare is not Sink.prepare

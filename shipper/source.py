@@ -19,13 +19,13 @@ from typing import Any, ClassVar
 
 from shipper import metrics
 from shipper.acks import AckTracker
-from shipper.channel import Channel, Part
+from shipper.channel import Part
 from shipper.checkpoint import CheckpointStore
-from shipper.config import RedactConfig, SinkConfig, SourceConfig
+from shipper.config import RedactConfig, SourceConfig
 from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in
 from shipper.parsing import Processor, build_processor
 from shipper.router import Router
-from shipper.workers import Parsed, RemoteParser, WorkerPool
+from shipper.workers import Parsed, RemoteParser, SinkRoute, WorkerPool
 
 
 class SourceContext:
@@ -42,7 +42,7 @@ class SourceContext:
         state_dir: Path,
         stopping: asyncio.Event,
         workers: WorkerPool | None = None,
-        routes: list[tuple[str, SinkConfig, Channel]] | None = None,
+        routes: list[SinkRoute] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -88,9 +88,13 @@ class LineFeed:
         self.processor: Processor | None = None
         self.remote: RemoteParser | None = None
         if context.workers is not None:
-            routes = [(name, config) for name, config, _ in context.routes]
             self.remote = context.workers.parser(
-                context.name, context.config, host=context.host, redact=context.redact, fields=fields, routes=routes
+                context.name,
+                context.config,
+                host=context.host,
+                redact=context.redact,
+                fields=fields,
+                routes=context.routes,
             )
         else:
             self.processor = build_processor(context.name, context.config, host=context.host, redact=context.redact)
@@ -195,7 +199,9 @@ class LineFeed:
             for index, lines, stamps in routed:
                 events = encoded_events((lines, stamps), self._encoded_fields)
                 ack.add(len(events))
-                await self.context.routes[index][2].put(Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events)))
+                await self.context.routes[index].channel.put(
+                    Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events))
+                )
             ack.done()
 
     def _bounded(self, lines: list[bytes]) -> list[bytes]:

@@ -1,11 +1,12 @@
-"""Parse workers: parsing and per-event encoding on the other cores.
+"""Parse workers, the agent's side: parsing and per-event encoding on the other cores.
 
 Parsing, normalizing, redacting and encoding each event is nearly all of shipper's CPU, and one
 Python process uses one core. With `agent.parse_workers` above 0 (the default `auto` is one when a
-second CPU is usable), each line feed of a source whose sinks all `prepare` (encode per event,
-e.g. the Datadog log object) has its `Processor` in a worker process. The feed sends it chunks of
-complete lines; the worker parses them, routes the events by the sinks' `when` rules and runs each
-sink's `prepare`, so what comes back is bytes. The agent frames those into requests and sends them.
+second CPU is usable), each line feed of a source whose sinks all have a preparer (`Sink.preparer`:
+per-event encoding, e.g. the Datadog log object) has its `Processor` in a worker process
+(shipper/parse_worker.py). The feed sends it chunks of complete lines; the worker parses them,
+routes the events by the sinks' `when` rules and runs each sink's preparer, so what comes back is
+bytes. The agent frames those into requests and sends them.
 Sources feeding other sinks parse in the agent: sending parsed fields back costs about what parsing
 does (measured: a worker that only parsed made the Datadog bench slower, 73k-92k vs ~100k/s).
 
@@ -14,19 +15,22 @@ results in input order. Positions and acks stay in the agent, so checkpoints mea
 they mean without workers.
 
 Protocol: marshal frames with a 4-byte length, both ways (the worker is our own child; marshal is
-5-10x faster than pickle here). Config models travel pickled inside.
-- ("open", feed, pickled (source, config, host, redact, extra fields, [(sink, sink config)])):
-  build a processor, route predicates and preparers; no reply. An error is kept and answered on
-  that feed's next request, so replies stay in request order.
+5-10x faster than pickle here). A feed's settings travel pickled inside, as plain attribute trees
+(`plain`): the worker imports no config models.
+- ("open", feed, pickled `FeedSetup`: source, its settings, host, redaction settings, extra fields,
+  [(when, sink name, preparer spec)]): build a processor, route predicates and preparers; no
+  reply. An error is kept and answered on that feed's next request, so replies stay in request
+  order.
 - ("feed", feed, stream, now, body): `body` is complete lines joined by newlines.
 - ("flush", feed, now, force, rests): parse the partial lines `rests` [(stream, bytes)], then emit
   idle (or, with force, all) multi-line groups.
   Both reply ("ok", held_bytes, event count, [(route, NDJSON, timestamps)], counters) or
-  ("error", text): per route, what the sink's `prepare` made of its share of the events.
+  ("error", text): per route, what the sink's preparer made of its share of the events.
 - ("close", feed): forget the feed; no reply.
 
 Counters the worker increments (parse fallbacks, redactions, a sink's truncations and re-stamps)
-are reported as totals on replies; the agent adds the deltas to its own, so /metrics stays whole.
+are tallies (shipper/tally.py) reported as totals on replies; the agent adds the deltas to its
+own, so /metrics stays whole.
 A worker ignores SIGINT and SIGTERM (a terminal's Ctrl-C or systemd's stop reach the whole group)
 and exits when its input closes: the agent decides when parsing is over.
 """
@@ -36,54 +40,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import gc
 import logging
 import marshal
 import os
 import pickle
-import signal
-import struct
 import sys
-import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
-from prometheus_client import Counter
+from pydantic import BaseModel, SecretStr
 
-from shipper import metrics
-from shipper.config import RedactConfig, SinkConfig, SourceConfig
-from shipper.event import Event, fill_in
-from shipper.parsing import Processor, build_processor
-from shipper.router import Predicate, compile_when
-from shipper.sink import Sink
+from shipper import tally
+from shipper.channel import Channel
+from shipper.config import RedactConfig, SourceConfig, WhenConfig
+from shipper.event import PreparerSpec
+from shipper.parse_worker import HEADER, MARSHAL_VERSION, FeedSetup, Routed
 
 log = logging.getLogger("shipper.workers")
 
-_HEADER = struct.Struct("<I")
-_MARSHAL_VERSION = 4
-# Counters a worker increments; it reports their totals, the agent adds the deltas to its own.
-WORKER_COUNTERS: tuple[Counter, ...] = (
-    metrics.parse_fallbacks,
-    metrics.redactions,
-    metrics.events_truncated,
-    metrics.events_restamped,
-    metrics.events_dropped,
-)
-COUNTER_REPORT_INTERVAL = 0.25
 PIPE_BYTES = 1024 * 1024
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
 CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")  # cgroup v2: bytes, or "max"
-# A worker adds ~35-45 MiB (its own interpreter); under a tighter container memory limit than this,
-# `auto` keeps parsing in the agent rather than risk the limit.
+# A worker adds ~17 MiB idle, ~20-30 MiB busy (its own interpreter); under a tighter container
+# memory limit than this, `auto` keeps parsing in the agent rather than risk the limit.
 AUTO_MIN_MEMORY = 256 * 1024 * 1024
 _READ_LIMIT = 4 * PIPE_BYTES  # the reply stream's buffer (asyncio's default of 64 KiB thrashes)
-CounterTotals = dict[tuple[int, tuple[tuple[str, str], ...]], float]
 # A parsed chunk: bytes still held in open multi-line groups, events parsed, and per route
 # (index into the feed's routes) the sink's prepared logs: NDJSON and their timestamps.
-Routed = tuple[int, bytes, list[Any]]
 Parsed = tuple[int, int, list[Routed]]
 
 
@@ -96,6 +82,49 @@ def _widen(pipe: Any) -> None:
     if fileobj is not None and set_size is not None:
         with contextlib.suppress(OSError):
             fcntl.fcntl(fileobj.fileno(), set_size, PIPE_BYTES)
+
+
+class SinkRoute(NamedTuple):
+    """A sink a source feeds, as a parse worker needs it: the `when` filter and the sink's
+    preparer there; the channel its share of each parsed chunk goes to here."""
+
+    sink: str
+    when: WhenConfig | None
+    preparer: PreparerSpec | None
+    channel: Channel
+
+
+def plain(value: Any) -> Any:
+    """A config model as a `SimpleNamespace` tree with the same attribute names (nested models,
+    lists and dicts of them too), so a worker reads its settings without pydantic. A secret is
+    left out: no worker needs one."""
+    if isinstance(value, BaseModel):
+        return SimpleNamespace(**{name: plain(field) for name, field in value})
+    if isinstance(value, SecretStr):
+        return None
+    if isinstance(value, list | tuple):
+        return type(value)(plain(item) for item in value)
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+def feed_setup(
+    source: str,
+    config: SourceConfig,
+    *,
+    host: str,
+    redact: RedactConfig,
+    fields: dict[str, Any] | None,
+    routes: list[SinkRoute],
+) -> bytes:
+    """What a worker builds a feed from (`FeedSetup`, pickled): settings as plain trees, and per
+    route its `when`, sink name and preparer. Every route must have a preparer."""
+    prepared = [(plain(route.when), route.sink, route.preparer) for route in routes if route.preparer is not None]
+    if len(prepared) != len(routes):
+        raise ValueError(f"source {source}: every sink of a parse worker's feed needs a preparer")
+    setup: FeedSetup = (source, plain(config), host, plain(redact), fields, prepared)
+    return pickle.dumps(setup)
 
 
 class WorkerError(RuntimeError):
@@ -168,7 +197,7 @@ class ParseWorker:
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._failure: WorkerError | None = None
-        self._reported: CounterTotals = {}
+        self._reported: tally.Totals = {}
 
     async def start(self) -> None:
         package_root = str(Path(__file__).resolve().parents[1])
@@ -176,7 +205,7 @@ class ParseWorker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
         env.pop("NOTIFY_SOCKET", None)  # readiness and the watchdog are the agent's to report
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shipper.workers", *self._args,
+            sys.executable, "-m", "shipper.parse_worker", *self._args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, limit=_READ_LIMIT,
         )  # fmt: skip
         for pipe in (self._process.stdin, self._process.stdout):
@@ -202,15 +231,15 @@ class ParseWorker:
 
     def _write(self, message: tuple[Any, ...]) -> None:
         assert self._process is not None and self._process.stdin is not None
-        payload = marshal.dumps(message, _MARSHAL_VERSION)
-        self._process.stdin.write(_HEADER.pack(len(payload)) + payload)
+        payload = marshal.dumps(message, MARSHAL_VERSION)
+        self._process.stdin.write(HEADER.pack(len(payload)) + payload)
 
     async def _read_replies(self) -> None:
         assert self._process is not None and self._process.stdout is not None
         stdout = self._process.stdout
         try:
             while True:
-                size = _HEADER.unpack(await stdout.readexactly(_HEADER.size))[0]
+                size = HEADER.unpack(await stdout.readexactly(HEADER.size))[0]
                 reply = marshal.loads(await stdout.readexactly(size))
                 future = self._waiting.popleft()
                 if reply[0] == "ok":
@@ -233,12 +262,8 @@ class ParseWorker:
             if not future.done():
                 future.set_exception(self._failure)
 
-    def _add_counters(self, totals: CounterTotals) -> None:
-        for key, total in totals.items():
-            delta = total - self._reported.get(key, 0.0)
-            if delta > 0:
-                index, labels = key
-                WORKER_COUNTERS[index].labels(**dict(labels)).inc(delta)
+    def _add_counters(self, totals: tally.Totals) -> None:
+        tally.add_deltas(totals, self._reported)
         self._reported = totals
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -277,136 +302,16 @@ class WorkerPool:
         host: str,
         redact: RedactConfig,
         fields: dict[str, Any] | None,
-        routes: list[tuple[str, SinkConfig]],
+        routes: list[SinkRoute],
     ) -> RemoteParser:
-        """A parser in the next worker for one feed of `source`, routing to `routes` in order."""
+        """A parser in the next worker for one feed of `source`, routing to `routes` (sinks that
+        all have a preparer) in order."""
         feed_id = self._next_feed
         self._next_feed += 1
         worker = self.workers[feed_id % len(self.workers)]
-        setup = pickle.dumps((source, config, host, redact, fields, routes))
+        setup = feed_setup(source, config, host=host, redact=redact, fields=fields, routes=routes)
         worker.post(("open", feed_id, setup))
         return RemoteParser(worker, feed_id)
 
     async def close(self) -> None:
         await asyncio.gather(*(worker.close() for worker in self.workers))
-
-
-# ---------------------------------------------------------------------------------- worker side
-
-
-def _counter_totals() -> CounterTotals:
-    totals: CounterTotals = {}
-    for index, family in enumerate(WORKER_COUNTERS):
-        for metric in family.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    totals[(index, tuple(sorted(sample.labels.items())))] = sample.value
-    return totals
-
-
-class _Feed:
-    """A feed as a worker holds it: its processor, extra fields, and per route the `when`
-    predicate and the sink whose `prepare` encodes the logs (the agent only sends a source here
-    when all of its sinks prepare)."""
-
-    def __init__(self, setup: bytes) -> None:
-        from sinks import build_sink
-
-        source, config, host, redact, fields, routes = pickle.loads(setup)
-        self.processor: Processor = build_processor(source, config, host=host, redact=redact)
-        self.extra: dict[str, Any] | None = fields
-        self.routes: list[tuple[Predicate | None, Sink]] = [
-            (compile_when(sink_config.when), build_sink(name, sink_config)) for name, sink_config in routes
-        ]
-
-    def parsed(self, events: list[Event]) -> tuple[int, int, list[Routed]]:
-        fill_in(events, self.extra)
-        routed: list[Routed] = []
-        for index, (predicate, sink) in enumerate(self.routes):
-            selected = events if predicate is None else [e for e in events if predicate(e)]
-            prepared = sink.prepare(selected) if selected else None
-            if prepared is not None:
-                routed.append((index, *prepared))
-        return self.processor.held_bytes, len(events), routed
-
-
-class _Server:
-    """The worker's loop: one request at a time, in order."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.feeds: dict[int, _Feed | Exception] = {}
-        self.last_report = 0.0
-
-    def handle(self, message: tuple[Any, ...]) -> None:
-        kind, feed_id = message[0], message[1]
-        if kind == "open":
-            try:
-                self.feeds[feed_id] = _Feed(message[2])
-            except Exception as exc:
-                self.feeds[feed_id] = exc
-            return
-        if kind == "close":
-            self.feeds.pop(feed_id, None)
-            return
-        try:
-            feed = self.feeds[feed_id]
-            if isinstance(feed, Exception):
-                raise feed
-            processor = feed.processor
-            if kind == "feed":
-                _, _, stream, now, body = message
-                events = processor.feed(body.split(b"\n"), stream, now)
-                final = False
-            else:
-                _, _, now, force, rests = message
-                events = [e for stream, rest in rests for e in processor.feed([rest], stream, now)]
-                events += processor.flush(now, force)
-                final = force
-            held, count, routed = feed.parsed(events)
-            counters = None
-            clock = time.monotonic()
-            if final or clock - self.last_report >= COUNTER_REPORT_INTERVAL:
-                counters, self.last_report = _counter_totals(), clock
-            reply: tuple[Any, ...] = ("ok", held, count, routed, counters)
-            payload = marshal.dumps(reply, _MARSHAL_VERSION)
-        except Exception as exc:
-            payload = marshal.dumps(("error", "".join(traceback.format_exception_only(exc)).strip()))
-        self.out.write(_HEADER.pack(len(payload)))
-        self.out.write(payload)
-        self.out.flush()
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
-    data = stream.read(size)
-    return data if len(data) == size else None
-
-
-def serve(inp: BinaryIO, out: BinaryIO) -> None:
-    """Answer requests until the input closes."""
-    server = _Server(out)
-    while (header := _read_exactly(inp, _HEADER.size)) is not None:
-        payload = _read_exactly(inp, _HEADER.unpack(header)[0])
-        if payload is None:
-            return
-        server.handle(marshal.loads(payload))
-
-
-def main(argv: list[str]) -> None:
-    from shipper.log import setup_logging
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    level, fmt = argv if len(argv) == 2 else ("info", "auto")
-    setup_logging(level, fmt)
-    # Replies own the real stdout; anything else printing to fd 1 lands on stderr instead.
-    out = os.fdopen(os.dup(1), "wb", buffering=1 << 20)
-    os.dup2(2, 1)
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)  # as the agent: parsed events are short-lived, many, acyclic
-    with contextlib.suppress(BrokenPipeError):
-        serve(sys.stdin.buffer, out)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from shipper.config import SinkConfig
+from typing import TYPE_CHECKING
+
 from shipper.registry import Registry
-from shipper.sink import Sink
+
+if TYPE_CHECKING:
+    from shipper.config import SinkConfig
+    from shipper.sink import Sink
 
 REGISTRY: Registry[SinkConfig, Sink] = Registry(
     {

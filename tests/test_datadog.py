@@ -541,7 +541,7 @@ async def test_a_request_stale_in_the_queue_is_restamped_before_sending(prepared
         sink = fast(intake)
         batch = [event(0), event(1)]
         if prepared:
-            batch = encoded_events(sink.prepare(batch), {"source": "app"})
+            batch = encoded_events(sink.encoder.prepare(batch), {"source": "app"})
         (request,) = sink.encode(batch)
         # As if it had waited 20 h behind a revoked key: its first log is now too old for Datadog.
         old = now_iso(-timedelta(hours=20))

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sinks.datadog import epoch_ms
+from shipper.parsing.clock import epoch_ms
 from tests.conftest import CORPUS, REPO, Shipper, needs_corpus
 from tests.fakes.datadog_intake import DatadogIntake
 

@@ -19,9 +19,10 @@ from shipper.config import SinkConfig, WhenConfig, config_from_dict
 from shipper.driver import SinkDriver
 from shipper.event import Event, memory_size
 from shipper.parsing import build_processor
-from shipper.router import Router, compile_when
+from shipper.router import Router
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
 from shipper.source import LineFeed, SourceContext
+from shipper.when import compile_when
 from tests.conftest import CORPUS, needs_corpus
 
 

@@ -4,7 +4,9 @@ nothing a restart cannot resend, and `auto` only uses a CPU that is really there
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -15,11 +17,12 @@ from typing import Any
 import orjson
 import pytest
 
-from shipper import workers
+from shipper import parse_worker, workers
 from shipper.config import config_from_dict
 from shipper.errors import ConfigError
 from shipper.event import Encoded, Event, encoded_events
 from shipper.parsing import build_processor
+from shipper.when import compile_when
 from sinks import build_sink
 from sinks.datadog import DatadogSink
 from tests.conftest import CORPUS, Shipper, free_port, needs_corpus
@@ -66,7 +69,9 @@ def test_logs_prepared_in_a_worker_are_the_logs_encoded_in_the_agent() -> None:
     def stable(log: dict[str, Any]) -> dict[str, Any]:  # a re-stamp's "now" differs by milliseconds
         return {k: v for k, v in log.items() if not (k == "timestamp" and log.get("shipper.original_timestamp"))}
 
-    prepared = encoded_events(sink.prepare(events), {"source": "api"})
+    spec = sink.preparer()  # built as a worker builds it: from the settings that cross the pipe
+    preparer = parse_worker.build_preparer("dd", pickle.loads(pickle.dumps(spec)))
+    prepared = encoded_events(preparer.prepare(events), {"source": "api"})
     assert all(isinstance(event, Encoded) for event in prepared)
     in_worker, in_agent = logs_of(sink, prepared), logs_of(other, events)
     assert len(in_worker) == len(events) > 2800
@@ -78,8 +83,75 @@ def test_a_batch_mixing_prepared_and_unprepared_events_keeps_its_order() -> None
     sink = datadog_sink()
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     events = [Event({"message": f"m{i}", "level": "info", "timestamp": now}, b"m") for i in range(4)]
-    mixed = [*encoded_events(sink.prepare(events[:2]), {"source": "api"}), *events[2:]]
+    mixed = [*encoded_events(sink.encoder.prepare(events[:2]), {"source": "api"}), *events[2:]]
     assert [log["message"] for log in logs_of(sink, mixed)] == ["m0", "m1", "m2", "m3"]
+
+
+def test_a_feed_set_up_in_a_worker_parses_filters_and_encodes_as_the_agent_does() -> None:
+    """A worker gets its settings as plain attribute trees, not config models: the redaction
+    patterns, the multi-line limits, the time zone and a `when` filter must all mean the same
+    there. Same lines through both: the same logs."""
+    table = {
+        "sources": {
+            "api": {"type": "stdin", "timezone": "Europe/Paris", "multiline": {"max_lines": 3}},
+        },
+        "redact": {"fields": ["user.token"], "patterns": [{"name": "order", "regex": "ORD-[0-9]+"}]},
+        "sinks": {
+            "dd": {
+                "type": "datadog",
+                "inputs": ["api"],
+                "api_key": KEY,
+                "tags": ["level:{level}"],
+                "when": {"level": "warn", "matches": {"message": "^keep"}},
+            }
+        },
+    }
+    config = config_from_dict(table, environ={})
+    sink = build_sink("dd", config.sinks["dd"])
+    lines = [
+        b'{"level":40,"time":1795394836241,"pid":1,"hostname":"h","user":{"token":"t0k"},"msg":"keep ORD-123"}',
+        b'{"level":30,"time":1795394836241,"pid":1,"hostname":"h","msg":"keep, but info"}',
+        b"[Nest] 19  - 11/23/2026, 1:47:16 AM   ERROR [Boot] keep the crash",
+        b"Error: boom",
+        b"    at one (a.js:1:1)",
+        b"    at two (b.js:2:2)",
+        b'{"level":50,"time":1795394836241,"pid":1,"hostname":"h","msg":"dropped by the filter"}',
+    ]
+    route = workers.SinkRoute("dd", config.sinks["dd"].when, sink.preparer(), None)  # type: ignore[arg-type]
+    setup = workers.feed_setup(
+        "api", config.sources["api"], host="h", redact=config.redact, fields=None, routes=[route]
+    )
+    feed = parse_worker.Feed(setup)
+    now = time.time()
+    held, count, routed = feed.parsed([*feed.processor.feed(lines, "stdout", now), *feed.processor.flush(now, True)])
+    [(index, ndjson, _stamps)] = routed
+    in_worker = [orjson.loads(line) for line in ndjson.splitlines()]
+
+    processor = build_processor("api", config.sources["api"], host="h", redact=config.redact)
+    when = compile_when(config.sinks["dd"].when)
+    assert when is not None
+    events = [e for e in [*processor.feed(lines, "stdout", now), *processor.flush(now, True)] if when(e)]
+    in_agent = [log for request in sink.encode(events) for log in orjson.loads(request.body)]
+    assert (held, index) == (0, 0) and count > len(in_worker)
+    assert in_worker == in_agent
+    assert [log["message"].splitlines()[0] for log in in_worker] == ["keep [REDACTED]", "keep the crash"]
+    assert in_worker[0]["user"]["token"] == "[REDACTED]"
+    assert in_worker[1]["err"]["stack"] == "Error: boom\n    at one (a.js:1:1)"  # cut at multiline.max_lines = 3
+    assert in_worker[1]["timestamp"] == "2026-11-23T00:47:16.000Z"  # 1:47 AM in Europe/Paris
+
+
+def test_a_parse_worker_loads_no_config_models_metrics_library_or_asyncio() -> None:
+    """What keeps a worker at about half an agent's memory: the modules it runs import none of
+    pydantic, prometheus_client, asyncio (and TLS with it) or aiohttp."""
+    heavy = ("pydantic", "prometheus_client", "asyncio", "ssl", "aiohttp")
+    code = (
+        "import sys, shipper.parse_worker as w\n"
+        "w.build_preparer('dd', ('sinks.datadog_logs:LogEncoder', {'source': 'nodejs', 'service': None,"
+        " 'tags': [], 'max_event_bytes': 1000000, 'out_of_range': 'restamp'}))\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == ""
 
 
 def delivering(tmp_path: Path, app: Path, intake: DatadogIntake, lines: int) -> ShipperProcess:
@@ -164,7 +236,7 @@ def test_sources_whose_sinks_do_not_prepare_parse_in_the_agent(tmp_path: Path) -
     app, out = tmp_path / "app.log", tmp_path / "out.ndjson"
     app.write_bytes(pino_lines(range(50)))
     config = write_config(tmp_path, f'type = "file"\ninclude = ["{app}"]\nstart_at = "beginning"\n', out)
-    config.write_text(config.read_text().replace('shutdown_timeout = "10s"\n', 'parse_workers = 2\n'))
+    config.write_text(config.read_text().replace('shutdown_timeout = "10s"\n', "parse_workers = 2\n"))
     shipper = ShipperProcess(config, tmp_path)
     try:
         wait_for(lambda: len(delivered_ids(out)) == 50, 30, "the lines")

@@ -47,13 +47,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from itertools import repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shipper.config import RedactConfig, SourceConfig
 from shipper.event import Event
-from shipper.metrics import parse_fallbacks
 from shipper.parsing.clock import MAX_MS, MS_SUFFIX, LocalTimes, epoch_ms, format_ms, resolve_zone, second_prefix
 from shipper.parsing.records import (
     LEVEL_BY_NUM,
@@ -80,6 +78,10 @@ from shipper.parsing.text import (
     text_level,
 )
 from shipper.redact import REDACTED, Redactor
+from shipper.tally import parse_fallbacks
+
+if TYPE_CHECKING:
+    from shipper.config import RedactConfig, SourceConfig
 
 __all__ = ["Processor", "build_processor"]
 

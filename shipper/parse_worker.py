@@ -1,0 +1,155 @@
+"""The parse worker process (`python -m shipper.parse_worker`): the other end of shipper/workers.py.
+
+It imports only what parsing and a sink's `Preparer` run: no config models (pydantic), no
+metrics library, no asyncio or TLS. That keeps a worker at ~20 MiB instead of ~40 MiB. Settings
+arrive as plain attribute trees (`types.SimpleNamespace`) with the config's field names, counters
+are tallies (shipper/tally.py) whose totals ride on the replies, and a preparer is built from its
+`module:Class` path (see `Sink.preparer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import marshal
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from shipper import tally
+from shipper.event import Event, Preparer, PreparerSpec, fill_in
+from shipper.parsing import Processor, build_processor
+from shipper.when import Predicate, compile_when
+
+if TYPE_CHECKING:
+    from shipper.config import RedactConfig, SourceConfig, WhenConfig
+
+HEADER = struct.Struct("<I")  # every frame, both ways: its length, then a marshal payload
+MARSHAL_VERSION = 4
+COUNTER_REPORT_INTERVAL = 0.25
+# Per route (an index into the feed's routes) what its preparer made: NDJSON and timestamps.
+Routed = tuple[int, bytes, list[Any]]
+# A feed's setup, pickled: source name, source settings, host, redact settings, extra fields, and
+# per route its `when` settings (None: everything), its sink's name and that sink's preparer.
+FeedSetup = tuple[str, Any, str, Any, dict[str, Any] | None, list[tuple[Any, str, PreparerSpec]]]
+
+
+def build_preparer(sink: str, spec: PreparerSpec) -> Preparer:
+    """The preparer of the sink named `sink`, from its `module:Class` path and settings."""
+    path, settings = spec
+    module, _, attribute = path.partition(":")
+    kind = getattr(importlib.import_module(module), attribute)
+    return cast(Preparer, kind(sink, **settings))
+
+
+class Feed:
+    """A feed as a worker holds it: its processor, extra fields, and per route the `when`
+    predicate and the preparer that encodes the logs."""
+
+    def __init__(self, setup: bytes) -> None:
+        source, config, host, redact, fields, routes = cast(FeedSetup, pickle.loads(setup))
+        # Plain attribute trees with the models' field names: what the parsing code reads.
+        self.processor: Processor = build_processor(
+            source, cast("SourceConfig", config), host=host, redact=cast("RedactConfig", redact)
+        )
+        self.extra = fields
+        self.routes: list[tuple[Predicate | None, Preparer]] = [
+            (compile_when(cast("WhenConfig | None", when)), build_preparer(sink, spec)) for when, sink, spec in routes
+        ]
+
+    def parsed(self, events: list[Event]) -> tuple[int, int, list[Routed]]:
+        fill_in(events, self.extra)
+        routed: list[Routed] = []
+        for index, (predicate, preparer) in enumerate(self.routes):
+            selected = events if predicate is None else [e for e in events if predicate(e)]
+            if selected:
+                routed.append((index, *preparer.prepare(selected)))
+        return self.processor.held_bytes, len(events), routed
+
+
+class _Server:
+    """The worker's loop: one request at a time, in order."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.feeds: dict[int, Feed | Exception] = {}
+        self.last_report = 0.0
+
+    def handle(self, message: tuple[Any, ...]) -> None:
+        kind, feed_id = message[0], message[1]
+        if kind == "open":
+            try:
+                self.feeds[feed_id] = Feed(message[2])
+            except Exception as exc:
+                self.feeds[feed_id] = exc
+            return
+        if kind == "close":
+            self.feeds.pop(feed_id, None)
+            return
+        try:
+            feed = self.feeds[feed_id]
+            if isinstance(feed, Exception):
+                raise feed
+            processor = feed.processor
+            if kind == "feed":
+                _, _, stream, now, body = message
+                events = processor.feed(body.split(b"\n"), stream, now)
+                final = False
+            else:
+                _, _, now, force, rests = message
+                events = [e for stream, rest in rests for e in processor.feed([rest], stream, now)]
+                events += processor.flush(now, force)
+                final = force
+            held, count, routed = feed.parsed(events)
+            counters = None
+            clock = time.monotonic()
+            if final or clock - self.last_report >= COUNTER_REPORT_INTERVAL:
+                counters, self.last_report = tally.totals(), clock
+            reply: tuple[Any, ...] = ("ok", held, count, routed, counters)
+            payload = marshal.dumps(reply, MARSHAL_VERSION)
+        except Exception as exc:
+            payload = marshal.dumps(("error", "".join(traceback.format_exception_only(exc)).strip()))
+        self.out.write(HEADER.pack(len(payload)))
+        self.out.write(payload)
+        self.out.flush()
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    data = stream.read(size)
+    return data if len(data) == size else None
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> None:
+    """Answer requests until the input closes."""
+    server = _Server(out)
+    while (header := _read_exactly(inp, HEADER.size)) is not None:
+        payload = _read_exactly(inp, HEADER.unpack(header)[0])
+        if payload is None:
+            return
+        server.handle(marshal.loads(payload))
+
+
+def main(argv: list[str]) -> None:
+    from shipper.log import setup_logging
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    level, fmt = argv if len(argv) == 2 else ("info", "auto")
+    setup_logging(level, fmt)
+    # Replies own the real stdout; anything else printing to fd 1 lands on stderr instead.
+    out = os.fdopen(os.dup(1), "wb", buffering=1 << 20)
+    os.dup2(2, 1)
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)  # as the agent: parsed events are short-lived, many, acyclic
+    with contextlib.suppress(BrokenPipeError):
+        serve(sys.stdin.buffer, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
