@@ -14,18 +14,19 @@ Replies come back in request order, so a feed keeps a few chunks in flight and r
 results in input order. Positions and acks stay in the agent, so checkpoints mean exactly what
 they mean without workers.
 
-Protocol: marshal frames with a 4-byte length, both ways (the worker is our own child; marshal is
-5-10x faster than pickle here). A feed's settings travel pickled inside, as plain attribute trees
-(`plain`): the worker imports no config models.
-- ("open", feed, pickled `FeedSetup`: source, its settings, host, redaction settings, extra fields,
-  [(when, sink name, preparer spec)]): build a processor, route predicates and preparers; no
+Protocol: frames both ways (parse_worker.FRAME): two lengths, a marshal'd message (the worker is
+our own child; marshal is 5-10x faster than pickle here), then a raw body. Messages (body):
+- ("open", feed) (pickled `FeedSetup`: source, its settings as plain attribute trees (`plain`: the
+  worker imports no config models), host, redaction settings, extra fields, and per route its
+  when, sink name and preparer spec): build a processor, route predicates and preparers; no
   reply. An error is kept and answered on that feed's next request, so replies stay in request
   order.
-- ("feed", feed, stream, now, body): `body` is complete lines joined by newlines.
+- ("feed", feed, stream, now) (complete lines joined by newlines).
 - ("flush", feed, now, force, rests): parse the partial lines `rests` [(stream, bytes)], then emit
   idle (or, with force, all) multi-line groups.
-  Both reply ("ok", held_bytes, event count, [(route, NDJSON, timestamps)], counters) or
-  ("error", text): per route, what the sink's preparer made of its share of the events.
+  Both reply ("ok", held_bytes, event count, [(route, NDJSON length, timestamps)], counters)
+  (the routes' NDJSON, in order) or ("error", text): per route, what the sink's preparer made of
+  its share of the events.
 - ("close", feed): forget the feed; no reply.
 
 Counters the worker increments (parse fallbacks, redactions, a sink's truncations and re-stamps)
@@ -57,7 +58,7 @@ from shipper import tally
 from shipper.channel import Channel
 from shipper.config import RedactConfig, SourceConfig, WhenConfig
 from shipper.event import PreparerSpec
-from shipper.parse_worker import HEADER, MARSHAL_VERSION, FeedSetup, Routed
+from shipper.parse_worker import FRAME, MARSHAL_VERSION, FeedSetup, Routed, RoutedSizes
 
 log = logging.getLogger("shipper.workers")
 
@@ -176,13 +177,26 @@ class RemoteParser:
         self.feed_id = feed_id
 
     async def feed(self, body: bytes, stream: str | None, now: float) -> asyncio.Future[Parsed]:
-        return await self.worker.request(("feed", self.feed_id, stream, now, body))
+        return await self.worker.request(("feed", self.feed_id, stream, now), body)
 
     async def flush(self, now: float, force: bool, rests: list[tuple[str | None, bytes]]) -> asyncio.Future[Parsed]:
         return await self.worker.request(("flush", self.feed_id, now, force, rests))
 
     def close(self) -> None:
         self.worker.post(("close", self.feed_id))
+
+
+def _split_body(body: bytes, sizes: list[RoutedSizes]) -> list[Routed]:
+    """A reply's routes with their NDJSON cut out of the body (one route, the common case: as is)."""
+    if len(sizes) == 1:
+        index, _, stamps = sizes[0]
+        return [(index, body, stamps)]
+    routed: list[Routed] = []
+    start = 0
+    for index, size, stamps in sizes:
+        routed.append((index, body[start : start + size], stamps))
+        start += size
+    return routed
 
 
 class ParseWorker:
@@ -212,42 +226,45 @@ class ParseWorker:
             _widen(pipe)
         self._reader = asyncio.create_task(self._read_replies(), name=f"parse-worker-{self.index}")
 
-    def post(self, message: tuple[Any, ...]) -> None:
+    def post(self, message: tuple[Any, ...], body: bytes = b"") -> None:
         """Send a message that has no reply."""
         if self._failure is None:
-            self._write(message)
+            self._write(message, body)
 
-    async def request(self, message: tuple[Any, ...]) -> asyncio.Future[Parsed]:
+    async def request(self, message: tuple[Any, ...], body: bytes = b"") -> asyncio.Future[Parsed]:
         """Send a request; the future resolves with its reply. Waits while the pipe is full."""
         if self._failure is not None:
             raise self._failure
         future: asyncio.Future[Parsed] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        self._write(message)
+        self._write(message, body)
         assert self._process is not None and self._process.stdin is not None
         with contextlib.suppress(ConnectionError):  # the reader reports the worker's end to every request
             await self._process.stdin.drain()
         return future
 
-    def _write(self, message: tuple[Any, ...]) -> None:
+    def _write(self, message: tuple[Any, ...], body: bytes) -> None:
         assert self._process is not None and self._process.stdin is not None
         payload = marshal.dumps(message, MARSHAL_VERSION)
-        self._process.stdin.write(HEADER.pack(len(payload)) + payload)
+        self._process.stdin.write(FRAME.pack(len(payload), len(body)) + payload)
+        if body:
+            self._process.stdin.write(body)
 
     async def _read_replies(self) -> None:
         assert self._process is not None and self._process.stdout is not None
         stdout = self._process.stdout
         try:
             while True:
-                size = HEADER.unpack(await stdout.readexactly(HEADER.size))[0]
-                reply = marshal.loads(await stdout.readexactly(size))
+                message_size, body_size = FRAME.unpack(await stdout.readexactly(FRAME.size))
+                reply = marshal.loads(await stdout.readexactly(message_size))
+                body = await stdout.readexactly(body_size)
                 future = self._waiting.popleft()
                 if reply[0] == "ok":
-                    _, held, count, routed, counters = reply
+                    _, held, count, sizes, counters = reply
                     if counters:
                         self._add_counters(counters)
                     if not future.done():
-                        future.set_result((held, count, routed))
+                        future.set_result((held, count, _split_body(body, sizes)))
                 elif not future.done():
                     future.set_exception(WorkerError(f"parse worker {self.index} failed: {reply[1]}"))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -310,7 +327,7 @@ class WorkerPool:
         self._next_feed += 1
         worker = self.workers[feed_id % len(self.workers)]
         setup = feed_setup(source, config, host=host, redact=redact, fields=fields, routes=routes)
-        worker.post(("open", feed_id, setup))
+        worker.post(("open", feed_id), setup)
         return RemoteParser(worker, feed_id)
 
     async def close(self) -> None:
