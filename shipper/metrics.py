@@ -12,16 +12,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from shipper.tally import (
-    TALLIES,
-    events_dropped,
-    events_restamped,
-    events_truncated,
-    parse_fallbacks,
-    redactions,
-)
-
-__all__ = ["events_dropped", "events_restamped", "events_truncated", "parse_fallbacks", "redactions"]
+# Counters parse workers increment too: tallies, exported below through a collector.
+from shipper.tally import TALLIES
+from shipper.tally import events_dropped as events_dropped
+from shipper.tally import events_restamped as events_restamped
+from shipper.tally import events_truncated as events_truncated
+from shipper.tally import parse_fallbacks as parse_fallbacks
+from shipper.tally import redactions as redactions
 
 
 class _TallyCollector(Collector):
