@@ -353,12 +353,15 @@ def test_fake_inflates_with_a_guard() -> None:
         inflate(b"[1]", "gzip")
 
 
-async def test_fake_enforces_the_wire_rules() -> None:
+@pytest.mark.parametrize("record", [True, False], ids=["keeping-logs", "counting-logs-for-the-bench"])
+async def test_fake_enforces_the_wire_rules(record: bool) -> None:
+    """Both ways the fake runs (keeping the logs, or only validating and counting them as the bench
+    does) refuse what Datadog refuses."""
     import gzip
 
     import aiohttp
 
-    async with DatadogIntake([KEY]) as intake, aiohttp.ClientSession(auto_decompress=False) as http:
+    async with DatadogIntake([KEY], record=record) as intake, aiohttp.ClientSession(auto_decompress=False) as http:
         url = intake.url + "/api/v2/logs"
         json = {"Content-Type": "application/json", "DD-API-KEY": KEY}
         gz = {**json, "Content-Encoding": "gzip"}
@@ -370,12 +373,18 @@ async def test_fake_enforces_the_wire_rules() -> None:
         assert await post(b'[{"message":"a"}]', {"Content-Type": "application/json"}) == 403
         assert await post(b'[{"message":"a"}]', {**json, "DD-API-KEY": "wrong"}) == 403
         assert await post(gzip.compress(b'[{"message":"a"}]'), gz) == 202
+        assert await post(b' {"message":"b"}', json) == 202  # one log, not in an array
         assert await post(b'[{"message":"b"}]', gz) == 400  # says gzip, sends plain JSON
         assert await post(gzip.compress(gzip.compress(b"[]")), gz) == 400  # gzipped twice
         assert await post(b"[{not json", json) == 400
+        assert await post(b'[{"message":"a"}] []', json) == 400  # trailing data
+        assert await post('[{"message":"\u00e9"}]'.encode("latin-1"), json) == 400  # not UTF-8
+        assert await post(b'[{"message":"a"},"text"]', json) == 400  # every log is an object
         assert await post(orjson.dumps([{"message": "x"}] * 1001), json) == 400
         assert await post(gzip.compress(orjson.dumps([{"message": "x" * 5_000_000}])), gz) == 413
-        assert [log["message"] for log in intake.logs] == ["a"]
+        assert intake.stats()["accepted"] == 2
+        if record:
+            assert [log["message"] for log in intake.logs] == ["a", "b"]
         async with http.get(intake.url + "/api/v1/validate", headers={"DD-API-KEY": KEY}) as resp:
             assert resp.status == 200 and await resp.json() == {"valid": True}
         async with http.get(intake.url + "/api/v1/validate", headers={"DD-API-KEY": "nope"}) as resp:
