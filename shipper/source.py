@@ -13,7 +13,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -80,6 +80,10 @@ class LineFeed:
     up to IN_FLIGHT chunks are parsed there while earlier ones are routed here."""
 
     IN_FLIGHT = 3
+    # Lines parsed (and routed) at a time. A chunk is bounded in bytes, but events cost ~1 KiB
+    # each however short their line: 1 MiB of 2-byte lines parsed at once would be ~500 MiB of
+    # events, far past any sink's buffer, before the first could wait for room.
+    PIECE_LINES = 8192
 
     def __init__(self, context: SourceContext, tracker: AckTracker, fields: dict[str, Any] | None = None) -> None:
         self.context = context
@@ -147,13 +151,17 @@ class LineFeed:
         async with self._lock:
             if end_offset is not None:
                 self.position = end_offset
+            now = time.time()
             if self.processor is not None:
-                events = self.processor.feed(lines, stream, time.time()) if lines else []
-                await self._route(events)
+                await self._parse_here(self.processor, lines, stream, now)
             elif body is not None and self.remote is not None:
-                parsing = await self.remote.feed(body, stream, time.time())
-                self._pending.append((parsing, self._unheld_position(), True))
-                await self._route_parsed(keep=self.IN_FLIGHT)
+                unheld = self._unheld_position()
+                for piece, after in _pieces(body, self.PIECE_LINES):
+                    parsing = await self.remote.feed(piece, stream, now)
+                    # The position right after this piece's lines (their newline included).
+                    position = None if unheld is None else unheld - (len(body) - after)
+                    self._pending.append((parsing, position, True))
+                    await self._route_parsed(keep=self.IN_FLIGHT)
         # Let the sinks encode and send what this chunk added before the next one is parsed. A
         # source whose reads complete at once (a file in the page cache) would otherwise fill its
         # sinks' buffers to the bound before any driver ran: memory at the bound all the time,
@@ -214,6 +222,19 @@ class LineFeed:
             out.append(line)
         return out
 
+    async def _parse_here(self, processor: Processor, lines: list[bytes], stream: str | None, now: float) -> None:
+        """Parse and route a chunk's lines in pieces of PIECE_LINES, under one ack whose position
+        is set once the last piece is parsed (what the processor still holds is known then)."""
+        ack = self.tracker.open(None)
+        for start in range(0, len(lines), self.PIECE_LINES):
+            events = processor.feed(lines[start : start + self.PIECE_LINES], stream, now)
+            if events:
+                fill_in(events, self.fields)
+                self._received.inc(len(events))
+                await self.context.router.route(self.context.name, events, ack)
+        ack.position = None if self.position is None else self.position - self.held_bytes
+        ack.done()
+
     async def _route(self, events: list[Event]) -> None:
         position = None if self.position is None else self.position - self.held_bytes
         ack = self.tracker.open(position)
@@ -222,6 +243,24 @@ class LineFeed:
             self._received.inc(len(events))
             await self.context.router.route(self.context.name, events, ack)
         ack.done()
+
+
+def _pieces(body: bytes, lines: int) -> Iterator[tuple[bytes, int]]:
+    """`body` (lines joined by newlines) in pieces of at most `lines` lines, each with the offset
+    in `body` where it ends; the whole body, without a copy, when it is short enough."""
+    if body.count(b"\n") < lines:
+        yield body, len(body)
+        return
+    start = 0
+    while start <= len(body):
+        end = start
+        for _ in range(lines):
+            end = body.find(b"\n", end) + 1
+            if end == 0:
+                end = len(body) + 1
+                break
+        yield body[start : end - 1], end - 1
+        start = end
 
 
 class Source(ABC):

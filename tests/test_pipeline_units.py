@@ -23,6 +23,8 @@ from shipper.router import Router
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
 from shipper.source import LineFeed, SourceContext
 from shipper.when import compile_when
+from shipper.workers import SinkRoute, WorkerPool
+from sinks import build_sink
 from tests.conftest import CORPUS, needs_corpus
 
 
@@ -407,3 +409,70 @@ def test_the_memory_estimate_of_parsed_events_is_close_to_their_real_size() -> N
             tracemalloc.stop()
         ratio = memory_size(events) / actual
         assert low <= ratio <= high, f"{path.name}: estimated/actual = {ratio:.2f}"
+
+
+async def test_a_chunk_of_tiny_lines_reaches_the_buffer_in_bounded_pieces(tmp_path: Path) -> None:
+    """A chunk is bounded in bytes, not lines: 1 MiB of 2-byte lines is 524,288 events (~600 MiB
+    parsed at once). They must be parsed and queued a piece at a time, each waiting for room, so
+    the buffer stays near its bound however short the lines."""
+    bound = 4 * 1024 * 1024
+    channel = Channel("out", bound, "block")
+    feed = line_feed_into(channel, tmp_path)
+    sizes: list[int] = []
+    peak = 0
+
+    async def consume() -> None:
+        nonlocal peak
+        while (part := await channel.get(None)) is not None:
+            peak = max(peak, channel.nbytes + part.nbytes)
+            sizes.append(len(part.events))
+            part.ack.done(len(part.events))
+
+    consumer = asyncio.create_task(consume())
+    await feed.push(b"x\n" * (512 * 1024))
+    await feed.flush(force=True)  # the last line waits to see whether a continuation follows
+    channel.close()
+    await consumer
+    assert sum(sizes) == 512 * 1024
+    assert max(sizes) <= LineFeed.PIECE_LINES
+    assert peak <= bound + memory_size([Event({"message": "x"}, b"x")]) * LineFeed.PIECE_LINES
+
+
+async def test_pieces_parsed_in_a_worker_move_the_checkpoint_to_their_exact_line_ends(tmp_path: Path) -> None:
+    """Through a parse worker, a chunk split into pieces acks each piece at the byte just past its
+    last line: a checkpoint never covers an undelivered line, and the last one is the chunk's end."""
+    table = {
+        "sources": {"app": {"type": "stdin"}},
+        "sinks": {"dd": {"type": "datadog", "inputs": ["app"], "api_key": "k"}},
+    }
+    config = config_from_dict(table, environ={})
+    sink = build_sink("dd", config.sinks["dd"])
+    channel = Channel("dd", 1 << 30, "block")
+    pool = WorkerPool(1, "info", "json", lambda: None)
+    await pool.start()
+    try:
+        context = SourceContext(
+            "app", config.sources["app"], router=Router(), host="h", redact=config.redact, state_dir=tmp_path,
+            stopping=asyncio.Event(), workers=pool, routes=[SinkRoute("dd", None, sink.preparer(), channel)],
+        )  # fmt: skip
+        commits: list[int] = []
+        feed = context.open_feed(on_commit=commits.append)
+        feed.PIECE_LINES = 7  # type: ignore[misc]
+        data = b"".join(b'{"level":30,"time":1795394836241,"msg":"%s"}\n' % (b"m" * (i % 13)) for i in range(100))
+        offset = 0
+        for cut in (333, 1800, 2900, len(data)):  # reads that end mid-line, as a file's do
+            await feed.push(data[offset:cut], end_offset=cut)
+            offset = cut
+        await feed.flush(force=True)
+        delivered = 0
+        while channel.nevents:
+            part = await channel.get(0)
+            assert part is not None
+            delivered += len(part.events)
+            part.ack.done(len(part.events))
+        line_ends = {index + 1 for index, byte in enumerate(data) if byte == ord("\n")}
+        assert delivered == 100
+        assert commits == sorted(set(commits)) and set(commits) <= line_ends
+        assert len(commits) > 4 and commits[-1] == len(data)
+    finally:
+        await pool.close()
