@@ -25,7 +25,7 @@ from shipper.config import RedactConfig, SourceConfig
 from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in
 from shipper.parsing import Processor, build_processor
 from shipper.router import Router
-from shipper.workers import Parsed, RemoteParser, SinkRoute, WorkerPool
+from shipper.workers import Parsed, RemoteParser, SinkRoute, WorkerPool, feed_setup
 
 
 class SourceContext:
@@ -92,14 +92,9 @@ class LineFeed:
         self.processor: Processor | None = None
         self.remote: RemoteParser | None = None
         if context.workers is not None:
-            self.remote = context.workers.parser(
-                context.name,
-                context.config,
-                host=context.host,
-                redact=context.redact,
-                fields=fields,
-                routes=context.routes,
-            )
+            name, config, routes = context.name, context.config, context.routes
+            setup = feed_setup(name, config, host=context.host, redact=context.redact, fields=fields, routes=routes)
+            self.remote = context.workers.parser(setup)
         else:
             self.processor = build_processor(context.name, context.config, host=context.host, redact=context.redact)
         self.max_line = context.config.max_line_bytes

@@ -311,22 +311,11 @@ class WorkerPool:
     async def start(self) -> None:
         await asyncio.gather(*(worker.start() for worker in self.workers))
 
-    def parser(
-        self,
-        source: str,
-        config: SourceConfig,
-        *,
-        host: str,
-        redact: RedactConfig,
-        fields: dict[str, Any] | None,
-        routes: list[SinkRoute],
-    ) -> RemoteParser:
-        """A parser in the next worker for one feed of `source`, routing to `routes` (sinks that
-        all have a preparer) in order."""
+    def parser(self, setup: bytes) -> RemoteParser:
+        """A parser in the next worker for one feed, built there from `setup` (`feed_setup`)."""
         feed_id = self._next_feed
         self._next_feed += 1
         worker = self.workers[feed_id % len(self.workers)]
-        setup = feed_setup(source, config, host=host, redact=redact, fields=fields, routes=routes)
         worker.post(("open", feed_id), setup)
         return RemoteParser(worker, feed_id)
 
