@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shipper import parse_worker, workers
 from shipper.config import MultilineConfig, RedactConfig, SourceConfig
 from shipper.event import Event
 from shipper.metrics import registry
@@ -194,3 +196,45 @@ def test_interleaved_streams_match_separate_processors(pattern: list[bool], line
     for stream, proc in per_stream.items():
         want[stream] += proc.flush(force=True)
     assert {k: signature(v) for k, v in got.items()} == {k: signature(v) for k, v in want.items()}
+
+
+WORKER_FEED_SETUP = workers.feed_setup(
+    "fuzz",
+    SourceConfig(type="file", timezone="UTC", multiline=MultilineConfig(max_lines=5, max_bytes=4096)),
+    host="agent",
+    redact=RedactConfig(),
+    fields={"file": "/var/log/fuzz.log"},
+    routes=[
+        workers.SinkRoute(
+            "dd",
+            None,
+            ("sinks.datadog_logs:LogEncoder", {"source": "nodejs", "service": None, "tags": ["level:{level}"],
+             "max_event_bytes": 8192, "out_of_range": "restamp"}),
+            None,  # type: ignore[arg-type]  # the channel is the agent's; a worker never sees it
+        )
+    ],
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(batches=st.lists(st.lists(line, max_size=12), max_size=6))
+def test_a_parse_worker_makes_one_valid_datadog_log_of_every_event(batches: list[list[bytes]]) -> None:
+    """What a worker answers for any input: per event exactly one log, valid JSON, an object,
+    within max_event_bytes. An exception there would stop the agent, so nothing may raise."""
+    feed = parse_worker.Feed(WORKER_FEED_SETUP)
+    count = 0
+    logs: list[bytes] = []
+    for batch in [*batches, None]:
+        events = feed.processor.flush(RECEIVED, True) if batch is None else feed.processor.feed(batch, None, RECEIVED)
+        _held, emitted, routed = feed.parsed(events)
+        count += emitted
+        for _route, ndjson, stamps in routed:
+            lines = ndjson.split(b"\n")
+            assert lines.pop() == b"" and len(lines) == len(stamps)
+            logs += lines
+    assert len(logs) == count
+    for log in logs:
+        assert len(log) <= 8192
+        doc = orjson.loads(log)
+        assert isinstance(doc, dict) and isinstance(doc["message"], str) and doc["ddsource"] == "nodejs"
+        assert doc["file"] == "/var/log/fuzz.log" or "file" in doc.get("shipper.dropped_fields", [])
