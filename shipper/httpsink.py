@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 from isal import igzip
@@ -69,6 +71,15 @@ def encode_json_array(
     )
 
 
+def environment_proxy(url: str) -> str | None:
+    """The proxy URL the environment names for `url` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as the
+    HTTP sinks' sessions read it (trust_env); None: go direct."""
+    parts = urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 class HttpSink(Sink):
     config: HttpSinkConfig
     content_type = "application/json"
@@ -91,6 +102,7 @@ class HttpSink(Sink):
             timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
             connector=aiohttp.TCPConnector(limit=self.config.concurrency * 2),
             auto_decompress=False,
+            trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as curl and the Datadog Agent read them
         )
 
     async def stop(self) -> None:
@@ -153,6 +165,8 @@ class HttpSink(Sink):
             return CheckResult(False, f"{url} unreachable: {type(exc).__name__}")
         if status in (401, 403):
             return CheckResult(False, f"{url} refused the credentials (HTTP {status})")
+        if status == 407:
+            return CheckResult(False, f"the HTTP proxy refused shipper's credentials on the way to {url} (HTTP 407)")
         return CheckResult(True, f"{url} reachable (HTTP {status} to a GET)")
 
     def classify(self, status: int, headers: Mapping[str, str], body: bytes, request: Request) -> Outcome:
@@ -165,4 +179,10 @@ class HttpSink(Sink):
             return Outcome("retry", reason=f"http_{status}", retry_after=retry_after(headers), detail=detail)
         if status in (401, 403):
             return Outcome("unhealthy", reason=f"http_{status}", detail=detail, retry_after=None)
+        if status == 407:  # our egress proxy, not the destination, refused: keep the data until it is fixed
+            return Outcome(
+                "unhealthy",
+                reason="http_407",
+                detail="the HTTP proxy refused shipper's credentials (HTTP 407); check HTTPS_PROXY / HTTP_PROXY",
+            )
         return Outcome("reject", reason=f"http_{status}", detail=detail)

@@ -13,16 +13,17 @@ import asyncio
 import importlib
 import importlib.util
 import time
+from base64 import b64encode
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from shipper.config import BufferConfig, HttpSinkConfig
 from shipper.event import Event, PreparerSpec
-from shipper.httpsink import HttpSink
+from shipper.httpsink import HttpSink, environment_proxy
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request
 from shipper.units import Size
 from sinks.datadog_logs import MAX_ENTRIES, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, PLACEHOLDER, LogEncoder, OutOfRange
@@ -226,6 +227,15 @@ class DatadogSink(HttpSink):
             api_key={"apiKeyAuth": self.config.api_key.get_secret_value()},
             request_timeout=self.config.request_timeout,
         )
+        proxy = environment_proxy(self.api_base)
+        if proxy is not None:  # urllib3 reads no proxy from the environment, and no credentials from its URL
+            parts = urlsplit(proxy)
+            configuration.proxy = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+            if parts.username is not None:
+                credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                configuration.proxy_headers = {
+                    "Proxy-Authorization": f"Basic {b64encode(credentials.encode()).decode()}"
+                }
         try:
             with ApiClient(configuration) as client:
                 response = AuthenticationApi(client).validate()

@@ -26,6 +26,7 @@ from shipper.sink import Request
 from sinks import build_sink
 from sinks.datadog import DatadogConfig, DatadogSink
 from tests.fakes.datadog_intake import BadPayload, DatadogIntake, PayloadTooLarge, inflate
+from tests.fakes.forward_proxy import ForwardProxy
 
 KEY = "dd-unit-secret-5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5"
 _names = itertools.count()
@@ -421,6 +422,33 @@ async def test_check_without_the_client_package(monkeypatch: pytest.MonkeyPatch)
         result = await sink.check()
         await sink.stop()
         assert not result.ok and "HTTP 403" in result.detail and KEY not in result.detail
+
+
+@pytest.mark.parametrize("client", [True, False], ids=["official-client", "plain-http"])
+async def test_check_goes_through_the_proxy_the_environment_names(
+    client: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`shipper check` behind an egress proxy: the key validation (either way) and the intake probe
+    take HTTP_PROXY, as shipping does."""
+    if not client:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "datadog_api_client" else real(name, *a)
+        )
+    proxy = ForwardProxy(("ops", "pw-7c6b5a"))
+    await proxy.start()
+    try:
+        async with DatadogIntake([KEY]) as intake:
+            monkeypatch.setenv("HTTP_PROXY", f"http://ops:pw-7c6b5a@127.0.0.1:{proxy.port}")
+            for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+                monkeypatch.delenv(name, raising=False)
+            sink = make_sink(endpoint=intake.url)
+            result = await sink.check()
+            await sink.stop()
+            assert result.ok, result.detail
+            assert intake.validations == 1 and proxy.forwarded == 2 and proxy.refused == 0
+    finally:
+        await proxy.stop()
 
 
 async def test_check_reports_an_unreachable_endpoint() -> None:

@@ -15,6 +15,8 @@ import pytest
 from shipper.parsing.clock import epoch_ms
 from tests.conftest import CORPUS, REPO, Shipper, needs_corpus
 from tests.fakes.datadog_intake import DatadogIntake
+from tests.fakes.forward_proxy import ForwardProxy
+from tests.procutil import ShipperProcess, line_id, pino_lines, wait_for
 
 KEY = "dd-e2e-secret-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 ENV = {"DD_API_KEY": KEY}
@@ -161,3 +163,43 @@ def test_shipper_check_validates_the_key_without_sending(tmp_path: Path) -> None
         result = check(write_config(tmp_path, intake.url))
         assert result.returncode == 1 and b"rejected" in result.stdout
         assert KEY.encode() not in result.stdout + result.stderr
+
+
+@WORKERS
+def test_an_egress_proxy_from_the_environment_carries_every_log(tmp_path: Path, workers: int) -> None:
+    """Behind an egress proxy, HTTP_PROXY (credentials included) is honoured as curl and the Datadog
+    Agent honour it. While the proxy refuses the credentials (407) the sink is unhealthy and keeps
+    the logs, so fixing them loses nothing; the proxy's password never shows in shipper's output."""
+    user, password = "shipper", "proxy-secret-5f4e3d2c1b"
+    app = tmp_path / "app.log"
+    app.write_bytes(pino_lines(range(300)))
+    with DatadogIntake([KEY]).threaded() as intake, ForwardProxy((user, password)).threaded() as proxy:
+        config = tmp_path / "proxy.toml"
+        config.write_text(
+            f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "2s"\nparse_workers = {workers}\n\n'
+            f'[sources.api]\ntype = "file"\ninclude = ["{app}"]\nstart_at = "beginning"\n\n'
+            '[sinks.dd]\ntype = "datadog"\ninputs = ["api"]\napi_key = "${DD_API_KEY}"\n'
+            f'endpoint = "{intake.url}"\nretry = {{ initial_backoff = "50ms", max_backoff = "500ms" }}\n'
+            'batch = { timeout = "200ms" }\n'
+        )
+        env = {**ENV, "NO_PROXY": "", "no_proxy": ""}  # loopback too goes through the proxy here
+        address = proxy.url.removeprefix("http://")
+        refused = ShipperProcess(config, tmp_path, env={**env, "HTTP_PROXY": f"http://{user}:nope@{address}"})
+        try:
+            wait_for(lambda: proxy.refused >= 2, 20, "the proxy's 407 answers")
+            assert refused.proc.poll() is None and intake.logs == []
+            refused.stop()
+        finally:
+            refused.ensure_stopped()
+        assert "HTTP 407" in refused.stderr and "unhealthy" in refused.stderr
+
+        shipper = ShipperProcess(config, tmp_path, env={**env, "HTTP_PROXY": f"http://{user}:{password}@{address}"})
+        try:
+            wait_for(lambda: len(intake.logs) >= 300, 30, "every log through the proxy")
+            assert shipper.stop() == 0
+        finally:
+            shipper.ensure_stopped()
+        assert sorted(i for i in map(line_id, intake.logs) if i is not None) == list(range(300))
+        assert proxy.forwarded == len(intake.seen) >= 1
+        for output in (shipper.stderr, refused.stderr):
+            assert password not in output and KEY not in output

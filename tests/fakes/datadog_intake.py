@@ -40,6 +40,8 @@ import msgspec
 import orjson
 from aiohttp import web
 
+from tests.fakes.threaded import served_in_thread
+
 MAX_ENTRIES = 1000
 MAX_JSON_BYTES = 5_000_000
 MAX_LOG_BYTES = 1_000_000
@@ -355,26 +357,8 @@ class DatadogIntake:
     @contextlib.contextmanager
     def threaded(self) -> Iterator[DatadogIntake]:
         """Serve from a background thread with its own event loop (for synchronous tests)."""
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
-
-        thread = threading.Thread(target=serve, daemon=True, name="fake-datadog")
-        thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake Datadog intake did not start")
-        try:
+        with served_in_thread(self.start, self.stop, "fake-datadog"):
             yield self
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
 
 
 def main(argv: list[str] | None = None) -> int:
