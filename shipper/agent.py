@@ -98,8 +98,7 @@ class Agent:
         self.stopping.set()
 
     def _housekeeping_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task failed", extra={"task": task.get_name()}, exc_info=task.exception())
+        if _died(task.get_name(), task):
             self._failed()
 
     def _failed(self) -> None:
@@ -212,12 +211,7 @@ class Agent:
 
     def _report_failures(self, tasks: dict[str, asyncio.Task[None]]) -> bool:
         """Log every task that died of an exception; True when one did."""
-        failed = False
-        for name, task in tasks.items():
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("task failed", extra={"task": name}, exc_info=task.exception())
-                failed = True
-        return failed
+        return any([_died(name, task) for name, task in tasks.items()])  # a list: log every one
 
     async def _flush_loop(self) -> None:
         while True:
@@ -237,3 +231,11 @@ class Agent:
                 context.checkpoints.save()
             except OSError as exc:
                 log.error("cannot write checkpoint", extra={"source": context.name, "error": str(exc)})
+
+
+def _died(name: str, task: asyncio.Task[None]) -> bool:
+    """Whether a finished task died of an exception; logged when it did."""
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.error("task failed", extra={"task": name}, exc_info=task.exception())
+        return True
+    return False

@@ -10,7 +10,6 @@ are tallies (shipper/tally.py) whose totals ride on the replies, and a preparer 
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import marshal
 import os
@@ -23,7 +22,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from shipper import tally
-from shipper.event import Event, Preparer, PreparerSpec, fill_in
+from shipper.event import Event, Preparer, PreparerSpec, fill_in, tune_gc_for_events
 from shipper.parsing import Processor, build_processor
 from shipper.when import Predicate, compile_when
 
@@ -157,8 +156,7 @@ def main(argv: list[str]) -> None:
     # Replies own the real stdout; anything else printing to fd 1 lands on stderr instead.
     out = os.fdopen(os.dup(1), "wb", buffering=1 << 20)
     os.dup2(2, 1)
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)  # as the agent: parsed events are short-lived, many, acyclic
+    tune_gc_for_events()
     with contextlib.suppress(BrokenPipeError):
         serve(sys.stdin.buffer, out)
 

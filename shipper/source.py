@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from shipper import metrics
-from shipper.acks import AckTracker
+from shipper.acks import Ack, AckTracker
 from shipper.channel import Part
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RedactConfig, SourceConfig
@@ -222,22 +222,25 @@ class LineFeed:
         is set once the last piece is parsed (what the processor still holds is known then)."""
         ack = self.tracker.open(None)
         for start in range(0, len(lines), self.PIECE_LINES):
-            events = processor.feed(lines[start : start + self.PIECE_LINES], stream, now)
-            if events:
-                fill_in(events, self.fields)
-                self._received.inc(len(events))
-                await self.context.router.route(self.context.name, events, ack)
-        ack.position = None if self.position is None else self.position - self.held_bytes
+            await self._hand_on(processor.feed(lines[start : start + self.PIECE_LINES], stream, now), ack)
+        ack.position = self._local_position()
         ack.done()
 
     async def _route(self, events: list[Event]) -> None:
-        position = None if self.position is None else self.position - self.held_bytes
-        ack = self.tracker.open(position)
+        ack = self.tracker.open(self._local_position())
+        await self._hand_on(events, ack)
+        ack.done()
+
+    def _local_position(self) -> int | None:
+        """The source position minus every byte not yet emitted as an event (parsing here)."""
+        return None if self.position is None else self.position - self.held_bytes
+
+    async def _hand_on(self, events: list[Event], ack: Ack) -> None:
+        """Events parsed here, with the feed's fields, to the router under `ack`."""
         if events:
             fill_in(events, self.fields)
             self._received.inc(len(events))
             await self.context.router.route(self.context.name, events, ack)
-        ack.done()
 
 
 def _pieces(body: bytes, lines: int) -> Iterator[tuple[bytes, int]]:

@@ -136,6 +136,12 @@ def _json_array(items: list[bytes]) -> bytes:
     return b",".join(items)
 
 
+def _framed(batch: list[Event]) -> Request:
+    """One request of encoded logs (`Encoded` events) that fit its limits."""
+    stamps = [event.stamp for event in batch if isinstance(event, Encoded)]
+    return Request(_json_array([event.raw for event in batch]), batch, {"oldest_ms": _oldest_ms(stamps)})
+
+
 def _oldest_ms(stamps: list[Any]) -> int | None:
     """The oldest of logs' timestamps (as sent) in epoch ms; None when none has one."""
     stamps = [stamp for stamp in stamps if stamp is not None]
@@ -310,12 +316,11 @@ class LogEncoder:
             for event in events:
                 encoded = event.__class__ is Encoded
                 prepared += [event] if encoded else encoded_events(self.prepare([event]), event.fields)
-        raws = [event.raw for event in prepared]
-        if len(raws) <= MAX_ENTRIES and sum(map(len, raws)) + len(raws) + 1 <= MAX_REQUEST_BYTES:  # the common batch
-            stamps = [event.stamp for event in prepared if isinstance(event, Encoded)]
-            return [Request(_json_array(raws), prepared, {"oldest_ms": _oldest_ms(stamps)})]
+        count = len(prepared)
+        if count <= MAX_ENTRIES and sum([len(event.raw) for event in prepared]) + count + 1 <= MAX_REQUEST_BYTES:
+            return [_framed(prepared)]  # the common batch: one request, no per-log size loop
         requests: list[Request] = []
-        start, count = 0, len(prepared)
+        start = 0
         while start < count:
             end, size = start, 2
             while end < count and end - start < MAX_ENTRIES:
@@ -323,10 +328,7 @@ class LogEncoder:
                 if size > MAX_REQUEST_BYTES and end > start:
                     break
                 end += 1
-            batch = prepared[start:end]
-            body = _json_array([event.raw for event in batch])
-            stamps = [event.stamp for event in batch if isinstance(event, Encoded)]
-            requests.append(Request(body, batch, {"oldest_ms": _oldest_ms(stamps)}))
+            requests.append(_framed(prepared[start:end]))
             start = end
         return requests
 
