@@ -19,7 +19,6 @@ from shipper import metrics, systemd
 from shipper.channel import Channel
 from shipper.config import Config
 from shipper.driver import SinkDriver
-from shipper.errors import ConfigError
 from shipper.router import Router
 from shipper.source import Source, SourceContext
 from shipper.when import compile_when
@@ -30,12 +29,14 @@ log = logging.getLogger("shipper.agent")
 EXIT_FAILED = 1  # a source or sink died of an error: let systemd or the orchestrator restart us
 FLUSH_TICK = 0.25
 CHECKPOINT_INTERVAL = 1.0
+FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # to a wrapped process (pino reopens files on SIGUSR2)
 
 
 class Agent:
     def __init__(self, config: Config, command: list[str] | None = None) -> None:
         from sinks import build_sink
         from sources import build_source
+        from sources.process import wrapped_source
 
         self.config = config
         self.stopping = asyncio.Event()
@@ -60,7 +61,10 @@ class Agent:
         self.workers = WorkerPool(workers, agent.log_level, agent.log_format, self._failed) if workers else None
         self.contexts: dict[str, SourceContext] = {}
         self.sources: dict[str, Source] = {}
+        wrapped, wrapped_config = wrapped_source(config.sources) if command else (None, None)
         for name, source_config in config.sources.items():
+            if name == wrapped and wrapped_config is not None:
+                source_config = wrapped_config
             context = SourceContext(
                 name,
                 source_config,
@@ -72,12 +76,10 @@ class Agent:
                 workers=self.workers if name in served else None,
                 routes=routes[name],
             )
-            if source_config.type == "process":
+            if name == wrapped:
                 context.command = command
             self.contexts[name] = context
             self.sources[name] = build_source(name, source_config, context)
-        if command and not any(c.type == "process" for c in config.sources.values()):
-            raise ConfigError("sources", '`shipper run -- COMMAND` needs a source with type = "process"')
         self.api = None
         if config.api.enabled:
             from shipper.api import ApiServer  # aiohttp's server: imported only when the API is on
@@ -110,11 +112,18 @@ class Agent:
     def _reload_requested(self) -> None:
         log.warning("SIGHUP: live config reload is not implemented yet; restart shipper to apply changes")
 
+    def _forward(self, signum: signal.Signals) -> None:
+        """SIGUSR1/SIGUSR2 belong to the wrapped API: pass them on, and never die of them."""
+        if not any([source.forward_signal(signum) for source in self.sources.values()]):  # a list: every one
+            log.info("signal ignored: no wrapped process to forward it to", extra={"signal": signum.name})
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
+        for sig in FORWARDED_SIGNALS:
+            loop.add_signal_handler(sig, self._forward, sig)
         if self.api is not None:
             await self.api.start()
         if self.workers is not None:

@@ -10,6 +10,7 @@ data that has not been delivered.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -274,3 +275,7 @@ class Source(ABC):
     @abstractmethod
     async def run(self) -> None:
         """Read and push until EOF or stop; return normally in both cases."""
+
+    def forward_signal(self, signum: signal.Signals) -> bool:
+        """Pass `signum` on to a process this source runs; False when it runs none."""
+        return False

@@ -11,8 +11,10 @@ stream: a blocked stdout drops passthrough bytes, counted, rather than stalling 
 
 The child runs in its own process group. When shipper is asked to stop, the signal it got
 (SIGTERM or SIGINT) is forwarded to that group and the output is read until the child exits;
-the child's exit code (128 + signal number when a signal killed it) becomes shipper's. Output
-is not replayable: nothing is checkpointed.
+the child's exit code (128 + signal number when a signal killed it) becomes shipper's. SIGUSR1
+and SIGUSR2 (pino reopens its files on SIGUSR2) are forwarded to the group as they come. On
+Linux the child is started through `deathsig_exec.py`, so the kernel kills it when shipper dies,
+even by SIGKILL. Output is not replayable: nothing is checkpointed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -34,6 +37,7 @@ from pydantic import Field
 
 from shipper import metrics
 from shipper.config import SourceConfig
+from shipper.errors import ConfigError
 from shipper.log import RateLimitedLog
 from shipper.source import LineFeed, Source, SourceContext
 from shipper.units import Duration, Size
@@ -46,6 +50,7 @@ PUSH_BYTES = 1024 * 1024  # at most this much per push into the pipeline
 PASSTHROUGH_MAX_BYTES = 8 * 1024 * 1024
 PASSTHROUGH_FLUSH_SECONDS = 2.0  # at exit, how long queued passthrough output may take to be written
 EOF_GRACE = 2.0  # after the child exits, how long a grandchild may keep its pipes open
+DEATHSIG_EXEC = str(Path(__file__).with_name("deathsig_exec.py"))
 
 
 class ProcessConfig(SourceConfig):
@@ -56,6 +61,35 @@ class ProcessConfig(SourceConfig):
     cwd: Path | None = None
     max_buffer_bytes: Size = 32 * 1024 * 1024
     drain_timeout: Duration = 30.0
+
+    def preflight(self, key: str) -> None:
+        """A missing `cwd` would otherwise show only as the command failing to start."""
+        if self.cwd is not None and not self.cwd.is_dir():
+            problem = "is not a directory" if self.cwd.exists() else "does not exist"
+            raise ConfigError(f"{key}.cwd", f"working directory {str(self.cwd)!r} {problem}")
+
+
+def wrapped_source(sources: dict[str, SourceConfig]) -> tuple[str, ProcessConfig]:
+    """The source `shipper run -- COMMAND` feeds: the config's one process source, else its one stdin
+    source, which then reads the command's stdout and stderr (what `COMMAND | shipper run` gives it,
+    so without passthrough: its sinks show the output)."""
+    processes = [name for name, config in sources.items() if isinstance(config, ProcessConfig)]
+    if len(processes) > 1:
+        raise ConfigError(
+            "sources",
+            f"`shipper run -- COMMAND` feeds one process source, found {len(processes)}: {', '.join(processes)}",
+        )
+    if processes:
+        config = sources[processes[0]]
+        assert isinstance(config, ProcessConfig)
+        return processes[0], config
+    stdins = [name for name, config in sources.items() if config.type == "stdin"]
+    if len(stdins) != 1:
+        raise ConfigError(
+            "sources", '`shipper run -- COMMAND` needs one source with type = "process" or "stdin" to read its output'
+        )
+    stdin = sources[stdins[0]]
+    return stdins[0], ProcessConfig.model_validate({**stdin.model_dump(), "type": "process", "passthrough": False})
 
 
 def exit_status(returncode: int) -> int:
@@ -203,6 +237,18 @@ class ProcessSource(Source):
         self._dropped = metrics.source_dropped.labels(name, "buffer_full")
         self._problems = RateLimitedLog(log, interval=10.0)
         self._lines_dropped = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def forward_signal(self, signum: signal.Signals) -> bool:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return False
+        log.info(
+            "forwarding a signal to the wrapped process",
+            extra={"source": self.name, "pid": proc.pid, "signal": signum.name},
+        )
+        _signal_group(proc, signum)
+        return True
 
     async def run(self) -> None:
         if not self.command:
@@ -213,19 +259,22 @@ class ProcessSource(Source):
             self.context.exit_code = 2
             return
         loop = asyncio.get_running_loop()
+        cwd = self.config.cwd
         try:
-            proc = subprocess.Popen(
-                self.command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={**os.environ, **self.config.env} if self.config.env else None,
-                cwd=self.config.cwd,
-                process_group=0,
-            )
+            proc = _spawn(self.command, {**os.environ, **self.config.env} if self.config.env else None, cwd)
         except OSError as exc:
+            if cwd is not None and exc.filename == cwd:  # removed since the config was checked
+                key = f"sources.{self.name}.cwd"
+                log.error(
+                    "cannot enter the wrapped command's working directory",
+                    extra={"key": key, "path": str(cwd), "error": exc.strerror},
+                )
+                self.context.exit_code = 2
+                return
             log.error("cannot start the wrapped command", extra={"command": self.command[0], "error": str(exc)})
             self.context.exit_code = 126 if isinstance(exc, PermissionError) else 127
             return
+        self._proc = proc
         assert proc.stdout is not None and proc.stderr is not None
         log.info("wrapped process started", extra={"source": self.name, "pid": proc.pid, "command": self.command[0]})
         buffer = _Buffer(self.config.max_buffer_bytes, loop)
@@ -375,6 +424,39 @@ def _wait(proc: subprocess.Popen[bytes], exited: asyncio.Future[int], loop: asyn
 
     with contextlib.suppress(RuntimeError):  # the loop is gone: shipper is exiting anyway
         loop.call_soon_threadsafe(resolve)
+
+
+def _spawn(command: list[str], env: dict[str, str] | None, cwd: Path | None) -> subprocess.Popen[bytes]:
+    """Start `command` in its own process group with piped output; on Linux through deathsig_exec,
+    so that it dies with shipper. PR_SET_PDEATHSIG fires when the *thread* that forked exits: this
+    runs on the event loop's thread (the main thread), which lives as long as shipper does."""
+    if sys.platform != "linux":
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, process_group=0
+        )
+    status, status_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", DEATHSIG_EXEC, str(os.getpid()), str(status_w), *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            process_group=0,
+            pass_fds=(status_w,),
+        )
+    except BaseException:
+        os.close(status)
+        raise
+    finally:
+        os.close(status_w)
+    with open(status, "rb") as reader:  # EOF once the command is exec'd (a few ms of interpreter start)
+        failure = reader.read()
+    if failure:
+        proc.communicate()
+        errno = int(failure)
+        raise OSError(errno, os.strerror(errno), command[0])
+    return proc
 
 
 def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -97,11 +99,15 @@ def test_fastify_app_logs_arrive_signals_reach_it_and_its_exit_code_is_returned(
 
 
 @pytest.mark.parametrize(
-    ("code", "expected", "via_config"),
-    [("sys.exit(3)", 3, False), ("os.kill(os.getpid(), signal.SIGKILL)", 128 + 9, True)],
-    ids=["exit-3", "killed-by-signal"],
+    ("code", "expected", "command_from"),
+    [
+        ("sys.exit(3)", 3, "command-line"),
+        ("os.kill(os.getpid(), signal.SIGKILL)", 128 + 9, "config"),
+        ("sys.exit(3)", 3, "stdin-source"),  # `-- COMMAND` with no process source: stdin reads its output
+    ],
+    ids=["exit-3", "killed-by-signal", "stdin-source-reads-the-command"],
 )
-def test_child_exit_code_becomes_shippers(tmp_path: Path, code: str, expected: int, via_config: bool) -> None:
+def test_child_exit_code_becomes_shippers(tmp_path: Path, code: str, expected: int, command_from: str) -> None:
     out = tmp_path / "out.ndjson"
     script = (
         "import os, signal, sys\n"
@@ -110,11 +116,13 @@ def test_child_exit_code_becomes_shippers(tmp_path: Path, code: str, expected: i
         f"{code}\n"
     )
     command = [sys.executable, "-c", script]
-    extra = "passthrough = false\n"
-    if via_config:
-        extra += f"command = {json.dumps(command)}\n"
-    config = write_config(tmp_path, process_source(extra), out, name="app")
-    shipper = ShipperProcess(config, tmp_path, command=None if via_config else command)
+    source = process_source("passthrough = false\n")
+    if command_from == "config":
+        source += f"command = {json.dumps(command)}\n"
+    elif command_from == "stdin-source":
+        source = 'type = "stdin"\n'
+    config = write_config(tmp_path, source, out, name="app")
+    shipper = ShipperProcess(config, tmp_path, command=None if command_from == "config" else command)
     try:
         assert shipper.wait(30) == expected
         streams = {e.get("message"): e.get("stream") for e in read_events(out)}
@@ -196,3 +204,140 @@ def test_fast_writer_is_never_blocked_when_the_sink_hangs(tmp_path: Path, hangin
         assert drops and drops[0]["level"] == "error", shipper.stderr[-3000:]
     finally:
         shipper.ensure_stopped()
+
+
+SIGNALLED_CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    with open(sys.argv[1] + ".tmp", "w") as f:  # first, so the test can always clean up after it
+        f.write(str(os.getpid()))
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+
+    def said(signum, frame):
+        print(json.dumps({"level": 30, "msg": "got " + signal.Signals(signum).name}), flush=True)
+
+    signal.signal(signal.SIGUSR1, said)
+    signal.signal(signal.SIGUSR2, said)
+    print(json.dumps({"level": 30, "msg": "child ready"}), flush=True)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for its reaper is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def child_pidfile(tmp_path: Path) -> Iterator[Path]:
+    """Where SIGNALLED_CHILD writes its pid; its process group is killed after the test, whatever happened."""
+    pidfile = tmp_path / "child.pid"
+    yield pidfile
+    if pidfile.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def start_signalled_child(tmp_path: Path, pidfile: Path) -> tuple[ShipperProcess, Path]:
+    out = tmp_path / "out.ndjson"
+    config = write_config(tmp_path, process_source("passthrough = false\n"), out, name="app")
+    shipper = ShipperProcess(config, tmp_path, command=[sys.executable, "-c", SIGNALLED_CHILD, str(pidfile)])
+    return shipper, out
+
+
+def test_sigusr1_and_sigusr2_reach_the_child_and_no_signal_but_stop_ends_shipper(
+    tmp_path: Path, child_pidfile: Path
+) -> None:
+    shipper, out = start_signalled_child(tmp_path, child_pidfile)
+    try:
+
+        def shipped(message: str) -> bool:
+            assert shipper.proc.poll() is None, f"shipper exited {shipper.proc.returncode}: {shipper.stderr[-3000:]}"
+            return any(e.get("message") == message for e in read_events(out))
+
+        wait_for(lambda: shipped("child ready"), 30, "the child to start")
+        for sig in (signal.SIGUSR2, signal.SIGUSR1):
+            shipper.proc.send_signal(sig)
+            wait_for(lambda sig=sig: shipped(f"got {sig.name}"), 10, f"the child's line on {sig.name}")
+        shipper.proc.send_signal(signal.SIGHUP)  # shipper's own (config reload): not forwarded, not fatal
+        wait_for(lambda: "SIGHUP" in shipper.stderr, 10, "shipper to log the SIGHUP")
+        time.sleep(0.5)
+        assert shipper.proc.poll() is None, shipper.stderr[-3000:]
+        assert running(int(child_pidfile.read_text()))
+        assert shipper.stop(signal.SIGTERM) == 128 + signal.SIGTERM  # the child's status: SIGTERM killed it
+    finally:
+        shipper.ensure_stopped()
+
+
+def test_the_child_dies_with_shipper_even_killed_by_sigkill(tmp_path: Path, child_pidfile: Path) -> None:
+    shipper, _ = start_signalled_child(tmp_path, child_pidfile)
+    try:
+        wait_for(child_pidfile.exists, 30, "the child to start")
+        child = int(child_pidfile.read_text())
+        assert running(child)
+        shipper.proc.kill()
+        shipper.proc.wait()
+        wait_for(lambda: not running(child), 5, "the child to die with shipper")
+    finally:
+        shipper.ensure_stopped()
+
+
+def test_readme_wrap_example_works_with_the_bundled_config(tmp_path: Path, fastify_app: Path) -> None:
+    """`shipper run --config config.toml -- node dist/main.js`, as the README says, on a real Fastify app."""
+    port, state = free_port(), tmp_path / "state"
+    server = str((fastify_app / "server.js").relative_to(REPO))
+    env = {"SHIPPER_STATE_DIR": str(state), "PORT": str(port)}
+    shipper = ShipperProcess(Path("config.toml"), tmp_path, command=["node", server], env=env)
+    try:
+        shipped = state / "out" / "events.ndjson"  # the bundled config's file sink
+
+        def said(message: str) -> bool:
+            assert shipper.proc.poll() is None, f"shipper exited {shipper.proc.returncode}: {shipper.stderr[-3000:]}"
+            return any(e.get("message") == message for e in stdout_events(shipped))
+
+        wait_for(lambda: said(f"Server listening at http://127.0.0.1:{port}"), 30, "the app to listen")
+        assert get(f"http://127.0.0.1:{port}/orders/42") == 200
+        wait_for(lambda: said("order looked up"), 10, "the request's lines")
+        shipper.proc.send_signal(signal.SIGUSR2)  # pino's reopen signal reaches the app, which keeps running
+        wait_for(lambda: said("log reopen requested"), 10, "the app's line on SIGUSR2")
+        assert get(f"http://127.0.0.1:{port}/health") == 200
+        assert shipper.stop(signal.SIGTERM) == 0  # the app's own exit code after its graceful close
+        events = stdout_events(shipped)
+        assert {"shutting down", "server closed"} <= {e.get("message") for e in events}
+        assert all(e.get("source") == "api" and e.get("service") == "api" for e in events)
+        # the console sink shows each line once, as `node app | shipper run` would: no passthrough copy
+        console = [line for line in shipper.stdout.decode().splitlines() if "order looked up" in line]
+        assert len(console) == 1 and '"message":"order looked up"' in console[0], console
+    finally:
+        shipper.ensure_stopped()
+
+
+def test_wrapping_with_two_process_sources_is_a_config_error(tmp_path: Path) -> None:
+    out = tmp_path / "out.ndjson"
+    config = write_config(tmp_path, process_source(), out, name="app", extra='[sources.other]\ntype = "process"\n')
+    shipper = ShipperProcess(config, tmp_path, command=[sys.executable, "-c", "print('ran')"])
+    try:
+        assert shipper.wait(30) == 2
+        assert "one process source, found 2: app, other" in shipper.stderr
+        assert read_events(out) == []
+    finally:
+        shipper.ensure_stopped()
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_missing_cwd_names_its_key_and_path(tmp_path: Path, command: str) -> None:
+    missing = tmp_path / "srv" / "api"
+    config = write_config(tmp_path, process_source(f'cwd = "{missing}"\n'), tmp_path / "out.ndjson", name="app")
+    args = [sys.executable, "-m", "shipper", command, "--config", str(config)]
+    if command == "run":
+        args += ["--", sys.executable, "-c", "print('ran')"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert f"sources.app.cwd: working directory '{missing}' does not exist" in done.stderr
+    assert "PosixPath" not in done.stderr
