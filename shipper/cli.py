@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         "wrapped",
         nargs=argparse.REMAINDER,
         metavar="-- COMMAND [ARGS...]",
-        help="wrap this process (your API): its stdout/stderr feed the config's process source, "
-        "signals are forwarded and its exit code becomes shipper's",
+        help="wrap this process (your API): its stdout/stderr feed the config's process source (with none, "
+        "its stdin source), signals are forwarded, it dies with shipper and its exit code becomes shipper's",
     )
 
     validate = commands.add_parser(

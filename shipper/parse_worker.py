@@ -149,7 +149,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 def main(argv: list[str]) -> None:
     from shipper.log import setup_logging
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # The agent's to handle, even when sent to every process of the service (`systemctl kill -s USR2`).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
     level, fmt = argv if len(argv) == 2 else ("info", "auto")
     setup_logging(level, fmt)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.fakes.datadog_intake import DatadogIntake
 from tests.procutil import REPO, ShipperProcess, read_events, wait_for, write_config
 
 APP = REPO / "tests" / "apps" / "fastify-app"
@@ -286,6 +287,50 @@ def test_the_child_dies_with_shipper_even_killed_by_sigkill(tmp_path: Path, chil
         wait_for(lambda: not running(child), 5, "the child to die with shipper")
     finally:
         shipper.ensure_stopped()
+
+
+def children_of(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_signals_sent_to_every_shipper_process_stop_none_of_them(tmp_path: Path, child_pidfile: Path) -> None:
+    """`systemctl kill -s USR2 shipper` signals the parse workers too: they must leave it to the agent."""
+    key = "dd-signals-secret-00112233445566778899aabbccdd"
+    with DatadogIntake([key]).threaded() as intake:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[agent]\nstate_dir = "{tmp_path}/state"\nparse_workers = 1\n'
+            '[sources.app]\ntype = "process"\npassthrough = false\n'
+            f'[sinks.dd]\ntype = "datadog"\ninputs = ["app"]\napi_key = "{key}"\nendpoint = "{intake.url}"\n'
+            'batch = { timeout = "50ms" }\n'
+        )
+        shipper = ShipperProcess(config, tmp_path, command=[sys.executable, "-c", SIGNALLED_CHILD, str(child_pidfile)])
+        try:
+
+            def shipped(message: str) -> bool:
+                assert shipper.proc.poll() is None, (
+                    f"shipper exited {shipper.proc.returncode}: {shipper.stderr[-3000:]}"
+                )
+                return any(log.get("message") == message for log in intake.logs)
+
+            wait_for(lambda: shipped("child ready"), 30, "the child's first line")
+            child = int(child_pidfile.read_text())
+            workers = [pid for pid in children_of(shipper.proc.pid) if pid != child]
+            assert workers, "no parse worker started"
+            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+                for pid in (shipper.proc.pid, *workers):
+                    with contextlib.suppress(ProcessLookupError):  # killed by an earlier one (the old bug)
+                        os.kill(pid, sig)
+            wait_for(lambda: shipped("got SIGUSR2"), 10, "the child's line on SIGUSR2, through the worker")
+            assert all(running(pid) for pid in workers)
+            assert shipper.stop(signal.SIGTERM) == 128 + signal.SIGTERM, shipper.stderr[-3000:]
+        finally:
+            shipper.ensure_stopped()
 
 
 def test_readme_wrap_example_works_with_the_bundled_config(tmp_path: Path, fastify_app: Path) -> None:
