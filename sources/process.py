@@ -73,7 +73,7 @@ def wrapped_source(sources: dict[str, SourceConfig]) -> tuple[str, ProcessConfig
     """The source `shipper run -- COMMAND` feeds: the config's one process source, else its one stdin
     source, which then reads the command's stdout and stderr (what `COMMAND | shipper run` gives it,
     so without passthrough: its sinks show the output)."""
-    processes = [name for name, config in sources.items() if isinstance(config, ProcessConfig)]
+    processes = [name for name, config in sources.items() if config.type == "process"]
     if len(processes) > 1:
         raise ConfigError(
             "sources",
@@ -429,7 +429,8 @@ def _wait(proc: subprocess.Popen[bytes], exited: asyncio.Future[int], loop: asyn
 def _spawn(command: list[str], env: dict[str, str] | None, cwd: Path | None) -> subprocess.Popen[bytes]:
     """Start `command` in its own process group with piped output; on Linux through deathsig_exec,
     so that it dies with shipper. PR_SET_PDEATHSIG fires when the *thread* that forked exits: this
-    runs on the event loop's thread (the main thread), which lives as long as shipper does."""
+    runs on the event loop's thread, the main one (the agent's signal handlers require it), which
+    lives as long as shipper does."""
     if sys.platform != "linux":
         return subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, process_group=0
