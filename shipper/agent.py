@@ -2,9 +2,10 @@
 
 Start: sinks and drivers first (so nothing is read before it can be shipped), then sources.
 Stop (SIGTERM/SIGINT): sources stop reading, held multi-line events are flushed, channels close,
-drivers drain within `shutdown_timeout`, checkpoints are persisted, exit 0. When every source ends
-by itself (stdin EOF) the drain waits as long as delivery takes, since the input cannot be read
-again; a signal during that drain applies the deadline.
+drivers drain within `shutdown_timeout`, checkpoints are persisted, exit 0 (3 when events of a
+source that cannot be read again were cut off by the deadline). When every source ends by itself
+(stdin EOF) the drain waits as long as delivery takes, since the input cannot be read again; a
+signal during that drain applies the deadline.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import Counter
 from collections.abc import Iterable
 
 from shipper import metrics, systemd
@@ -27,6 +29,7 @@ from shipper.workers import SinkRoute, WorkerPool, resolve_worker_count
 log = logging.getLogger("shipper.agent")
 
 EXIT_FAILED = 1  # a source or sink died of an error: let systemd or the orchestrator restart us
+EXIT_LOST = 3  # the shutdown deadline cut off events of a source that cannot be read again (stdin, process)
 FLUSH_TICK = 0.25
 CHECKPOINT_INTERVAL = 1.0
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # to a wrapped process (pino reopens files on SIGUSR2)
@@ -42,6 +45,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self._deadline_started = asyncio.Event()
         self._housekeeping_failed = False
+        self.started = False
         self.router = Router()
         self.drivers: dict[str, SinkDriver] = {}
         # Per source, the sinks it feeds in config order (a parse worker routes by these).
@@ -88,7 +92,9 @@ class Agent:
 
     @property
     def ready(self) -> bool:
-        return all(driver.healthy for driver in self.drivers.values())
+        """Started and not draining: about shipper itself, not its destinations (a sidecar's
+        readiness gates its whole pod; a destination's outage must not take the API out of service)."""
+        return self.started and not self.stopping.is_set()
 
     def request_stop(self, signame: str = "") -> None:
         if signame:
@@ -137,6 +143,7 @@ class Agent:
         ]
         for task in housekeeping:  # one that dies would leave events held or checkpoints stale
             task.add_done_callback(self._housekeeping_ended)
+        self.started = True
         log.info("started", extra={"sources": sorted(self.sources), "sinks": sorted(self.drivers)})
         systemd.notify("READY=1")
 
@@ -161,8 +168,9 @@ class Agent:
         for driver in self.drivers.values():
             driver.channel.close()
         drained = await self._within(driver_tasks.values(), deadline, by_signal, "sinks")
+        lost = False
         if not drained:
-            self._abandon()
+            lost = self._abandon()
             await self._cancel(driver_tasks.values())
         failed = self._report_failures(driver_tasks) or failed
         if self.workers is not None:
@@ -174,9 +182,11 @@ class Agent:
             await self.api.stop()
         codes = [c.exit_code for c in self.contexts.values() if c.exit_code is not None]
         log.info("stopped", extra={"drained": drained})
-        if codes:
-            return codes[0]  # the wrapped API's exit code
-        return EXIT_FAILED if failed else 0
+        if codes and (codes[0] or not lost):
+            return codes[0]  # the wrapped API's exit code (its own failure says more than ours)
+        if failed:
+            return EXIT_FAILED
+        return EXIT_LOST if lost else 0
 
     async def _within(self, tasks: Iterable[asyncio.Task[None]], deadline: float, by_signal: bool, what: str) -> bool:
         """Wait for `tasks`: within the deadline after a signal, else until done or a second signal.
@@ -203,20 +213,27 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _abandon(self) -> None:
-        """Account for what the deadline cut off: replayable sources resend it, the others lost it."""
+    def _abandon(self) -> bool:
+        """Account for what the deadline cut off, per sink and source: a replayable source resends
+        it after a restart (a warning), any other lost it (an error). True when something was lost."""
         replayable = {name for name, source in self.sources.items() if source.replayable}
+        lost = False
         for name, driver in self.drivers.items():
-            unsent = driver.unsent()
-            if not unsent:
-                continue
-            lost = sum(1 for event in unsent if event.fields.get("source") not in replayable)
-            if lost:
-                metrics.events_dropped.labels(name, "shutdown_timeout").inc(lost)
-            log.error(
-                "events not delivered before the shutdown deadline",
-                extra={"sink": name, "events": len(unsent), "lost": lost, "resent_on_restart": len(unsent) - lost},
-            )
+            unsent = Counter(event.fields.get("source") for event in driver.unsent())
+            for source, count in sorted(unsent.items(), key=lambda item: str(item[0])):
+                if source in replayable:
+                    log.warning(
+                        "events not delivered before the shutdown deadline; they are sent again after a restart",
+                        extra={"sink": name, "source": source, "resent_on_restart": count},
+                    )
+                    continue
+                lost = True
+                metrics.events_dropped.labels(name, "shutdown_timeout").inc(count)
+                log.error(
+                    "events lost: not delivered before the shutdown deadline, and this source cannot be read again",
+                    extra={"sink": name, "source": source, "lost": count},
+                )
+        return lost
 
     def _report_failures(self, tasks: dict[str, asyncio.Task[None]]) -> bool:
         """Log every task that died of an exception; True when one did."""

@@ -1,6 +1,9 @@
 """The agent's HTTP endpoints: /metrics (Prometheus) and /health, /health/live, /health/ready.
 
-/metrics requires `Authorization: Bearer $METRICS_TOKEN` when METRICS_TOKEN is set; the token is
+/health is the full report: every sink's state (ok, degraded, failing; shipper/health.py) with the
+evidence, and the worst of them as `status` (503 when a sink is failing). /health/ready is about
+shipper itself (started, not draining) unless `api.ready_requires_healthy_sinks` also asks for no
+failing sink. /metrics requires `Authorization: Bearer $METRICS_TOKEN` when METRICS_TOKEN is set; the token is
 compared in constant time and never logged. Health endpoints carry no secrets and need no token.
 """
 
@@ -16,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shipper import metrics
 from shipper.config import ApiConfig
+from shipper.health import worst
 
 if TYPE_CHECKING:
     from shipper.agent import Agent
@@ -58,27 +62,33 @@ class ApiServer:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _status(self) -> dict[str, object]:
-        return {
-            "status": "ok" if self.agent.ready else "degraded",
+    async def health(self, request: web.Request) -> web.Response:
+        drivers = self.agent.drivers
+        status = worst([driver.health.state for driver in drivers.values()])
+        report = {
+            "status": status,
+            "ready": self.agent.ready,
             "stopping": self.agent.stopping.is_set(),
             "sinks": {
                 name: {
-                    "healthy": driver.healthy,
+                    **driver.health.report(),
                     "buffer_bytes": driver.channel.nbytes,
                     "buffer_max_bytes": driver.channel.max_bytes,
+                    "inflight_requests": len(driver.inflight),
                     "inflight_events": driver.inflight_events,
                 }
-                for name, driver in self.agent.drivers.items()
+                for name, driver in drivers.items()
             },
         }
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response(self._status(), status=200 if self.agent.ready else 503)
+        return web.json_response(report, status=503 if status == "failing" else 200)
 
     async def live(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        ready = self.agent.ready and not self.agent.stopping.is_set()
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        report: dict[str, object] = {"ready": self.agent.ready, "stopping": self.agent.stopping.is_set()}
+        if self.config.ready_requires_healthy_sinks:
+            failing = [name for name, driver in self.agent.drivers.items() if not driver.healthy]
+            report["failing_sinks"] = failing
+            report["ready"] = self.agent.ready and not failing
+        return web.json_response(report, status=200 if report["ready"] else 503)

@@ -57,6 +57,9 @@ class AgentConfig(Strict):
 class ApiConfig(Strict):
     enabled: bool = False
     address: str = "127.0.0.1:8686"
+    # /health/ready is about shipper itself (started, not draining) unless this is set: a sidecar's
+    # readiness gates its whole pod, and a destination's outage must not take the API out of service.
+    ready_requires_healthy_sinks: bool = False
 
     @field_validator("address")
     @classmethod
@@ -166,6 +169,9 @@ class SinkConfig(Strict):
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
     concurrency: int = Field(default=2, ge=1, le=64)
+    # Failed sends with no success for this long turn the sink from degraded to failing
+    # (shipper/health.py); a destination refusing shipper (401/403) fails it at once.
+    unhealthy_after: Duration = 30.0
 
 
 class HttpSinkConfig(SinkConfig):

@@ -27,6 +27,7 @@ from shipper.acks import Ack
 from shipper.channel import Channel
 from shipper.errors import ConfigError
 from shipper.event import Event
+from shipper.health import SinkHealth
 from shipper.log import RateLimitedLog
 from shipper.sink import Outcome, Request, Sink
 
@@ -61,7 +62,7 @@ class SinkDriver:
         self.sink = sink
         self.channel = channel
         self.max_events, self.max_bytes, self.batch_timeout = batch_limits(sink)
-        self.healthy = True
+        self.health = SinkHealth(sink.name, sink.config.unhealthy_after)
         self.inflight: dict[int, list[Event]] = {}  # batches being delivered, by id
         self._slots = asyncio.Semaphore(sink.config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -69,9 +70,12 @@ class SinkDriver:
         self._sent = metrics.events_sent.labels(name)
         self._bytes = metrics.bytes_sent.labels(name)
         self._latency = metrics.send_duration.labels(name)
-        self._inflight = metrics.inflight_requests.labels(name)
-        self._health = metrics.sink_healthy.labels(name)
-        self._health.set(1)
+        # Read when scraped: a batch sends its requests one after another, so each batch being
+        # delivered is one request in flight, whether on the wire or waiting out a backoff.
+        metrics.inflight_requests.labels(name).set_function(lambda: len(self.inflight))
+        metrics.inflight_events.labels(name).set_function(lambda: self.inflight_events)
+        metrics.sink_healthy.labels(name).set_function(lambda: self.health.healthy)
+        metrics.sink_last_success.labels(name).set_function(lambda: self.health.last_success or 0)
         self._problems = RateLimitedLog(log, interval=60.0)
         retry = sink.config.retry
         self._backoff = wait_exponential(multiplier=retry.initial_backoff, max=retry.max_backoff) + wait_random(
@@ -122,6 +126,10 @@ class SinkDriver:
                     events, acks, nbytes = [], [], 0.0
 
     @property
+    def healthy(self) -> bool:
+        return self.health.healthy
+
+    @property
     def inflight_events(self) -> int:
         return sum(len(batch) for batch in self.inflight.values())
 
@@ -164,6 +172,7 @@ class SinkDriver:
         ):
             with attempt:
                 outcome = await self._attempt(request)
+                self.health.record(outcome)
                 if outcome.kind in ("retry", "unhealthy"):
                     raise _RetryLater(outcome)
         if outcome.kind == "delivered":
@@ -174,7 +183,6 @@ class SinkDriver:
             self._drop(request.events, outcome.reason or "rejected", outcome.detail)
 
     async def _attempt(self, request: Request) -> Outcome:
-        self._inflight.inc()
         started = time.perf_counter()
         try:
             return await self.sink.send(request)
@@ -185,7 +193,6 @@ class SinkDriver:
             return Outcome("retry", reason="internal_error", detail=type(exc).__name__)
         finally:
             self._latency.observe(time.perf_counter() - started)
-            self._inflight.dec()
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -202,12 +209,7 @@ class SinkDriver:
             return
         outcome = exc.outcome
         metrics.retries.labels(self.sink.name, outcome.reason or "unknown").inc()
-        if outcome.kind == "unhealthy" and self.healthy:
-            log.error(
-                "sink is unhealthy; data stays buffered and requests are retried slowly",
-                extra={"sink": self.sink.name, "reason": outcome.reason, "detail": outcome.detail},
-            )
-        elif outcome.kind == "retry":
+        if outcome.kind == "retry":
             self._problems.warning(
                 f"retry:{outcome.reason}",
                 "sink request failed, retrying",
@@ -216,17 +218,8 @@ class SinkDriver:
                 detail=outcome.detail,
                 attempt=state.attempt_number,
             )
-        self._set_health(outcome.kind != "unhealthy")
-
-    def _set_health(self, healthy: bool) -> None:
-        if healthy != self.healthy:
-            self.healthy = healthy
-            self._health.set(1 if healthy else 0)
-            if healthy:
-                log.info("sink is healthy again", extra={"sink": self.sink.name})
 
     def _delivered(self, request: Request, outcome: Outcome) -> None:
-        self._set_health(True)
         dropped = sum(outcome.dropped.values())
         self._sent.inc(len(request.events) - dropped)
         self._bytes.inc(len(request.wire if request.wire is not None else request.body))

@@ -6,13 +6,15 @@ content ever becomes a label. Callers look up labelled children per batch, never
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 # Counters parse workers increment too: tallies, exported below through a collector.
+from shipper import __version__
 from shipper.tally import TALLIES
 from shipper.tally import events_dropped as events_dropped
 from shipper.tally import events_restamped as events_restamped
@@ -34,6 +36,10 @@ class _TallyCollector(Collector):
 
 registry = CollectorRegistry(auto_describe=True)
 registry.register(_TallyCollector())
+ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ... of the agent
+
+build_info = Info("shipper_build", "The running shipper's version and Python.", registry=registry)
+build_info.info({"version": __version__, "python": platform.python_version()})
 
 events_received = Counter(
     "shipper_events_received", "Events produced by a source after parsing.", ["source"], registry=registry
@@ -53,7 +59,13 @@ retries = Counter("shipper_retries", "Request retries, by reason.", ["sink", "re
 buffer_bytes = Gauge("shipper_buffer_bytes", "Bytes waiting in a sink's channel.", ["sink"], registry=registry)
 buffer_events = Gauge("shipper_buffer_events", "Events waiting in a sink's channel.", ["sink"], registry=registry)
 buffer_capacity = Gauge("shipper_buffer_capacity_bytes", "Configured channel bound.", ["sink"], registry=registry)
-inflight_requests = Gauge("shipper_inflight_requests", "Requests being sent.", ["sink"], registry=registry)
+inflight_requests = Gauge(
+    "shipper_inflight_requests",
+    "Requests not yet resolved: being sent, or waiting to be retried.",
+    ["sink"],
+    registry=registry,
+)
+inflight_events = Gauge("shipper_inflight_events", "Events in requests not yet resolved.", ["sink"], registry=registry)
 send_duration = Histogram(
     "shipper_send_duration_seconds",
     "Latency of one request to a destination.",
@@ -61,7 +73,19 @@ send_duration = Histogram(
     registry=registry,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-sink_healthy = Gauge("shipper_sink_healthy", "1 when the sink's last request succeeded.", ["sink"], registry=registry)
+sink_healthy = Gauge(
+    "shipper_sink_healthy",
+    "0 when the sink is failing: sends failed for unhealthy_after with no success, or the destination "
+    "refused shipper (401/403); else 1.",
+    ["sink"],
+    registry=registry,
+)
+sink_last_success = Gauge(
+    "shipper_sink_last_success_timestamp_seconds",
+    "When the sink's destination last accepted a request (0: not since start).",
+    ["sink"],
+    registry=registry,
+)
 checkpoint_lag = Gauge(
     "shipper_checkpoint_lag_chunks",
     "Chunks read but not yet acknowledged by every sink.",

@@ -4,11 +4,13 @@ across a restart in the middle of an outage."""
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 
 import orjson
 
+from shipper.agent import EXIT_LOST
 from tests.conftest import Shipper
 from tests.fakes.collector import Collector
 from tests.procutil import ShipperProcess, check_delivery, line_id, pino_lines, wait_for
@@ -56,8 +58,10 @@ def test_checkpoint_holds_through_an_outage_and_a_restart(tmp_path: Path, collec
         first.ensure_stopped()
     assert collector.events == []
     assert checkpointed_offsets(tmp_path) in ([], [0])  # nothing was accepted, so nothing is checkpointed
-    [cut] = [m for m in first.logs() if m["msg"] == "events not delivered before the shutdown deadline"]
-    assert cut["lost"] == 0 and cut["resent_on_restart"] > 0  # a file is read again; nothing is lost
+    [cut] = [m for m in first.logs() if "resent_on_restart" in m]
+    assert cut["resent_on_restart"] > 0 and cut["source"] == "api"
+    assert cut["level"] == "warning"  # a file is read again; nothing is lost, so no error
+    assert not [m for m in first.logs() if m["level"] == "error" and "lost" in m]
 
     collector.fail_status = None  # the destination recovers; shipper is started again
     with open(log, "ab") as handle:
@@ -75,16 +79,22 @@ def test_checkpoint_holds_through_an_outage_and_a_restart(tmp_path: Path, collec
     assert checkpointed_offsets(tmp_path) == [log.stat().st_size]
 
 
-def test_stdin_events_cut_by_the_deadline_are_counted_as_lost(tmp_path: Path, collector: Collector) -> None:
+def test_stdin_events_cut_by_the_deadline_are_lost_loudly_with_exit_code_3(
+    tmp_path: Path, collector: Collector
+) -> None:
     collector.fail_status = 503
     shipper = Shipper(["run", "--config", str(stdin_config(tmp_path, collector.url))])
-    shipper.feed(pino_lines(range(300)), close=False)
-    wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
-    shipper.proc.send_signal(signal.SIGTERM)
-    assert shipper.wait(20) == 0
+    try:
+        shipper.feed(pino_lines(range(300)), close=False)
+        wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
+        shipper.proc.send_signal(signal.SIGTERM)
+    finally:
+        code = shipper.wait(20)
+    assert code == EXIT_LOST, shipper.stderr.decode()[-3000:]  # a supervisor sees that data was lost
     logs = [orjson.loads(line) for line in shipper.stderr.splitlines() if line.startswith(b'{"ts"')]
-    [cut] = [m for m in logs if m["msg"] == "events not delivered before the shutdown deadline"]
-    assert cut["lost"] == 300 and cut["resent_on_restart"] == 0  # stdin cannot be read again: said loudly
+    [cut] = [m for m in logs if "lost" in m]
+    assert cut["level"] == "error" and cut["lost"] == 300 and cut["source"] == "api" and cut["sink"] == "collector"
+    assert not [m for m in logs if "resent_on_restart" in m]  # stdin cannot be read again
 
 
 def test_at_stdin_eof_shipper_waits_past_the_deadline_to_deliver(tmp_path: Path, collector: Collector) -> None:
@@ -97,3 +107,33 @@ def test_at_stdin_eof_shipper_waits_past_the_deadline_to_deliver(tmp_path: Path,
     collector.fail_status = None
     assert shipper.wait(20) == 0  # delivered, then exited by itself
     assert sorted(line_id(e) for e in collector.events) == list(range(50))
+
+
+def test_a_wrapped_api_exiting_cleanly_still_exits_3_when_its_events_are_lost(
+    tmp_path: Path, collector: Collector
+) -> None:
+    """The wrapped API's exit code is shipper's, but a clean 0 must not hide that its logs were lost."""
+    collector.fail_status = 503
+    app = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"  # a graceful server
+        'print("".join(\'{"level":30,"msg":"line %d"}\\n\' % i for i in range(100)), end="", flush=True)\n'
+        "while True: time.sleep(1)\n"
+    )
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "500ms"\n'
+        '[sources.app]\ntype = "process"\npassthrough = false\n'
+        f'[sinks.collector]\ntype = "http"\ninputs = ["app"]\nurl = "{collector.url}"\n'
+        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
+    )
+    shipper = ShipperProcess(path, tmp_path, command=[sys.executable, "-c", app])
+    try:
+        wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
+        code = shipper.stop(signal.SIGTERM)
+    finally:
+        shipper.ensure_stopped()
+    assert code == EXIT_LOST, shipper.stderr[-3000:]
+    assert any(m.get("msg") == "wrapped process exited" and m.get("exit_code") == 0 for m in shipper.logs())
+    [cut] = [m for m in shipper.logs() if "lost" in m]
+    assert cut["level"] == "error" and cut["lost"] == 100 and cut["source"] == "app"
