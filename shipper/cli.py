@@ -27,6 +27,7 @@ from shipper.event import tune_gc_for_events
 from shipper.log import setup_logging
 
 EXIT_CONFIG = 2
+CHECK_TIMEOUT = 30  # seconds `shipper check` gives each sink
 TAIL_EVENTS = 10  # what `shipper tail --file` prints before following, as `tail` does
 
 CONFIG_HELP = "config file (default: $SHIPPER_CONFIG, else ./config.toml, else /etc/shipper/config.toml)"
@@ -176,8 +177,10 @@ def _check(config: Config) -> int:
         for name, sink_config in config.sinks.items():
             sink = build_sink(name, sink_config)
             try:
-                result = await asyncio.wait_for(sink.check(), 30)
+                result = await asyncio.wait_for(sink.check(), CHECK_TIMEOUT)
                 rows.append((name, sink_config.type, result.ok, result.detail))
+            except TimeoutError:
+                rows.append((name, sink_config.type, False, f"no answer within {CHECK_TIMEOUT}s"))
             except Exception as exc:
                 rows.append((name, sink_config.type, False, f"{type(exc).__name__}: {exc}"))
             finally:

@@ -15,6 +15,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
+from shipper.config import RedactConfig, config_from_dict
+from shipper.parsing import build_processor
+from sources.file import BACKFILL_SPAN, _backfill_start
 from tests.conftest import REPO, free_port, run_shipper
 from tests.procutil import ShipperProcess, line_id, wait_for, write_config
 
@@ -105,6 +108,29 @@ def test_tail_file_start_flags(
             out.write(pino(range(marker, marker + 1)))
         time.sleep(0.5)
     assert [i for i in printed_ids(shipper) if (i or 0) < 1000] == shown
+
+
+def test_last_events_are_found_across_read_spans(tmp_path: Path) -> None:
+    """A stack trace longer than one read-back span is still one event, wherever a span starts."""
+    trace = nest_error(frames=3000)
+    assert len(trace) > 2 * BACKFILL_SPAN
+    head = pino(range(3000))
+    data = head + trace + pino(range(3000, 3005))
+    log = tmp_path / "api.log"
+    log.write_bytes(data)
+    table = {"type": "file", "include": [str(log)], "multiline": {"max_lines": 5000}}  # the trace stays whole
+    doc = {"sources": {"api": table}, "sinks": {"out": {"type": "console", "inputs": ["api"]}}}
+    config = config_from_dict(doc, None, environ={}).sources["api"]
+
+    def scanner() -> Any:
+        return build_processor("api", config, host="vm", redact=RedactConfig(enabled=False))
+
+    with log.open("rb") as handle:
+        start = {count: _backfill_start(handle.fileno(), len(data), count, scanner) for count in (5, 6, 7, 10**6)}
+    assert start[5] == len(head) + len(trace)  # the five lines after the trace
+    assert start[6] == len(head)  # the trace's first line
+    assert start[7] == head.rstrip(b"\n").rfind(b"\n") + 1  # the line before it
+    assert start[10**6] == 0
 
 
 def test_tail_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
