@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from shipper import metrics, systemd
 from shipper.channel import Channel
-from shipper.config import Config
+from shipper.config import Config, config_warnings
 from shipper.driver import SinkDriver
 from shipper.router import Router
 from shipper.source import Source, SourceContext
@@ -143,6 +143,8 @@ class Agent:
         ]
         for task in housekeeping:  # one that dies would leave events held or checkpoints stale
             task.add_done_callback(self._housekeeping_ended)
+        for warning in config_warnings(self.config):
+            log.warning(warning.message, extra={"key": warning.key})
         self.started = True
         log.info("started", extra={"sources": sorted(self.sources), "sinks": sorted(self.drivers)})
         systemd.notify("READY=1")

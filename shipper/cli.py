@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from shipper import __version__
-from shipper.config import Config, config_from_dict, find_line, load_config, resolve_path
+from shipper.config import (
+    Config,
+    config_from_dict,
+    config_warnings,
+    find_line,
+    load_config,
+    resolve_path,
+    time_zone,
+)
 from shipper.errors import ConfigError
 from shipper.event import tune_gc_for_events
 from shipper.log import setup_logging
 
 EXIT_CONFIG = 2
+CHECK_TIMEOUT = 30  # seconds `shipper check` gives each sink
+TAIL_EVENTS = 10  # what `shipper tail --file` prints before following, as `tail` does
 
 CONFIG_HELP = "config file (default: $SHIPPER_CONFIG, else ./config.toml, else /etc/shipper/config.toml)"
 
@@ -63,9 +75,25 @@ def _parser() -> argparse.ArgumentParser:
         help="pretty-print logs from stdin or a file, no sinks needed",
         description="Read a source and print its events, parsed and normalized, to the terminal.",
     )
-    tail.add_argument("--file", type=Path, help="follow this file instead of reading stdin")
-    tail.add_argument("--level", choices=["trace", "debug", "info", "warn", "error", "fatal"], help="minimum level")
+    tail.add_argument("--file", type=Path, help="follow this file (by name, through rotation) instead of reading stdin")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
+        "-n",
+        "--events",
+        type=_count,
+        metavar="N",
+        help=f"with --file: first print its last N events, before any filter (default {TAIL_EVENTS}; 0: only new ones)",
+    )
+    start.add_argument("--from-start", action="store_true", help="with --file: first print the whole file")
+    tail.add_argument("--retry", action="store_true", help="with --file: wait for the file when it does not exist yet")
+    tail.add_argument(
+        "--level",
+        type=str.lower,
+        choices=["trace", "debug", "info", "warn", "error", "fatal"],
+        help="minimum level (any case)",
+    )
     tail.add_argument("--grep", help="only events whose message matches this regular expression")
+    tail.add_argument("--timezone", help="print times of day in this IANA zone, e.g. Europe/Berlin (default UTC)")
     tail.add_argument(
         "--format",
         default="auto",
@@ -74,7 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--json", action="store_true", help="print normalized NDJSON instead of pretty text")
     tail.add_argument("--no-redact", action="store_true", help="show secrets as they are (redaction is on by default)")
+    tail.add_argument("-v", "--verbose", action="store_true", help="also print shipper's own log lines (start, stop)")
     return parser
+
+
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of events (0 or more), got {value!r}")
+    return int(value)
 
 
 def _load(path_arg: str | None) -> Config:
@@ -83,10 +118,15 @@ def _load(path_arg: str | None) -> Config:
     try:
         preflight(config)
     except ConfigError as exc:
-        exc.path = str(path)
-        exc.line = exc.line or find_line(path.read_text(), exc.key)
-        raise
+        raise _located(exc, path) from None
     return config
+
+
+def _located(problem: ConfigError, path: Path) -> ConfigError:
+    """`problem` with the config file and, where it can be found, the line it is about."""
+    problem.path = str(path)
+    problem.line = problem.line or find_line(path.read_text(), problem.key)
+    return problem
 
 
 def preflight(config: Config) -> None:
@@ -123,6 +163,8 @@ def _validate(config: Config) -> int:
         return Agent(config)
 
     asyncio.run(build())
+    for warning in config_warnings(config):
+        print(f"shipper: warning: {_located(warning, config.path) if config.path else warning}", file=sys.stderr)
     print(f"config OK: {len(config.sources)} source(s), {len(config.sinks)} sink(s)")
     return 0
 
@@ -135,8 +177,10 @@ def _check(config: Config) -> int:
         for name, sink_config in config.sinks.items():
             sink = build_sink(name, sink_config)
             try:
-                result = await asyncio.wait_for(sink.check(), 30)
+                result = await asyncio.wait_for(sink.check(), CHECK_TIMEOUT)
                 rows.append((name, sink_config.type, result.ok, result.detail))
+            except TimeoutError:
+                rows.append((name, sink_config.type, False, f"no answer within {CHECK_TIMEOUT}s"))
             except Exception as exc:
                 rows.append((name, sink_config.type, False, f"{type(exc).__name__}: {exc}"))
             finally:
@@ -151,25 +195,62 @@ def _check(config: Config) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    state = tempfile.mkdtemp(prefix="shipper-tail-")
+    problem = _tail_problem(args)
+    if problem is not None:
+        print(f"shipper tail: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     source: dict[str, Any] = {"type": "stdin", "format": args.format}
     if args.file is not None:
-        source = {"type": "file", "include": [str(args.file)], "start_at": "beginning", "format": args.format}
+        source = {"type": "file", "include": [glob.escape(str(args.file))], "format": args.format}
+        if args.from_start:
+            source["start_at"] = "beginning"
+        else:
+            source["backfill_events"] = TAIL_EVENTS if args.events is None else args.events
+        if args.retry and not args.file.exists():
+            print(f"shipper tail: {args.file} does not exist yet; waiting for it", file=sys.stderr)
     when: dict[str, Any] = {}
     if args.level:
         when["level"] = args.level
     if args.grep:
         when["matches"] = {"message": args.grep}
     sink: dict[str, Any] = {"type": "console", "inputs": ["tail"], "format": "json" if args.json else "pretty"}
+    if args.timezone:
+        sink["timezone"] = args.timezone
     if when:
         sink["when"] = when
-    doc = {
-        "agent": {"state_dir": state},
-        "redact": {"enabled": not args.no_redact},
-        "sources": {"tail": source},
-        "sinks": {"out": sink},
-    }
-    return _run_agent(config_from_dict(doc, None, environ={}))
+    with tempfile.TemporaryDirectory(prefix="shipper-tail-") as state:
+        doc = {
+            "agent": {"state_dir": state, "log_level": "info" if args.verbose else "warn"},
+            "redact": {"enabled": not args.no_redact},
+            "sources": {"tail": source},
+            "sinks": {"out": sink},
+        }
+        return _run_agent(config_from_dict(doc, None, environ={}))
+
+
+def _tail_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with `shipper tail`'s arguments, in the words of the flag at fault."""
+    if args.grep is not None:
+        try:
+            re.compile(args.grep)
+        except re.error as exc:
+            return f"--grep: invalid regular expression {args.grep!r}: {exc}"
+    if args.timezone is not None:
+        try:
+            time_zone(args.timezone)
+        except ValueError as exc:
+            return f"--timezone: {exc}"
+    if args.file is None:
+        if args.events is not None or args.from_start or args.retry:
+            return "-n, --from-start and --retry apply to --file (stdin is read whole)"
+        return None
+    try:
+        args.file.open("rb").close()
+    except FileNotFoundError:
+        return None if args.retry else f"no such file: {args.file}"
+    except OSError as exc:
+        return f"cannot read {args.file}: {exc.strerror}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

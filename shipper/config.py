@@ -7,15 +7,17 @@ has to read a traceback to fix a typo. Source and sink types register their own 
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shipper.errors import ConfigError
 from shipper.registry import Registry
@@ -31,6 +33,22 @@ class Strict(BaseModel):
 
     def preflight(self, key: str) -> None:
         """Checks that need the machine, not just the file (paths); raise ConfigError naming `key`."""
+
+
+def time_zone(name: str) -> ZoneInfo:
+    """The zone an IANA name such as "Europe/Berlin" names; ValueError saying so otherwise."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f'unknown time zone {name!r} (an IANA name such as "Europe/Berlin")') from None
+
+
+def _zone_name(name: str) -> str:
+    time_zone(name)
+    return name
+
+
+ZoneName = Annotated[str, AfterValidator(_zone_name)]  # an IANA time zone name, checked
 
 
 # ---------------------------------------------------------------- agent-wide tables
@@ -107,19 +125,9 @@ class SourceConfig(Strict):
     type: str
     service: str | None = None
     format: Literal["auto", "pino", "nest", "nest-json", "pino-pretty", "text"] = "auto"
-    timezone: str | None = None
+    timezone: ZoneName | None = None
     multiline: MultilineConfig = MultilineConfig()
     max_line_bytes: Size = 1024 * 1024
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f'unknown time zone {value!r} (an IANA name such as "Europe/Berlin")') from None
-        return value
 
 
 # ---------------------------------------------------------------- sinks
@@ -198,12 +206,66 @@ class Config(Strict):
     path: Path | None = None
 
 
+TOP_LEVEL_KEYS = ("agent", "api", "redact", "sources", "sinks")
+
+
 def _check_inputs(sources: dict[str, Any], sinks: dict[str, Any]) -> None:
     for name, sink in sinks.items():
         for index, source in enumerate(sink.inputs):
             if source not in sources:
                 known = ", ".join(sorted(sources)) or "none"
                 raise ConfigError(f"sinks.{name}.inputs[{index}]", f"no source named {source!r} (sources: {known})")
+
+
+def _check_one_stdin(sources: dict[str, Any]) -> None:
+    """A process has one standard input: a second stdin source would steal lines from the first."""
+    readers = [name for name, source in sources.items() if source.type == "stdin"]
+    if len(readers) > 1:
+        first, second = readers[:2]
+        raise ConfigError(
+            f"sources.{second}.type",
+            f"sources.{first} already reads stdin; only one source can (two would split its lines between them)",
+        )
+
+
+def config_warnings(config: Config) -> list[ConfigError]:
+    """What is valid but almost surely a mistake: `shipper validate` prints these, the agent logs them."""
+    read = {source for sink in config.sinks.values() for source in sink.inputs}
+    return [
+        ConfigError(f"sources.{name}", "no sink reads this source (name it in a sink's inputs): its events go nowhere")
+        for name in config.sources
+        if name not in read
+    ]
+
+
+def _unknown_key(key: str, known: Any) -> str:
+    """The problem with an unknown key, naming the nearest valid one when it is close (max_byte -> max_bytes)."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"unknown key; did you mean {close[0]}?" if close else "unknown key"
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table at `loc` (a pydantic error location below `model`) accepts."""
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an index into a list of tables
+        field = model.model_fields.get(part)
+        nested = _model_in(field.annotation) if field is not None else None
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config table type inside an annotation such as `WhenConfig | None` or `list[RedactPattern]`."""
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 # ---------------------------------------------------------------- loading
@@ -259,7 +321,7 @@ def find_line(text: str, key: str) -> int | None:
             table = [p.strip().strip('"') for p in header.group(1).split(".")]
             found_in_table = False
             depth = _common_prefix(table, parts)
-            if depth == len(table) and depth > best_depth:
+            if depth == min(len(table), len(parts)) and depth > best_depth:
                 best_line, best_depth = number, depth
             continue
         assign = re.match(r'^("?[A-Za-z0-9_.\-"]+"?)\s*=', line)
@@ -298,11 +360,13 @@ def _validate(model: type[ModelT], data: Any, prefix: str) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        errors = exc.errors()
+        # A mistyped key also leaves the key it meant missing: name the typo, it is the fix.
+        error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = _unknown_key(str(loc[-1]), _keys_at(model, loc[:-1]))
         elif error["type"] == "missing":
             message = "required key is missing"
         raise ConfigError(_error_key(loc, prefix), message) from None
@@ -347,6 +411,9 @@ def config_from_dict(raw: dict[str, Any], path: Path | None = None, environ: dic
     from sources import REGISTRY as SOURCES
 
     try:
+        for key in raw:  # first: `[sink.x]` for `[sinks.x]` is the real mistake, not "no sinks"
+            if key not in TOP_LEVEL_KEYS:
+                raise ConfigError(key, _unknown_key(key, TOP_LEVEL_KEYS))
         raw = _interpolate_tree(dict(raw), "", os.environ if environ is None else environ)
         sources = _typed_tables("sources", raw.pop("sources", {}), SOURCES)
         sinks = _typed_tables("sinks", raw.pop("sinks", {}), SINKS)
@@ -354,9 +421,7 @@ def config_from_dict(raw: dict[str, Any], path: Path | None = None, environ: dic
             raise ConfigError("sources", "at least one source is required")
         if not sinks:
             raise ConfigError("sinks", "at least one sink is required")
-        for key in raw:
-            if key not in ("agent", "api", "redact"):
-                raise ConfigError(key, "unknown key")
+        _check_one_stdin(sources)
         _check_inputs(sources, sinks)
         base = {k: raw[k] for k in ("agent", "api", "redact") if k in raw}
         return _validate(Config, {**base, "sources": sources, "sinks": sinks, "path": path}, "")

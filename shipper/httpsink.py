@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
+import socket
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -78,6 +81,41 @@ def environment_proxy(url: str) -> str | None:
     if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
         return None
     return urllib.request.getproxies().get(parts.scheme)
+
+
+def connection_failure(exc: BaseException, url: str) -> str:
+    """Why a request to `url` got no answer, in words: "connection refused to 127.0.0.1:1". It
+    names only the host and port connected to (the proxy's, when one is used), never a credential."""
+    proxy = environment_proxy(url)
+    parts = urlsplit(proxy or url)
+    where = f"{'proxy ' if proxy else ''}{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {parts.hostname}"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused to {where}"
+        if isinstance(cause, ConnectionResetError):
+            return f"connection reset by {where}"
+        if isinstance(cause, TimeoutError):
+            return f"no answer from {where} in time"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS with {where} failed: {getattr(cause, 'verify_message', None) or cause.reason}"
+        if type(cause) is OSError and cause.errno:
+            return f"{os.strerror(cause.errno).lower()} ({where})"
+    return f"{type(exc).__name__} connecting to {where}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps: aiohttp's `os_error`, urllib3's `reason`, chained exceptions."""
+    chain: list[BaseException] = []
+    pending: list[Any] = [exc]
+    while pending and len(chain) < 16:
+        current = pending.pop(0)
+        if isinstance(current, BaseException) and all(current is not seen for seen in chain):
+            chain.append(current)
+            pending += [getattr(current, "os_error", None), getattr(current, "reason", None)]
+            pending += [current.__cause__, current.__context__]
+    return chain
 
 
 class HttpSink(Sink):
@@ -162,7 +200,7 @@ class HttpSink(Sink):
             async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return CheckResult(False, f"{url} unreachable: {type(exc).__name__}")
+            return CheckResult(False, f"{url} unreachable: {connection_failure(exc, url)}")
         if status in (401, 403):
             return CheckResult(False, f"{url} refused the credentials (HTTP {status})")
         if status == 407:

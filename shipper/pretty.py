@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
@@ -28,11 +29,22 @@ def _value(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-def render(event: Event, color: bool) -> str:
-    """One event as `HH:MM:SS.mmm LEVEL service message key=value ...` (plus an error stack below)."""
+def _clock(timestamp: str, zone: tzinfo | None) -> str:
+    """`HH:MM:SS.mmm` of an RFC 3339 UTC timestamp, in `zone` when given."""
+    if zone is not None:
+        try:
+            moment = datetime.fromisoformat(timestamp).astimezone(zone)
+        except ValueError:
+            return timestamp
+        return f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d}"
+    return timestamp[11:23] if len(timestamp) >= 23 else timestamp
+
+
+def render(event: Event, color: bool, zone: tzinfo | None = None) -> str:
+    """One event as `HH:MM:SS.mmm LEVEL service message key=value ...` (plus an error stack below);
+    the time of day is UTC's, or `zone`'s."""
     fields = event.fields
-    timestamp = str(fields.get("timestamp", ""))
-    clock = timestamp[11:23] if len(timestamp) >= 23 else timestamp
+    clock = _clock(str(fields.get("timestamp", "")), zone)
     level = str(fields.get("level", "info"))
     message = str(fields.get("message", ""))
     extras = " ".join(

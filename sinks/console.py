@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-from shipper.config import SinkConfig
+from shipper.config import SinkConfig, ZoneName, time_zone
 from shipper.encoding import ndjson
 from shipper.event import Event
 from shipper.pretty import render
@@ -15,6 +15,7 @@ from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
 class ConsoleConfig(SinkConfig):
     type: Literal["console"]
     format: Literal["auto", "pretty", "json"] = "auto"
+    timezone: ZoneName | None = None  # pretty times of day in this IANA zone (default UTC)
 
 
 class ConsoleSink(Sink):
@@ -26,10 +27,11 @@ class ConsoleSink(Sink):
         tty = sys.stdout.isatty()
         self.pretty = config.format == "pretty" or (config.format == "auto" and tty)
         self.color = self.pretty and tty
+        self.zone = time_zone(config.timezone) if config.timezone else None
 
     def encode(self, events: list[Event]) -> list[Request]:
         if self.pretty:
-            body = "".join(render(event, self.color) + "\n" for event in events).encode("utf-8", "replace")
+            body = "".join(render(event, self.color, self.zone) + "\n" for event in events).encode("utf-8", "replace")
         else:
             body = ndjson(events)
         return [Request(body, events)]

@@ -23,7 +23,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from shipper.config import BufferConfig, HttpSinkConfig
 from shipper.event import Event, PreparerSpec
-from shipper.httpsink import HttpSink, environment_proxy
+from shipper.httpsink import HttpSink, connection_failure, environment_proxy
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request
 from shipper.units import Size
 from sinks.datadog_logs import MAX_ENTRIES, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, PLACEHOLDER, LogEncoder, OutOfRange
@@ -131,7 +131,7 @@ class DatadogSink(HttpSink):
             f"{config.endpoint}{LOGS_PATH}" if config.endpoint else f"https://http-intake.logs.{domain}{LOGS_PATH}"
         )
         self.api_base = config.endpoint or f"https://api.{domain}"
-        self.where = f"site {config.site}" + (f" via {config.endpoint}" if config.endpoint else f" ({domain})")
+        self.where = config.endpoint or f"site {config.site} ({domain})"  # an endpoint replaces the site
         # What the encoder is built from, here and in a parse worker (plain values: see datadog_logs).
         self._encoding: dict[str, Any] = {
             "source": config.source,
@@ -242,7 +242,7 @@ class DatadogSink(HttpSink):
         except ApiException as exc:
             return self._validation_result(int(exc.status or 0))
         except Exception as exc:  # urllib3 connection errors and the like
-            return CheckResult(False, f"cannot reach {self.api_base} for {self.where}: {type(exc).__name__}")
+            return self._unreachable(exc)
         return self._validation_result(200 if getattr(response, "valid", False) else 403)
 
     async def _validate_plain(self) -> CheckResult:
@@ -257,13 +257,19 @@ class DatadogSink(HttpSink):
                 if status == 200:
                     doc = orjson.loads(await resp.content.read(4096) or b"{}")
                     status = 200 if isinstance(doc, dict) and doc.get("valid") is True else 403
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-            return CheckResult(False, f"cannot reach {self.api_base} for {self.where}: {type(exc).__name__}")
+        except orjson.JSONDecodeError:
+            return CheckResult(False, f"{self.api_base + VALIDATE_PATH} is not a Datadog API (its answer is not JSON)")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._unreachable(exc)
         return self._validation_result(status)
 
+    def _unreachable(self, exc: BaseException) -> CheckResult:
+        url = self.api_base + VALIDATE_PATH
+        return CheckResult(False, f"cannot reach {url} to validate the API key: {connection_failure(exc, url)}")
+
     def _validation_result(self, status: int) -> CheckResult:
-        if status == 200:
-            return CheckResult(True, f"API key valid for {self.where}")
+        if status == 200:  # with an endpoint, the intake URL named next says where
+            return CheckResult(True, "API key valid" if self.config.endpoint else f"API key valid for {self.where}")
         if status in (401, 403):
             return CheckResult(False, f"API key rejected for {self.where} (HTTP {status})")
         return CheckResult(False, f"key validation at {self.api_base} failed (HTTP {status})")

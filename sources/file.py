@@ -31,6 +31,7 @@ import os
 import stat
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Any, Literal
@@ -38,9 +39,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from shipper import metrics
-from shipper.config import SourceConfig
+from shipper.config import RedactConfig, SourceConfig
 from shipper.errors import ConfigError
 from shipper.log import RateLimitedLog
+from shipper.parsing import Processor, build_processor
 from shipper.source import LineFeed, Source, SourceContext
 from shipper.units import Duration, Size
 
@@ -49,6 +51,9 @@ log = logging.getLogger("shipper.sources.file")
 MIN_READ_BYTES = 64 * 1024
 TAIL_BYTES = 64  # the last bytes read before the offset: tells a copy of the file from a look-alike
 END_SCAN_BYTES = 64 * 1024  # `start_at = "end"` backs up to the last newline within this
+# `backfill_events` reads back from the end in spans doubling from the first to at most the second.
+BACKFILL_SPAN = 64 * 1024
+BACKFILL_MAX_SPAN = 16 * 1024 * 1024
 COMPRESSED = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"\xfd7zXZ\x00", b"PK\x03\x04")  # gzip, zstd, xz, zip
 
 Ident = tuple[int, int]  # (st_dev, st_ino)
@@ -59,6 +64,8 @@ class FileConfig(SourceConfig):
     include: list[str] = Field(min_length=1)
     exclude: list[str] = []
     start_at: Literal["end", "beginning"] = "end"
+    # With start_at = "end": begin this many events (not lines) before the end (`shipper tail -n`).
+    backfill_events: int = Field(default=0, ge=0)
     glob_interval: Duration = Field(default=1.0, gt=0)
     poll_interval: Duration = Field(default=0.25, gt=0)
     read_bytes: Size = 256 * 1024
@@ -169,6 +176,43 @@ def _end_of_last_line(fd: int, size: int) -> int:
     if newline >= 0:
         return size - span + newline + 1
     return 0 if span == size else size
+
+
+def _backfill_start(fd: int, end: int, count: int, new_processor: Callable[[], Processor]) -> int:
+    """Where the last `count` events before `end` begin. Read back in doubling spans until two
+    agree: a span may start inside an event, whose lines can look like events of their own."""
+    span, candidate = BACKFILL_SPAN, None
+    while True:
+        begin = max(0, end - span)
+        starts = _event_starts(os.pread(fd, end - begin, begin), begin, new_processor())
+        if begin == 0:
+            return starts[-count] if len(starts) >= count else 0
+        found = starts[-count] if len(starts) > count else None  # more than `count`: the first may be partial
+        if found is not None and found == candidate:
+            return found
+        if span >= BACKFILL_MAX_SPAN:
+            return found if found is not None else (starts[0] if starts else end)
+        candidate, span = found, span * 2
+
+
+def _event_starts(data: bytes, begin: int, processor: Processor) -> list[int]:
+    """File offsets where an event begins among the whole lines of `data` (read at `begin`, ending
+    with a newline; a first line that may be partial is skipped), as `processor` groups them."""
+    skip = 0 if begin == 0 else data.find(b"\n") + 1
+    if begin and not skip:
+        return []
+    lines = data[skip:].split(b"\n")[:-1]  # without what follows the last newline
+    position, now, starts = begin + skip, time.time(), []
+    for line in lines:
+        held = processor.held_bytes
+        emitted = len(processor.feed([line], None, now))
+        holds = processor.held_bytes
+        # Nothing open: the line starts an event (unless it is a dropped blank line). A group open:
+        # the line starts one when it ended that group by not belonging to it.
+        if (emitted or holds) and (not held or (emitted and (holds or emitted > 1))):
+            starts.append(position)
+        position += len(line) + 1
+    return starts
 
 
 class FileSource(Source):
@@ -318,8 +362,15 @@ class FileSource(Source):
             )
         known = path in self._known_paths or ident in self._known_idents
         if initial and self.config.start_at == "end" and not known:
-            return _end_of_last_line(fd, st.st_size), None
+            end = _end_of_last_line(fd, st.st_size)
+            if self.config.backfill_events:
+                end = _backfill_start(fd, end, self.config.backfill_events, self._scanner)
+            return end, None
         return 0, None  # new since shipper started, or new content at a known place: read all of it
+
+    def _scanner(self) -> Processor:
+        """A parser grouping lines as this source's feeds do (no redaction: only boundaries are wanted)."""
+        return build_processor(self.name, self.config, host=self.context.host, redact=RedactConfig(enabled=False))
 
     def _resume(self, path: str, key: str, e: _Entry, st: os.stat_result, why: str) -> int:
         if st.st_size < e.offset:

@@ -77,19 +77,20 @@ def check_delivery(name: str, expected: Iterable[int], ids: list[int]) -> int:
 
 
 class ShipperProcess:
-    """A real `python -m shipper run --config CONFIG [-- COMMAND...]`."""
+    """A real `python -m shipper run --config CONFIG [-- COMMAND...]` (or `python -m shipper CLI...`)."""
 
     def __init__(
         self,
-        config: Path,
+        config: Path | None,
         workdir: Path,
         command: list[str] | None = None,
         stdout: int | IO[bytes] | None = None,
         env: dict[str, str] | None = None,
+        cli: list[str] | None = None,
     ) -> None:
         self.stderr_path = workdir / f"shipper-{time.monotonic_ns()}.stderr"
         self.stdout_path = self.stderr_path.with_suffix(".stdout")
-        args = [sys.executable, "-m", "shipper", "run", "--config", str(config)]
+        args = [sys.executable, "-m", "shipper", *(cli or ["run", "--config", str(config)])]
         if command:
             args += ["--", *command]
         with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:

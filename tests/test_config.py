@@ -174,3 +174,42 @@ def test_file_sink_path_that_cannot_be_created_is_named(tmp_path: Path) -> None:
     result = validate(path)
     assert result.returncode == 2
     assert f"{path}:10: sinks.out.path: cannot write" in result.stderr and "is not a directory" in result.stderr
+
+
+def test_a_second_stdin_source_is_an_error_naming_both(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(tmp_path).replace("[sinks.out]", '[sources.worker]\ntype = "stdin"\n\n[sinks.out]'))
+    result = validate(path)
+    assert result.returncode == 2
+    assert f"{path}:8: sources.worker.type: sources.api already reads stdin" in result.stderr
+
+
+def test_a_source_no_sink_reads_is_a_warning_from_validate(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    orphan = f'\n[sources.audit]\ntype = "file"\ninclude = ["{tmp_path}/audit/*.log"]\n'
+    path.write_text(config_text(tmp_path, orphan))
+    result = validate(path)
+    assert result.returncode == 0 and result.stdout.startswith("config OK"), result.stderr
+    assert result.stderr == f"shipper: warning: {path}:12: sources.audit: no sink reads this source" + (
+        " (name it in a sink's inputs): its events go nowhere\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("batch = { max_byte = 1024 }\n", "11: sinks.out.batch.max_byte: unknown key; did you mean max_bytes?"),
+        ('when = { levl = "warn" }\n', "11: sinks.out.when.levl: unknown key; did you mean level?"),
+        (
+            "\n[[redact.patterns]]\nname = \"order\"\nregx = 'ord_[0-9]+'\n",
+            "14: redact.patterns[0].regx: unknown key; did you mean regex?",
+        ),
+        ('\n[sink.errors]\ntype = "file"\n', "12: sink: unknown key; did you mean sinks?"),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest_valid_one(tmp_path: Path, extra: str, expected: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(tmp_path, extra))
+    result = validate(path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"shipper: invalid configuration: {path}:{expected}"), result.stderr

@@ -334,7 +334,8 @@ def test_classification() -> None:
         assert sink.classify(status, {}, b"", many).kind == "retry"
     for status in (401, 403):
         outcome = sink.classify(status, {}, b"", many)
-        assert outcome.kind == "unhealthy" and "site US1" in outcome.detail and KEY not in outcome.detail
+        assert outcome.kind == "unhealthy" and f"API key for http://127.0.0.1:9 (HTTP {status})" in outcome.detail
+        assert "site" not in outcome.detail and KEY not in outcome.detail  # the endpoint replaces the site
     assert sink.classify(404, {}, b"", many).kind == "unhealthy"
 
 
@@ -403,6 +404,7 @@ async def test_check_validates_the_key_with_the_official_client() -> None:
         await sink.stop()
         assert result.ok, result.detail
         assert "API key valid" in result.detail and "reachable" in result.detail
+        assert result.detail.count(intake.url) == 1 and "site" not in result.detail  # the endpoint replaces the site
         assert intake.validations == 1 and intake.seen == []  # nothing was shipped
         intake.set_keys("another")
         result = await sink.check()
@@ -451,13 +453,24 @@ async def test_check_goes_through_the_proxy_the_environment_names(
         await proxy.stop()
 
 
-async def test_check_reports_an_unreachable_endpoint() -> None:
+@pytest.mark.parametrize("client", [True, False], ids=["official-client", "plain-http"])
+async def test_check_reports_why_an_endpoint_is_unreachable(client: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.conftest import free_port
 
-    sink = make_sink(endpoint=f"http://127.0.0.1:{free_port()}", request_timeout="2s")
+    if not client:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "datadog_api_client" else real(name, *a)
+        )
+    port = free_port()
+    sink = make_sink(endpoint=f"http://127.0.0.1:{port}", request_timeout="2s")
     result = await sink.check()
     await sink.stop()
-    assert not result.ok and "cannot reach" in result.detail and KEY not in result.detail
+    assert not result.ok and KEY not in result.detail
+    assert result.detail == (
+        f"cannot reach http://127.0.0.1:{port}/api/v1/validate to validate the API key: "
+        f"connection refused to 127.0.0.1:{port}"
+    )
 
 
 # ---------------------------------------------------------------------------------- driver + fake

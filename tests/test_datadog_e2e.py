@@ -129,7 +129,7 @@ def test_rejected_key_then_fixed_loses_nothing(tmp_path: Path) -> None:
         lines = [orjson.loads(line) for line in shipper.stderr.splitlines() if line.startswith(b"{")]
         unhealthy = [line for line in lines if "unhealthy" in line.get("msg", "")]
         assert len(unhealthy) == 1, lines  # one clear line, not one per retry
-        assert f"site US1 via {intake.url}" in unhealthy[0]["detail"]
+        assert f"API key for {intake.url} (HTTP 403)" in unhealthy[0]["detail"]  # the endpoint, not a site
         assert any("healthy again" in line.get("msg", "") for line in lines)
 
 
