@@ -15,6 +15,11 @@ narrows which of these are recognised; what is not recognised becomes text (coun
 `shipper_parse_fallbacks`), never dropped. The one exception: a blank line that belongs to no
 event is dropped and counted with reason `empty`.
 
+Also recognised (popular setups beyond the defaults): nest-winston's nestLike `[App] PID  TIME
+LEVEL [Ctx] msg - {meta}` opens a Nest event; the util.inspect output of Nest's `json: true,
+colors: true` is a record; a text line starting `2026-12-03 15:49:24 error: ...` (winston's common
+printf) has its time and level read; pino-pretty `--singleLine`'s inline `{...}` becomes fields.
+
 Normalized fields (all sinks encode from these):
 - `timestamp` RFC 3339 UTC with milliseconds and `Z`; `level` trace|debug|info|warn|error|fatal;
   `message` always a string (objects as compact JSON); `host` (the record's hostname, else the
@@ -26,6 +31,10 @@ Normalized fields (all sinks encode from these):
   and child bindings stay unchanged.
 - Nest JSON: `timestamp` (epoch ms) is rewritten in RFC 3339 (lossless), `error` and `stack`
   move to `err`, `params` and `context` stay.
+- Other records: a level word (pino, Nest, winston, syslog, Cloud Logging, Python) under `level`,
+  else `severity`, `log.level`, `lvl` or `levelname` (which stay). Numeric times are read by
+  magnitude (seconds, ms, µs, ns: `clock.epoch_ms`), on the pino fast path too.
+- nest-winston nestLike: as Nest text, plus the ` - {meta}` as fields and its `stack`/`error` as `err`.
 - Nest text: one-second timestamps get a per-stream sequence as milliseconds (0, 1, 2, ... within
   a second) so sorting by time keeps arrival order; the `+Nms` suffix becomes `elapsed_ms`.
 - A record field that collides with a normalized name and is not represented losslessly is kept
