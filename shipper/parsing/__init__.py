@@ -15,6 +15,11 @@ narrows which of these are recognised; what is not recognised becomes text (coun
 `shipper_parse_fallbacks`), never dropped. The one exception: a blank line that belongs to no
 event is dropped and counted with reason `empty`.
 
+Also recognised (popular setups beyond the defaults): nest-winston's nestLike `[App] PID  TIME
+LEVEL [Ctx] msg - {meta}` opens a Nest event; the util.inspect output of Nest's `json: true,
+colors: true` is a record; a text line starting `2026-12-03 15:49:24 error: ...` (winston's common
+printf) has its time and level read; pino-pretty `--singleLine`'s inline `{...}` becomes fields.
+
 Normalized fields (all sinks encode from these):
 - `timestamp` RFC 3339 UTC with milliseconds and `Z`; `level` trace|debug|info|warn|error|fatal;
   `message` always a string (objects as compact JSON); `host` (the record's hostname, else the
@@ -26,6 +31,10 @@ Normalized fields (all sinks encode from these):
   and child bindings stay unchanged.
 - Nest JSON: `timestamp` (epoch ms) is rewritten in RFC 3339 (lossless), `error` and `stack`
   move to `err`, `params` and `context` stay.
+- Other records: a level word (pino, Nest, winston, syslog, Cloud Logging, Python) under `level`,
+  else `severity`, `log.level`, `lvl` or `levelname` (which stay). Numeric times are read by
+  magnitude (seconds, ms, µs, ns: `clock.epoch_ms`), on the pino fast path too.
+- nest-winston nestLike: as Nest text, plus the ` - {meta}` as fields and its `stack`/`error` as `err`.
 - Nest text: one-second timestamps get a per-stream sequence as milliseconds (0, 1, 2, ... within
   a second) so sorting by time keeps arrival order; the `+Nms` suffix becomes `elapsed_ms`.
 - A record field that collides with a normalized name and is not represented losslessly is kept
@@ -52,13 +61,24 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shipper.event import Event
-from shipper.parsing.clock import MAX_MS, MS_SUFFIX, LocalTimes, epoch_ms, format_ms, resolve_zone, second_prefix
+from shipper.parsing.clock import (
+    EPOCH_MS_END,
+    EPOCH_MS_MIN,
+    MS_SUFFIX,
+    LocalTimes,
+    epoch_ms,
+    format_ms,
+    resolve_zone,
+    second_prefix,
+)
 from shipper.parsing.records import (
     LEVEL_BY_NUM,
     LEVEL_BY_WORD,
+    NEST_VERBOSE,
     error_from_object,
     error_from_stack,
     http_fields,
+    level_field,
     level_from_number,
     render,
 )
@@ -68,14 +88,20 @@ from shipper.parsing.text import (
     ELAPSED,
     NEST_HEAD,
     NEST_LEVELS,
+    NEST_LIKE_HEAD,
     PRETTY_HEAD,
     PRETTY_LEVELS,
     PRETTY_ORIGIN,
+    STAMPED_HEAD,
     continues_text,
     decode,
+    inspect_object,
+    nest_like_meta,
     pretty_body,
     split_error,
     text_level,
+    trailing_object,
+    winston_elapsed,
 )
 from shipper.redact import REDACTED, Redactor
 from shipper.tally import parse_fallbacks
@@ -94,7 +120,7 @@ _UNPARSED = object()  # a line not parsed yet (JSON null parses to None)
 class _Group:
     """Lines of one multi-line event still waiting for their end."""
 
-    __slots__ = ("done", "first", "head", "kind", "last_at", "lines", "nbytes")
+    __slots__ = ("done", "first", "head", "kind", "last_at", "lines", "nbytes", "winston")
 
     def __init__(self, kind: int, line: bytes, size: int, at: float, head: dict[str, Any], first: str | None) -> None:
         self.kind = kind
@@ -104,6 +130,7 @@ class _Group:
         self.head = head  # fields known from the first line (timestamp, level, pid, context, ...)
         self.first = first  # the first line's message part, when the first line is a header
         self.done = False  # a crash printout ends with its `Node.js vX` line
+        self.winston = False  # a Nest group printed by nest-winston's nestLike (` - {meta}`, winston levels)
 
 
 class _Stream:
@@ -175,6 +202,7 @@ class Processor:
         grown = 6 if stream is None else 7  # level_num timestamp message host service source [stream] (+http)
         second, prefix = self._second, self._prefix
         level_name, suffixes, event = LEVEL_BY_NUM.get, MS_SUFFIX, Event
+        ms_min, ms_end = EPOCH_MS_MIN, EPOCH_MS_END  # other magnitudes (pino's unixTime) take the careful path
         # A stream of records (the last chunk was all records) is parsed in one C-level map; a
         # chunk with any other line falls back to line-by-line parsing. JSON whitespace includes
         # the \r of a CRLF line, so it parses too.
@@ -193,7 +221,10 @@ class Processor:
                     try:
                         record = loads(line)
                     except decode_error:
-                        self._fallbacks["invalid_json"].inc()
+                        # Nest's `json: true` with `colors: true` prints util.inspect output, not JSON.
+                        record = inspect_object(decode(line))
+                        if record is None:
+                            self._fallbacks["invalid_json"].inc()
             if type(record) is dict:
                 if group_open:
                     out.append(self._close(state))
@@ -210,7 +241,7 @@ class Processor:
                     and type(stamp) is int
                     and type(msg) is str
                     and type(hostname) is str
-                    and ((sec := stamp // 1000) == second or 0 <= stamp < MAX_MS)
+                    and ((sec := stamp // 1000) == second or ms_min <= stamp < ms_end)
                 ):
                     if msg is not None:
                         record["msg"] = msg
@@ -286,11 +317,18 @@ class Processor:
             record.setdefault("level_num", level)
             record["level"] = LEVEL_BY_NUM.get(int(level)) or level_from_number(int(level))
         elif isinstance(level, str) and level.lower() in LEVEL_BY_WORD:
-            record["level"] = LEVEL_BY_WORD[level.lower()]
+            word = level.lower()
+            # Nest's JSON (epoch-ms `timestamp`) ranks verbose below debug; winston (ISO times) above it.
+            nest = word == "verbose" and type(record.get("timestamp")) is int
+            record["level"] = NEST_VERBOSE if nest else LEVEL_BY_WORD[word]
         else:
-            if level is not None:
-                record["original_level"] = level
-            record["level"] = "info"
+            stated = level_field(record) if level is None else None
+            if isinstance(stated, str) and stated.lower() in LEVEL_BY_WORD:
+                record["level"] = LEVEL_BY_WORD[stated.lower()]
+            else:
+                if level is not None:
+                    record["original_level"] = level
+                record["level"] = "info"
         ms = None
         if "timestamp" in record:
             ms = epoch_ms(record["timestamp"])
@@ -385,7 +423,13 @@ class Processor:
         if not plain.strip():
             self._fallbacks["empty"].inc()
             return
-        self._open(state, _TEXT, line, size, received_at, self._received_head(received_at), None, out)
+        stamped = STAMPED_HEAD.fullmatch(decode(plain)) if plain[:1].isdigit() or plain[:1] == b"[" else None
+        ms = self._times.stamp(stamped.group(1)) if stamped is not None else None
+        if stamped is not None and ms is not None:  # `2026-12-03 15:49:24 error: ...` (winston printf)
+            head = {"timestamp": format_ms(ms), "level": LEVEL_BY_WORD[stamped.group(2).lower()]}
+            self._open(state, _TEXT, line, size, received_at, head, stamped.group(3), out)
+        else:
+            self._open(state, _TEXT, line, size, received_at, self._received_head(received_at), None, out)
         self._count_text()
 
     def _count_text(self) -> None:
@@ -397,17 +441,21 @@ class Processor:
     ) -> bool:
         """Open a Nest or pino-pretty group when `plain` is one of their header lines."""
         match = NEST_HEAD.fullmatch(plain) if self._nest else None
+        winston = match is None and self._nest and (match := NEST_LIKE_HEAD.fullmatch(plain)) is not None
         if match is not None:
             pid, stamp, level, context, message = match.group(2, 3, 4, 5, 6)
-            stamp_text = stamp.decode("utf-8", "replace")
-            head: dict[str, Any] = {"level": NEST_LEVELS[level], "pid": int(pid)}
+            stamp_text = "" if stamp is None else stamp.decode("utf-8", "replace")
+            head: dict[str, Any] = {"level": LEVEL_BY_WORD[level.decode().lower()] if winston else NEST_LEVELS[level]}
+            if pid is not None:
+                head["pid"] = int(pid)
             if context is not None:
                 head["context"] = decode(context)
-            second = self._times.nest(stamp_text)
+            second = self._times.nest(stamp_text)  # None for "" (nestLike without winston's `timestamp()`)
             if second is None:
                 ms = int(received_at * 1000)
-                head["original_timestamp"] = stamp_text
-                self._fallbacks["bad_timestamp"].inc()
+                if stamp is not None:
+                    head["original_timestamp"] = stamp_text
+                    self._fallbacks["bad_timestamp"].inc()
             else:
                 if second == state.nest_second:
                     state.nest_seq = min(state.nest_seq + 1, 999)
@@ -415,7 +463,10 @@ class Processor:
                     state.nest_second, state.nest_seq = second, 0
                 ms = second * 1000 + state.nest_seq
             head["timestamp"] = format_ms(ms)
-            self._open(state, _NEST, line, size, received_at, head, decode(message), out)
+            self._open(state, _NEST, line, size, received_at, head, decode(message or b""), out)
+            if winston:
+                assert state.group is not None
+                state.group.winston = True
             return True
         match = PRETTY_HEAD.fullmatch(plain) if self._pretty else None
         if match is not None:
@@ -472,7 +523,13 @@ class Processor:
         fields = dict(group.head)
         if group.kind == _PRETTY:
             extra, parsed = pretty_body(texts[1:] if group.first is not None else texts)
-            lines = [texts[0], *extra] if group.first is not None else extra
+            lines = extra
+            if group.first is not None:
+                first = texts[0].rstrip()  # `--singleLine` leaves a space where the fields below begin
+                inline = trailing_object(first)  # `--singleLine`'s `message {"k":1}`
+                if inline is not None:
+                    first, parsed = inline[0], {**inline[1], **parsed}
+                lines = [first, *extra]
             for key, value in parsed.items():
                 fields["original_" + key if key in fields else key] = value
             fields["message"] = "\n".join(lines)
@@ -484,7 +541,9 @@ class Processor:
         else:
             while len(texts) > 1 and not texts[-1].strip():
                 texts.pop()
-            if group.kind == _NEST:
+            if group.winston:
+                texts = self._winston_meta(fields, texts)
+            elif group.kind == _NEST:
                 elapsed = ELAPSED.search(texts[-1])
                 if elapsed is not None:
                     fields["elapsed_ms"] = int(elapsed.group(1))
@@ -494,12 +553,21 @@ class Processor:
                 message = "\n".join(texts)
             else:
                 index, fields["err"] = found
+                if group.kind == _NEST and index > 0 and "elapsed_ms" not in fields:
+                    # `error(msg, stack)` with `timestamp: true`: the `+Nms` ends the line before the stack.
+                    elapsed = ELAPSED.search(texts[index - 1])
+                    if elapsed is not None:
+                        fields["elapsed_ms"] = int(elapsed.group(1))
+                        texts[index - 1] = texts[index - 1][: elapsed.start()]
                 # A crash's or a thrown error's own line is the message; else what was logged before the stack.
-                message = texts[index] if group.kind == _CRASH or index == 0 else "\n".join(texts[:index])
+                if group.kind == _CRASH or index == 0:
+                    message = fields["err"]["stack"].split("\n", 1)[0]  # without compact inspect's `{ `
+                else:
+                    message = "\n".join(texts[:index])
             fields["message"] = message
             if group.kind == _CRASH:
                 fields["level"] = "fatal" if any(text.startswith("Node.js v") for text in texts) else "error"
-            elif group.kind == _TEXT:
+            elif group.kind == _TEXT and "level" not in fields:
                 fields["level"] = text_level(texts[0], found is not None)
             fields.setdefault("level", "info")
         self._common(fields, state.const)
@@ -507,6 +575,36 @@ class Processor:
         if redactor.enabled and redactor.suspect(raw):
             raw = self._redact_text(fields, raw)
         return Event(fields, raw)
+
+    @staticmethod
+    def _winston_meta(fields: dict[str, Any], texts: list[str]) -> list[str]:
+        """nestLike's `+Nms` and ` - {meta}` taken off the text into fields; the message lines left.
+
+        nest-winston's `error(msg, stack)` writes `stack: [stack]` and the error's own properties
+        as `error`; they become `err`. Other meta keys are fields (`original_<key>` on a collision).
+        """
+        text = "\n".join(texts)
+        elapsed = winston_elapsed(text)
+        if elapsed is not None:
+            text, fields["elapsed_ms"] = elapsed
+        split = nest_like_meta(text)
+        if split is None:
+            return text.split("\n")
+        text, meta = split
+        stack = meta.pop("stack", None)
+        if isinstance(stack, list):
+            stack = next((item for item in stack if isinstance(item, str)), None)
+        error = meta.get("error")
+        if isinstance(stack, str):
+            fields["err"] = error_from_stack(stack)
+            if isinstance(error, dict):
+                del meta["error"]
+                fields["err"].update((key, value) for key, value in error.items() if key not in fields["err"])
+        elif isinstance(error, dict) and ("message" in error or "stack" in error):
+            fields["err"] = error_from_object(meta.pop("error"))
+        for key, value in meta.items():
+            fields["original_" + key if key in fields else key] = value
+        return text.split("\n")
 
     def _redact_text(self, fields: dict[str, Any], raw: bytes) -> bytes:
         """Redact a text event's fields, then the same secrets (and the text rules) in its raw lines."""

@@ -8,6 +8,7 @@ because a busy stream repeats the same second many times.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -17,6 +18,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 MS_SUFFIX: tuple[str, ...] = tuple(f".{ms:03d}Z" for ms in range(1000))
 MAX_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z: RFC 3339 has four year digits
 _CACHE_LIMIT = 4096
+# Epoch numbers are read by magnitude, on every path: below 1e11 they are seconds (as milliseconds
+# they would be before 1973), then milliseconds up to 1e14 (as seconds: after the year 5000), then
+# microseconds up to 1e17, then nanoseconds.
+EPOCH_MS_MIN = 100_000_000_000
+EPOCH_MS_END = 100_000_000_000_000
 
 
 def second_prefix(sec: int) -> str:
@@ -39,20 +45,27 @@ def format_ms(ms: int) -> str:
 
 
 def epoch_ms(value: object) -> int | None:
-    """Epoch milliseconds from a record's time value (ms, s, µs, ns numbers or an ISO string)."""
+    """Epoch milliseconds from a record's time value (s, ms, µs, ns numbers, an ISO string, `{seconds, nanos}`)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-        if number != number:  # NaN
+    if isinstance(value, dict):  # Cloud Logging's JSON Timestamp (Google's pino config writes it)
+        seconds, nanos = value.get("seconds"), value.get("nanos", 0)
+        if len(value) > 2 or type(seconds) is not int or type(nanos) is not int:
             return None
-        if abs(number) < 1e11:  # seconds (pino's unixTime): ms would be before 1973
-            number *= 1000
-        elif abs(number) >= 1e17:
-            number /= 1_000_000
-        elif abs(number) >= 1e14:
-            number /= 1000
-        ms = int(number)
+        value = seconds * 1000 + nanos // 1_000_000
+        return value if 0 <= value < MAX_MS else None
+    if isinstance(value, int | float):
+        if value != value or value in (math.inf, -math.inf):
+            return None
+        magnitude = abs(value)
+        if magnitude < EPOCH_MS_MIN:  # seconds (pino's unixTime); a float second is not exact in binary
+            ms = round(value * 1000)
+        elif magnitude < EPOCH_MS_END:
+            ms = int(value)
+        elif magnitude < EPOCH_MS_END * 1000:  # integer division: exact for any int
+            ms = int(value // 1000)
+        else:
+            ms = int(value // 1_000_000)
         return ms if 0 <= ms < MAX_MS else None
     if isinstance(value, str) and 10 <= len(value) <= 40 and value[:4].isdigit():
         try:

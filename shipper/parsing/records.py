@@ -10,16 +10,20 @@ import orjson
 # pino's numeric levels; a custom level maps to the standard level at or below it.
 LEVEL_BY_NUM: dict[int, str] = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal"}
 
+# Words of pino, Nest, winston (npm and syslog levels), Cloud Logging `severity`, ECS `log.level`
+# and Python `levelname`. winston's order is error, warn, info, http, verbose, debug, silly: its
+# `verbose` is above `debug`, so it is debug (Nest's own `verbose` is below debug: see NEST_VERBOSE).
 LEVEL_BY_WORD: dict[str, str] = {
     "trace": "trace",
-    "verbose": "trace",
     "silly": "trace",
+    "verbose": "debug",
     "debug": "debug",
     "info": "info",
     "log": "info",
     "http": "info",
     "notice": "info",
     "information": "info",
+    "default": "info",
     "warn": "warn",
     "warning": "warn",
     "error": "error",
@@ -29,8 +33,24 @@ LEVEL_BY_WORD: dict[str, str] = {
     "crit": "fatal",
     "alert": "fatal",
     "emerg": "fatal",
+    "emergency": "fatal",
     "panic": "fatal",
 }
+
+NEST_VERBOSE = "trace"  # Nest's levels: verbose < debug < log < warn < error < fatal
+
+# Where other tools put the level word when there is no `level`: Cloud Logging, ECS (dotted key),
+# log15/logfmt style, Python's logging.
+LEVEL_KEYS = ("severity", "log.level", "lvl", "levelname")
+
+
+def level_field(record: dict[str, Any]) -> object:
+    """The level a record states under another name (ECS's may be nested: `{"log": {"level": ..}}`)."""
+    for key in LEVEL_KEYS:
+        if key in record:
+            return record[key]
+    log = record.get("log")
+    return log.get("level") if isinstance(log, dict) else None
 
 
 def level_from_number(number: int) -> str:
@@ -95,6 +115,8 @@ def error_from_object(error: dict[str, Any]) -> dict[str, Any]:
     name = err.pop("name", None)
     err = {"type": name if isinstance(name, str) else kind if isinstance(kind, str) else "Error", **err}
     err.setdefault("message", "")
+    if "stack" not in err and isinstance(err.get("stack_trace"), str):  # ECS's error.stack_trace
+        err["stack"] = err.pop("stack_trace")
     cause = err.get("cause")
     if isinstance(cause, dict):
         err["cause"] = error_from_object(cause)

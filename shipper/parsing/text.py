@@ -47,12 +47,38 @@ PRETTY_LEVELS: dict[bytes, str] = {
 }
 PRETTY_ORIGIN = re.compile(r"(?:(.*)/)?(\d+)(?: on (.*))?")
 
+# nest-winston's `utilities.format.nestLike()`: `[MyApp] 11880  12/3/2026, 3:49:25 PM   ERROR [Ctx] msg - {meta} +2ms`.
+# The groups are NEST_HEAD's; the pid, time and context are optional (`processId`, winston's
+# `timestamp()` and the context are), the level is any winston level upper-cased (`info` prints `LOG`).
+# The name never starts with a digit: that is pino-pretty's `[15:49:24.123] INFO (42): ...`.
+NEST_LIKE_HEAD = re.compile(
+    rb"\[([^\]\s\d][^\]\s]{0,39})\] (?:(\d{1,10}) +)?(?:(\S.{0,58}?) +)?"
+    rb"(LOG|INFO|ERROR|WARN|WARNING|DEBUG|VERBOSE|HTTP|SILLY|FATAL|CRIT|ALERT|EMERG|NOTICE)"
+    rb"(?: \[([^\]]*)\])?(?: (.*))?",
+    re.DOTALL,
+)
+# The ` - {meta}` nestLike appends: JSON, or util.inspect output when `prettyPrint` (its default).
+NEST_LIKE_META = " - {"
+# winston's `format.ms()` suffix (the `ms` package: `+12ms`, `+3s`, `+2m`, `+1h`, `+1d`).
+WINSTON_ELAPSED = re.compile(r" \+(\d+)(ms|s|m|h|d)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+# A text line that starts with a date-time and a level word: winston's common
+# `printf(({timestamp, level, message}) => `${timestamp} ${level}: ${message}`)`, and the same with
+# brackets (`[2026-12-03T15:49:24.123Z] [ERROR] ...`).
+STAMPED_HEAD = re.compile(
+    r"\[?(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,9})?(?: ?(?:Z|[+-]\d\d:?\d\d))?)\]? +"
+    r"\[?(trace|debug|info|notice|warn|warning|error|err|fatal|critical|crit|alert|emerg|panic|http|verbose|silly)\]?"
+    r"(?::| -)? ?(.*)",
+    re.IGNORECASE | re.DOTALL,
+)
+
 # Node's uncaught-exception printout starts with `file:///app/x.js:82`, `/app/x.js:82` or `node:internal/...:12`.
 CRASH_HEAD = re.compile(rb"(?:file://)?(?:/|node:|[A-Za-z]:[\\/])\S*:\d+")
 
 ELAPSED = re.compile(r" \+(\d+)ms$")
 _FRAME = re.compile(r"\s+(?:at \S|\.\.\. \d+ (?:more|lines))")
-_ERROR_HEAD = re.compile(r"(?:Uncaught )?([A-Z_$][\w$.]*)(?: \[[\w-]+\])?(?::\s?(.*))?")
+_ERROR_HEAD = re.compile(r"(?:Uncaught |\{ )?([A-Z_$][\w$.]*)(?: \[[\w-]+\])?(?::\s?(.*))?")
 _LEVEL_WORD = re.compile(
     r"\W{0,3}(trace|debug|info|notice|warn|warning|error|err|fatal|critical|crit|panic)\b", re.IGNORECASE
 )
@@ -85,7 +111,7 @@ def split_error(lines: list[str]) -> tuple[int, dict[str, Any]] | None:
                 end = ahead
                 while end < count and lines[end].strip():
                     end += 1
-                stack = "\n".join(lines[index:end])
+                stack = "\n".join([line.removeprefix("{ "), *lines[index + 1 : end]])  # compact inspect: `{ Error: x`
                 message = "\n".join([match.group(2) or "", *lines[index + 1 : ahead]]).strip("\n")
                 return index, {"type": match.group(1), "message": message, "stack": stack}
             if not lines[ahead].strip():
@@ -168,3 +194,157 @@ def _block(block: list[str]) -> Any:
         return orjson.loads("\n".join(out))
     except orjson.JSONDecodeError:
         return "\n".join(block)
+
+
+def trailing_object(text: str) -> tuple[str, dict[str, Any]] | None:
+    """`message {"k":1}` (pino-pretty `--singleLine`) split into the message and the JSON object's fields."""
+    if not text.endswith("}"):
+        return None
+    start = text.find(' {"')
+    while start >= 0:
+        try:
+            fields = orjson.loads(text[start + 1 :])
+        except orjson.JSONDecodeError:
+            start = text.find(' {"', start + 1)
+            continue
+        return (text[:start], fields) if type(fields) is dict else None
+    return None
+
+
+# util.inspect output (Nest's `json: true` with colours, nest-winston's `prettyPrint` meta): the
+# tokens of JS object literals, plus the placeholders inspect prints for what it does not expand.
+_INSPECT_TOKEN = re.compile(
+    r"""\s*(?:
+    (?P<special>\[(?:Object|Array|Circular\ \*\d+|Getter|Setter|Getter/Setter|Function[^\]]*|class\ [^\]]*)\]
+        |<ref\ \*\d+>)
+    |(?P<date>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)
+    |(?P<num>-?(?:\d[\d_]*(?:\.\d+)?(?:e[+-]?\d+)?n?|Infinity))
+    |(?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`(?:[^`\\]|\\.)*`)
+    |(?P<word>[A-Za-z_$][\w$]*)
+    |(?P<punct>[{}\[\],:+])
+    )""",
+    re.VERBOSE | re.DOTALL,
+)
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)", re.DOTALL)
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\0"}
+_WORD_VALUES: dict[str, Any] = {"true": True, "false": False, "null": None, "undefined": None}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if len(code) > 1:
+        return chr(int(code[1:], 16))
+    return _ESCAPES.get(code, code)
+
+
+class _Inspect:
+    """A recursive-descent reader of one util.inspect value; ValueError when the text is anything else."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens: list[tuple[str, str]] = []
+        pos, end = 0, len(text.rstrip())
+        while pos < end:
+            match = _INSPECT_TOKEN.match(text, pos)
+            if match is None or match.lastgroup is None:
+                raise ValueError(pos)
+            self.tokens.append((match.lastgroup, match.group(match.lastgroup)))
+            pos = match.end()
+        self.index = 0
+
+    def next(self) -> tuple[str, str]:
+        if self.index >= len(self.tokens):
+            raise ValueError("end")
+        token = self.tokens[self.index]
+        self.index += 1
+        return token
+
+    def peek(self) -> str:
+        return self.tokens[self.index][1] if self.index < len(self.tokens) else ""
+
+    def value(self) -> Any:
+        kind, text = self.next()
+        if kind == "special" and text.startswith("<ref"):
+            kind, text = self.next()
+        if text == "{":
+            return self.entries()
+        if text == "[":
+            return self.items()
+        if kind == "str":
+            value = _ESCAPE.sub(_unescape, text[1:-1])
+            while self.peek() == "+":  # a long string printed as 'part\n' + 'part'
+                self.next()
+                kind, text = self.next()
+                if kind != "str":
+                    raise ValueError(text)
+                value += _ESCAPE.sub(_unescape, text[1:-1])
+            return value
+        if kind == "num":
+            number = text.replace("_", "").rstrip("n")
+            return float(number) if any(c in number for c in ".eI") else int(number)
+        if kind == "word":
+            if text in _WORD_VALUES:
+                return _WORD_VALUES[text]
+            if self.peek() == "{":  # a class instance: `Foo { a: 1 }`
+                return self.value()
+            raise ValueError(text)
+        if kind in ("special", "date"):
+            return text
+        raise ValueError(text)
+
+    def entries(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        while self.peek() != "}":
+            kind, key = self.next()
+            if kind == "str":
+                key = _ESCAPE.sub(_unescape, key[1:-1])
+            elif kind not in ("word", "num"):
+                raise ValueError(key)
+            if self.next()[1] != ":":
+                raise ValueError(key)
+            out[key] = self.value()
+            if self.peek() == ",":
+                self.next()
+        self.next()
+        return out
+
+    def items(self) -> list[Any]:
+        out: list[Any] = []
+        while self.peek() != "]":
+            out.append(self.value())
+            if self.peek() == ",":
+                self.next()
+        self.next()
+        return out
+
+
+def inspect_object(text: str) -> dict[str, Any] | None:
+    """The object util.inspect printed as `text` (ANSI already removed), None when it is not one."""
+    try:
+        reader = _Inspect(text)
+        value = reader.value()
+    except (ValueError, IndexError, OverflowError):
+        return None
+    return value if type(value) is dict and reader.index == len(reader.tokens) else None
+
+
+def winston_elapsed(text: str) -> tuple[str, int] | None:
+    """`message +3s` (winston's `format.ms()`) split into the message and the milliseconds."""
+    match = WINSTON_ELAPSED.search(text)
+    if match is None:
+        return None
+    return text[: match.start()], int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def nest_like_meta(text: str) -> tuple[str, dict[str, Any]] | None:
+    """`message - {meta}` (nestLike) split into the message and the meta object (JSON or util.inspect)."""
+    start = text.find(NEST_LIKE_META)
+    while start >= 0:
+        body = text[start + 3 :]
+        try:
+            meta = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            meta = inspect_object(body)
+        if type(meta) is dict:
+            return text[:start], meta
+        start = text.find(NEST_LIKE_META, start + 1)
+    return None
