@@ -167,7 +167,8 @@ def test_nest_text(name: str) -> None:
     assert events[-1].raw.endswith(b"Node.js v20.20.2")
     assert crash["level"] == "fatal"
     assert crash["err"]["message"] == "unhandled failure in background job"
-    assert crash["timestamp"] == "2026-11-23T00:48:30.000Z"  # no timestamp printed: the receive time
+    assert crash["timestamp"] == events[-2].fields["timestamp"]  # no time printed: the event before's
+    assert crash["shipper.time_estimated"] is True
 
 
 def test_nest_json() -> None:

@@ -35,12 +35,26 @@ Normalized fields (all sinks encode from these):
   else `severity`, `log.level`, `lvl` or `levelname` (which stay). Numeric times are read by
   magnitude (seconds, ms, µs, ns: `clock.epoch_ms`), on the pino fast path too.
 - nest-winston nestLike: as Nest text, plus the ` - {meta}` as fields and its `stack`/`error` as `err`.
-- Nest text: one-second timestamps get a per-stream sequence as milliseconds (0, 1, 2, ... within
-  a second) so sorting by time keeps arrival order; the `+Nms` suffix becomes `elapsed_ms`.
+- Nest text: the `+Nms` suffix becomes `elapsed_ms`.
 - A record field that collides with a normalized name and is not represented losslessly is kept
   as `original_<name>` (e.g. an unparseable timestamp, pino's `message` next to `msg`).
 - `continuation: true` marks the second and later parts of a multi-line event split at the
   `multiline.max_lines`/`max_bytes` cap.
+
+Timestamps. Each stream (a source's stdout or stderr, a file, stdin) keeps a clock of the times
+its lines said, the same in a parse worker (which holds the feed's processor between chunks):
+- A time printed without a date (pino-pretty's `HH:MM:ss.SSS`, in the source's zone) is its latest
+  occurrence not after the receive time plus `clock.FUTURE_SKEW_SECONDS`: a line cannot come from
+  the future, so a time of day later than the receive time is the day before's.
+- A time printed to the second (Nest text) gets as milliseconds the one after the previous event's
+  and after the last such made-up time, when they are in the same second (its first millisecond
+  otherwise): never before a pino record of that second just above it, and events printed to the
+  second keep their arrival order.
+- A line without a usable time (crash output, plain text, a record without one, an unreadable
+  header timestamp) is marked `shipper.time_estimated = true` and stamped with: the receive time
+  when the stream has shown no time yet; else, when the stream's last time was read more than
+  LIVE_LAG_MS after it was written (a replay, a backlog), that time (the event before it);
+  else (read live) that time plus the receive time elapsed since, at most its own receive time.
 
 `held_bytes` counts the input bytes (line plus its newline, `\\r` included) of lines sitting in
 open multi-line groups; it grows when a line joins a group and shrinks by the group's total when
@@ -109,7 +123,14 @@ from shipper.tally import parse_fallbacks
 if TYPE_CHECKING:
     from shipper.config import RedactConfig, SourceConfig
 
-__all__ = ["Processor", "build_processor"]
+__all__ = ["TIME_ESTIMATED", "Processor", "build_processor"]
+
+# Set (true) on an event whose line shows no usable time, so its timestamp is shipper's estimate.
+TIME_ESTIMATED = "shipper.time_estimated"
+# A stream whose last time was read within this of being written is read live: its lines without a
+# time are stamped by the receive clock. One read further behind is a replay (or a backlog): they
+# take the time of the event before them.
+LIVE_LAG_MS = 60_000
 
 # Group kinds.
 _NEST, _PRETTY, _TEXT, _CRASH = 1, 2, 3, 4
@@ -134,15 +155,45 @@ class _Group:
 
 
 class _Stream:
-    """Per-stream state: the open group and the Nest same-second sequence."""
+    """Per-stream state: the open group and the stream's clock (the times its events said)."""
 
-    __slots__ = ("const", "group", "nest_second", "nest_seq")
+    __slots__ = ("const", "group", "last_ms", "read_at", "read_ms", "second_ms")
 
     def __init__(self, const: dict[str, Any]) -> None:
         self.const = const
         self.group: _Group | None = None
-        self.nest_second = -1
-        self.nest_seq = 0
+        self.last_ms = -1  # the previous event's time (epoch ms)
+        self.second_ms = -1  # the last time made up for a time printed to the second
+        self.read_ms = -1  # the last time read from a line (epoch ms), -1 before the first
+        self.read_at = 0.0  # that line's receive time
+
+    def read(self, ms: int, received_at: float) -> int:
+        """Note a time read from a line (the event's own time)."""
+        self.last_ms = self.read_ms = ms
+        self.read_at = received_at
+        return ms
+
+    def second(self, second: int, received_at: float) -> int:
+        """Epoch ms for a time printed to the second (Nest): the millisecond after both the
+        previous event's and the last one made up, when in the same second, so neither a record
+        just before nor the order of these events is contradicted; else the second's first (or,
+        after a later second, its last) millisecond."""
+        start = second * 1000
+        ms = min(max(self.last_ms + 1, self.second_ms + 1, start), start + 999)
+        self.second_ms = ms
+        return self.read(ms, received_at)
+
+    def estimate(self, received_at: float) -> int:
+        """Epoch ms for a line that shows no time (see the module docstring, Timestamps)."""
+        received = int(received_at * 1000)
+        if self.read_ms < 0:
+            ms = received
+        elif self.read_at * 1000 - self.read_ms > LIVE_LAG_MS:
+            ms = self.read_ms  # read behind the writer (a replay): the neighbouring event's time
+        else:
+            ms = min(received, self.read_ms + int((received_at - self.read_at) * 1000))
+        self.last_ms = ms
+        return ms
 
 
 class Processor:
@@ -214,6 +265,7 @@ class Processor:
                 self._records_only = False
         records_only = json_ok
         group_open = state.group is not None
+        fresh = -1  # the time of the last record taken on the fast path, not yet noted in `state`
         for line, record in zip(lines, parsed, strict=False):  # `parsed` may be endless
             if record is _UNPARSED:
                 record = None
@@ -247,9 +299,13 @@ class Processor:
                         record["msg"] = msg
                     if hostname is not None:
                         record["hostname"] = hostname
-                    self._normalize(record, state.const, received_at)
+                    if fresh >= 0:
+                        state.read(fresh, received_at)
+                        fresh = -1
+                    self._normalize(record, state, received_at)
                     out.append(event(record, raw))
                     continue
+                fresh = stamp
                 if sec != second:  # `second` only ever holds an in-range second
                     second, prefix = sec, second_prefix(sec)
                 size = len(record) + grown
@@ -287,12 +343,18 @@ class Processor:
                     record = loads(line)
                     if suspects and id(line) in suspects:
                         redactor.record(record)
-                    self._normalize(record, state.const, received_at)
+                    self._normalize(record, state, received_at)
+                    fresh = -1
                 out.append(event(record, raw))
                 continue
             records_only = False
+            if fresh >= 0:
+                state.read(fresh, received_at)
+                fresh = -1
             self._text_line(state, line, received_at, out)
             group_open = state.group is not None
+        if fresh >= 0:
+            state.read(fresh, received_at)
         self._records_only = records_only
         self._second, self._prefix = second, prefix
         return out
@@ -310,7 +372,7 @@ class Processor:
 
     # ------------------------------------------------------------------ records
 
-    def _normalize(self, record: dict[str, Any], const: dict[str, Any], received_at: float) -> None:
+    def _normalize(self, record: dict[str, Any], state: _Stream, received_at: float) -> None:
         """Any JSON object other than a plain pino record: Nest JSON, pino with collisions, others."""
         level = record.get("level")
         if isinstance(level, int | float) and not isinstance(level, bool):
@@ -340,11 +402,13 @@ class Processor:
                     ms = epoch_ms(record[key])
                     if ms is not None:
                         break
-            if ms is None:
-                if "original_timestamp" in record or any(key in record for key in _TIME_KEYS):
-                    self._fallbacks["bad_timestamp"].inc()
-                ms = int(received_at * 1000)
-        record["timestamp"] = format_ms(ms)
+        if ms is None:
+            if "original_timestamp" in record or any(key in record for key in _TIME_KEYS):
+                self._fallbacks["bad_timestamp"].inc()
+            record["timestamp"] = format_ms(state.estimate(received_at))
+            record[TIME_ESTIMATED] = True
+        else:
+            record["timestamp"] = format_ms(state.read(ms, received_at))
         if "msg" in record:
             msg = record.pop("msg")
             if "message" in record:
@@ -369,7 +433,7 @@ class Processor:
             http = http_fields(record)
             if http is not None:
                 record["http"] = http
-        self._common(record, const)
+        self._common(record, state.const)
 
     def _common(self, fields: dict[str, Any], const: dict[str, Any]) -> None:
         """host/service/source/stream, keeping a record's own different value as `original_<name>`."""
@@ -399,7 +463,7 @@ class Processor:
             if opened:
                 return
         if CRASH_HEAD.fullmatch(plain):
-            self._open(state, _CRASH, line, size, received_at, self._received_head(received_at), None, out)
+            self._open(state, _CRASH, line, size, received_at, self._estimated_head(state, received_at), None, out)
             self._count_text()
             return
         if group is not None and (
@@ -426,10 +490,13 @@ class Processor:
         stamped = STAMPED_HEAD.fullmatch(decode(plain)) if plain[:1].isdigit() or plain[:1] == b"[" else None
         ms = self._times.stamp(stamped.group(1)) if stamped is not None else None
         if stamped is not None and ms is not None:  # `2026-12-03 15:49:24 error: ...` (winston printf)
-            head = {"timestamp": format_ms(ms), "level": LEVEL_BY_WORD[stamped.group(2).lower()]}
+            head = {
+                "timestamp": format_ms(state.second(ms // 1000, received_at)),
+                "level": LEVEL_BY_WORD[stamped.group(2).lower()],
+            }
             self._open(state, _TEXT, line, size, received_at, head, stamped.group(3), out)
         else:
-            self._open(state, _TEXT, line, size, received_at, self._received_head(received_at), None, out)
+            self._open(state, _TEXT, line, size, received_at, self._estimated_head(state, received_at), None, out)
         self._count_text()
 
     def _count_text(self) -> None:
@@ -452,17 +519,12 @@ class Processor:
                 head["context"] = decode(context)
             second = self._times.nest(stamp_text)  # None for "" (nestLike without winston's `timestamp()`)
             if second is None:
-                ms = int(received_at * 1000)
-                if stamp is not None:
-                    head["original_timestamp"] = stamp_text
-                    self._fallbacks["bad_timestamp"].inc()
-            else:
-                if second == state.nest_second:
-                    state.nest_seq = min(state.nest_seq + 1, 999)
+                if stamp is None:  # nestLike without winston's `timestamp()`
+                    head.update(self._estimated_head(state, received_at))
                 else:
-                    state.nest_second, state.nest_seq = second, 0
-                ms = second * 1000 + state.nest_seq
-            head["timestamp"] = format_ms(ms)
+                    self._bad_stamp(head, stamp_text, state, received_at)
+            else:
+                head["timestamp"] = format_ms(state.second(second, received_at))
             self._open(state, _NEST, line, size, received_at, head, decode(message or b""), out)
             if winston:
                 assert state.group is not None
@@ -472,12 +534,13 @@ class Processor:
         if match is not None:
             stamp_text = match.group(1).decode("utf-8", "replace")
             head = {"level": PRETTY_LEVELS[match.group(2)]}
-            ms_or_none = self._times.time_of_day(stamp_text, received_at) or self._times.stamp(stamp_text)
-            if ms_or_none is None:
-                ms_or_none = int(received_at * 1000)
-                head["original_timestamp"] = stamp_text
-                self._fallbacks["bad_timestamp"].inc()
-            head["timestamp"] = format_ms(ms_or_none)
+            ms = self._times.time_of_day(stamp_text, received_at)
+            if ms is None:
+                ms = self._times.stamp(stamp_text)
+            if ms is None:
+                self._bad_stamp(head, stamp_text, state, received_at)
+            else:
+                head["timestamp"] = format_ms(state.read(ms, received_at))
             origin = PRETTY_ORIGIN.fullmatch(decode(match.group(3) or b""))
             if origin is not None:
                 name, pid, hostname = origin.groups()
@@ -491,8 +554,14 @@ class Processor:
         return False
 
     @staticmethod
-    def _received_head(received_at: float) -> dict[str, Any]:
-        return {"timestamp": format_ms(int(received_at * 1000))}
+    def _estimated_head(state: _Stream, received_at: float) -> dict[str, Any]:
+        return {"timestamp": format_ms(state.estimate(received_at)), TIME_ESTIMATED: True}
+
+    def _bad_stamp(self, head: dict[str, Any], stamp: str, state: _Stream, received_at: float) -> None:
+        """A header whose timestamp cannot be read: kept as `original_timestamp`, the time estimated."""
+        head["original_timestamp"] = stamp
+        head.update(self._estimated_head(state, received_at))
+        self._fallbacks["bad_timestamp"].inc()
 
     def _open(
         self,

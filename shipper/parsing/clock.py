@@ -23,6 +23,9 @@ _CACHE_LIMIT = 4096
 # microseconds up to 1e17, then nanoseconds.
 EPOCH_MS_MIN = 100_000_000_000
 EPOCH_MS_END = 100_000_000_000_000
+# How far a line's time may be ahead of its receive time and still be taken as written (the
+# writer's clock may run a little ahead of ours); a date-less time further ahead is yesterday's.
+FUTURE_SKEW_SECONDS = 300
 
 
 def second_prefix(sec: int) -> str:
@@ -111,7 +114,7 @@ class LocalTimes:
     def __init__(self, zone: tzinfo) -> None:
         self.zone = zone
         self._dates: dict[str, int | None] = {}
-        self._days: dict[tuple[str, int], int] = {}
+        self._days: dict[str, tuple[int, int]] = {}
 
     def nest(self, text: str) -> int | None:
         """Epoch seconds of a Nest ConsoleLogger timestamp, None when the form is unknown."""
@@ -153,37 +156,45 @@ class LocalTimes:
             return None
 
     def time_of_day(self, text: str, received_at: float) -> int | None:
-        """Epoch ms of `HH:MM:SS.mmm` (pino-pretty's default) on the receive date, nearest to the receive time.
+        """Epoch ms of `HH:MM:SS.mmm` (pino-pretty's default, local time, no date): its latest
+        occurrence not after the receive time plus FUTURE_SKEW_SECONDS.
 
-        The date is the receive date in the source's zone; a time more than 12 hours after the
-        receive time belongs to the day before (a line written just before midnight and read
-        just after it), one more than 12 hours before it to the day after.
+        A line cannot come from the future, so a time of day later than the receive time (beyond
+        the skew allowed between the writer's clock and ours) is the day before's: a file
+        replayed after midnight, a pipe drained late. Each time of day caches its answer with the
+        range of receive times it holds for (until its next occurrence), so a busy stream pays
+        one comparison per line.
         """
         if len(text) != 12 or text[2] != ":" or text[5] != ":" or text[8] != ".":
             return None
         hms, millis = text[:8], text[9:]
         if not (hms[:2] + hms[3:5] + hms[6:] + millis).isdigit():
             return None
-        hour = int(hms[:2])
-        key = (hms, int(received_at) // 3600)
-        base = self._days.get(key)
-        if base is None:
-            minute, second = int(hms[3:5]), int(hms[6:8])
-            if hour > 23 or minute > 59 or second > 59:
+        limit = int((received_at + FUTURE_SKEW_SECONDS) * 1000) - int(millis)
+        span = self._days.get(hms)
+        if span is None or not span[0] <= limit < span[1]:
+            span = self._occurrence(hms, limit)
+            if span is None:
                 return None
-            received = datetime.fromtimestamp(received_at, self.zone)
-            day: date = received.date()
-            candidate = datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=self.zone)
-            delta = candidate.timestamp() - received_at
-            if delta > 43200:
-                day -= timedelta(days=1)
-            elif delta < -43200:
-                day += timedelta(days=1)
-            base = int(datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=self.zone).timestamp())
             if len(self._days) >= _CACHE_LIMIT:
                 self._days.clear()
-            self._days[key] = base
-        return base * 1000 + int(millis)
+            self._days[hms] = span
+        return span[0] + int(millis)
+
+    def _occurrence(self, hms: str, limit: int) -> tuple[int, int] | None:
+        """Epoch ms of the latest `hms` at or before `limit` (epoch ms) and of the one after it."""
+        hour, minute, second = int(hms[:2]), int(hms[3:5]), int(hms[6:])
+        if hour > 23 or minute > 59 or second > 59:
+            return None
+
+        def on(day: date) -> int:
+            local = datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=self.zone)
+            return int(local.timestamp()) * 1000
+
+        day = datetime.fromtimestamp(limit / 1000, self.zone).date()
+        if on(day) > limit:
+            day -= timedelta(days=1)
+        return on(day), on(day + timedelta(days=1))
 
     def stamp(self, text: str) -> int | None:
         """Epoch ms of a full date-time printed without an offset (pino-pretty `translateTime`)."""
