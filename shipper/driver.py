@@ -147,19 +147,23 @@ class SinkDriver:
 
     async def _deliver(self, events: list[Event], acks: Sequence[tuple[Ack, int]]) -> None:
         try:
-            try:
-                requests = self.sink.encode(events)
-            except Exception:  # a bug that would fail the same way on every retry: count it, never stall
-                log.exception("sink could not encode a batch; dropped", extra={"sink": self.sink.name})
-                requests = []
-                metrics.events_dropped.labels(self.sink.name, "encode_error").inc(len(events))
-            for request in requests:
+            for request in self._encode(events):
                 await self._send(request)
         finally:
             del self.inflight[id(events)]
             self._slots.release()
         for ack, units in acks:
             ack.done(units)
+
+    def _encode(self, events: list[Event]) -> list[Request]:
+        """The sink's requests for `events`. An encoder that raises has a bug that would fail the same
+        way on every retry: those events are dropped with a counted reason, never a stalled checkpoint."""
+        try:
+            return self.sink.encode(events)
+        except Exception:
+            log.exception("sink could not encode a batch; dropped", extra={"sink": self.sink.name})
+            metrics.events_dropped.labels(self.sink.name, "encode_error").inc(len(events))
+            return []
 
     async def _send(self, request: Request) -> None:
         outcome = Outcome("retry")
@@ -242,7 +246,7 @@ class SinkDriver:
         metrics.retries.labels(self.sink.name, "split").inc()
         middle = len(events) // 2
         for half in (events[:middle], events[middle:]):
-            for sub in self.sink.encode(half):
+            for sub in self._encode(half):
                 await self._send(sub)
 
     def _drop(self, events: list[Event], reason: str, detail: str) -> None:
