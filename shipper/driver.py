@@ -4,6 +4,11 @@ It pulls parts from the sink's channel, cuts batches by events/bytes/age, asks t
 encode them, sends each request with a tenacity retry policy whose wait honours the destination's
 Retry-After, splits on `split` outcomes down to single events, and releases the chunks' acks only
 when every request of the batch has been resolved (accepted, or dropped with a counted reason).
+
+Every batch ends one of three ways: resolved (its acks released, once); cancelled at the shutdown
+deadline (its acks held, its unresolved events left in `inflight` for the agent to account for);
+or killed by a bug (its acks held, its unresolved events in `failed`, the agent told to stop):
+a checkpoint never moves over undelivered data, and never stalls silently.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from tenacity import (
     AsyncRetrying,
@@ -42,6 +49,22 @@ class _RetryLater(Exception):
         self.outcome = outcome
 
 
+@dataclass(eq=False, slots=True)
+class Batch:
+    """A batch being delivered. `todo` is what is left, in order (events to encode, requests to
+    send), so its events are exactly those neither sent nor dropped yet."""
+
+    acks: Sequence[tuple[Ack, int]]
+    todo: deque[list[Event] | Request]
+
+    @property
+    def nevents(self) -> int:
+        return sum(len(item.events if isinstance(item, Request) else item) for item in self.todo)
+
+    def unresolved(self) -> list[Event]:
+        return [event for item in self.todo for event in (item.events if isinstance(item, Request) else item)]
+
+
 def batch_limits(sink: Sink) -> tuple[int, int, float]:
     """The batch limits in force: the config's, never above the destination's hard limits."""
     limits, batch = sink.limits, sink.config.batch
@@ -58,12 +81,14 @@ def batch_limits(sink: Sink) -> tuple[int, int, float]:
 
 
 class SinkDriver:
-    def __init__(self, sink: Sink, channel: Channel) -> None:
+    def __init__(self, sink: Sink, channel: Channel, on_failure: Callable[[], None] | None = None) -> None:
         self.sink = sink
         self.channel = channel
         self.max_events, self.max_bytes, self.batch_timeout = batch_limits(sink)
         self.health = SinkHealth(sink.name, sink.config.unhealthy_after)
-        self.inflight: dict[int, list[Event]] = {}  # batches being delivered, by id
+        self.inflight: set[Batch] = set()  # batches being delivered, or cut off by cancellation
+        self.failed: list[Event] = []  # what batches killed by a bug left undelivered
+        self._on_failure = on_failure  # the agent stops when a delivery dies of a bug
         self._slots = asyncio.Semaphore(sink.config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         name = sink.name
@@ -131,41 +156,61 @@ class SinkDriver:
 
     @property
     def inflight_events(self) -> int:
-        return sum(len(batch) for batch in self.inflight.values())
+        return sum(batch.nevents for batch in self.inflight)
 
     def unsent(self) -> list[Event]:
-        """Everything queued or in flight (at shutdown, to account for what was not delivered)."""
+        """Everything queued or in flight, neither sent nor dropped (at shutdown, once the driver has
+        stopped, to account for what was not delivered); `failed` is accounted for apart."""
         queued = [event for part in self.channel.drain_unsent() for event in part.events]
-        return queued + [event for batch in self.inflight.values() for event in batch]
+        return queued + [event for batch in self.inflight for event in batch.unresolved()]
 
     async def _dispatch(self, events: list[Event], acks: list[tuple[Ack, int]]) -> None:
         await self._slots.acquire()
-        self.inflight[id(events)] = events
-        task = asyncio.create_task(self._deliver(events, acks))
+        batch = Batch(acks, deque([events]))
+        self.inflight.add(batch)
+        task = asyncio.create_task(self._deliver(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, events: list[Event], acks: Sequence[tuple[Ack, int]]) -> None:
+    async def _deliver(self, batch: Batch) -> None:
+        """Work through the batch in order, then release its acks exactly once. Cancelled (the
+        shutdown deadline), the batch stays in `inflight` with its acks held; killed by a bug, it
+        moves to `failed`, acks held, and the agent is told to stop: a restart resends it."""
         try:
-            for request in self._encode(events):
-                await self._send(request)
+            while batch.todo:
+                item = batch.todo[0]
+                after = await self._send(item) if isinstance(item, Request) else self._encode(item)
+                batch.todo.popleft()  # resolved, or replaced by `after`, with no await in between
+                batch.todo.extendleft(reversed(after))
+            self.inflight.discard(batch)
+            for ack, units in batch.acks:
+                ack.done(units)
+        except Exception:
+            unresolved = batch.unresolved()
+            log.exception(
+                "delivering a batch failed unexpectedly; stopping, and holding its checkpoint back",
+                extra={"sink": self.sink.name, "events": len(unresolved)},
+            )
+            self.inflight.discard(batch)
+            self.failed.extend(unresolved)
+            if self._on_failure is not None:
+                self._on_failure()
         finally:
-            del self.inflight[id(events)]
             self._slots.release()
-        for ack, units in acks:
-            ack.done(units)
 
-    def _encode(self, events: list[Event]) -> list[Request]:
+    def _encode(self, events: list[Event]) -> list[list[Event] | Request]:
         """The sink's requests for `events`. An encoder that raises has a bug that would fail the same
         way on every retry: those events are dropped with a counted reason, never a stalled checkpoint."""
         try:
-            return self.sink.encode(events)
+            return list(self.sink.encode(events))
         except Exception:
             log.exception("sink could not encode a batch; dropped", extra={"sink": self.sink.name})
             metrics.events_dropped.labels(self.sink.name, "encode_error").inc(len(events))
             return []
 
-    async def _send(self, request: Request) -> None:
+    async def _send(self, request: Request) -> list[list[Event] | Request]:
+        """Send until the destination decides, and count what it decided. What is left to do: the
+        halves of a request it found too large, to encode and send in its place."""
         outcome = Outcome("retry")
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(_RetryLater),
@@ -179,12 +224,18 @@ class SinkDriver:
                 self.health.record(outcome)
                 if outcome.kind in ("retry", "unhealthy"):
                     raise _RetryLater(outcome)
+        events = request.events
         if outcome.kind == "delivered":
             self._delivered(request, outcome)
+        elif outcome.kind == "split" and len(events) > 1:
+            metrics.retries.labels(self.sink.name, "split").inc()
+            middle = len(events) // 2
+            return [events[:middle], events[middle:]]
         elif outcome.kind == "split":
-            await self._split(request, outcome)
+            self._drop(events, outcome.reason or "too_large", outcome.detail)
         else:
-            self._drop(request.events, outcome.reason or "rejected", outcome.detail)
+            self._drop(events, outcome.reason or "rejected", outcome.detail)
+        return []
 
     async def _attempt(self, request: Request) -> Outcome:
         started = time.perf_counter()
@@ -237,17 +288,6 @@ class SinkDriver:
                 dropped=outcome.dropped,
                 detail=outcome.detail,
             )
-
-    async def _split(self, request: Request, outcome: Outcome) -> None:
-        events = request.events
-        if len(events) <= 1:
-            self._drop(events, outcome.reason or "too_large", outcome.detail)
-            return
-        metrics.retries.labels(self.sink.name, "split").inc()
-        middle = len(events) // 2
-        for half in (events[:middle], events[middle:]):
-            for sub in self._encode(half):
-                await self._send(sub)
 
     def _drop(self, events: list[Event], reason: str, detail: str) -> None:
         metrics.events_dropped.labels(self.sink.name, reason).inc(len(events))
