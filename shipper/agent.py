@@ -178,9 +178,9 @@ class Agent:
         for driver in self.drivers.values():
             driver.channel.close()
         drained = await self._within(driver_tasks.values(), deadline, by_signal, "sinks")
-        lost = self._abandon(cut_off=not drained)  # while cut-off deliveries still hold their batches
         if not drained:
-            await self._cancel(driver_tasks.values())
+            await self._cancel(driver_tasks.values())  # their batches stay unacknowledged, to account for
+        lost = self._abandon(cut_off=not drained)
         failed = failed or self._pipeline_failed
         if self.workers is not None:
             await self.workers.close()
@@ -223,7 +223,7 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _abandon(self, cut_off: bool) -> bool:
-        """Account, once the drivers are done or cut off, for what they left undelivered: cut off by the
+        """Account, once the drivers have stopped, for what they left undelivered: cut off by the
         deadline, or left by a delivery that died of a bug (or by a dead driver). True when some of
         it was lost."""
         lost = False

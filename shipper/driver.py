@@ -31,7 +31,7 @@ from tenacity import (
 
 from shipper import metrics
 from shipper.acks import Ack
-from shipper.channel import Channel
+from shipper.channel import Channel, Part
 from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.health import SinkHealth
@@ -108,13 +108,19 @@ class SinkDriver:
         )
 
     async def run(self) -> None:
-        """Consume the channel until it is closed and drained, then wait for in-flight requests."""
+        """Consume the channel until it is closed and drained, then wait for in-flight requests.
+        Cancelled, or killed by a bug, it cancels its deliveries first: none may go on sending (and
+        counting) after the agent has accounted for what was left undelivered."""
         await self.sink.start()
         try:
             await self._batch_loop()
             while self._tasks:
-                await asyncio.gather(*list(self._tasks))
+                await asyncio.wait(set(self._tasks))
         finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
             await self.sink.stop()
 
     async def _batch_loop(self) -> None:
@@ -123,32 +129,40 @@ class SinkDriver:
         acks: list[tuple[Ack, int]] = []
         nbytes = 0.0
         deadline = 0.0
-        while True:
-            timeout = max(0.0, deadline - loop.time()) if events else None
-            part = await self.channel.get(timeout)
-            if part is None:
-                if events:
-                    await self._dispatch(events, acks)
-                    events, acks, nbytes = [], [], 0.0
-                if self.channel.closed and not self.channel.nevents:
-                    return
-                continue
-            per_event = part.nbytes / max(1, len(part.events))
-            start = 0
-            while start < len(part.events):
-                if not events:
-                    deadline = loop.time() + self.batch_timeout
-                room = self.max_events - len(events)
-                if per_event > 0:
-                    room = min(room, max(1, int((self.max_bytes - nbytes) // per_event)))
-                taken = part.events[start : start + room]
-                start += len(taken)
-                events.extend(taken)
-                acks.append((part.ack, len(taken)))
-                nbytes += per_event * len(taken)
-                if len(events) >= self.max_events or nbytes >= self.max_bytes:
-                    await self._dispatch(events, acks)
-                    events, acks, nbytes = [], [], 0.0
+        part: Part | None = None
+        start = 0
+        try:
+            while True:
+                timeout = max(0.0, deadline - loop.time()) if events else None
+                part = await self.channel.get(timeout)
+                if part is None:
+                    if events:
+                        await self._dispatch(events, acks)
+                        events, acks, nbytes = [], [], 0.0
+                    if self.channel.closed and not self.channel.nevents:
+                        return
+                    continue
+                per_event = part.nbytes / max(1, len(part.events))
+                start = 0
+                while start < len(part.events):
+                    if not events:
+                        deadline = loop.time() + self.batch_timeout
+                    room = self.max_events - len(events)
+                    if per_event > 0:
+                        room = min(room, max(1, int((self.max_bytes - nbytes) // per_event)))
+                    taken = part.events[start : start + room]
+                    start += len(taken)
+                    events.extend(taken)
+                    acks.append((part.ack, len(taken)))
+                    nbytes += per_event * len(taken)
+                    if len(events) >= self.max_events or nbytes >= self.max_bytes:
+                        await self._dispatch(events, acks)
+                        events, acks, nbytes = [], [], 0.0
+        except BaseException:  # cancelled at the deadline, or a bug: what it holds is left unsent, unacked
+            held = events + (part.events[start:] if part is not None else [])
+            if held:
+                self.inflight.add(Batch((), deque([held])))
+            raise
 
     @property
     def healthy(self) -> bool:

@@ -218,6 +218,31 @@ def test_a_bug_in_delivery_holds_the_checkpoint_and_reports_the_failure(caplog: 
     assert any("failed unexpectedly" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
+def test_cancelling_the_driver_holds_every_ack_and_stops_every_delivery() -> None:
+    """The shutdown deadline: a batch retrying and one waiting for a free slot are both cut off.
+    Nothing is acknowledged, nothing goes on sending, and every event is left to account for once."""
+    run = Run([[("retry", 10**6)] * 4, [("ok", 0)] * 4], concurrency=1)
+    unsent: list[int] = []
+
+    async def scenario() -> None:
+        await run.fill()
+        runner = asyncio.create_task(run.driver.run())
+        while run.sink.sends < 3:  # the first batch is retrying; the second waits for the slot
+            await asyncio.sleep(0.01)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        sends = run.sink.sends
+        run.sink.answers_left.clear()  # the destination recovers: a delivery still running would finish
+        await asyncio.sleep(0.1)
+        assert run.sink.sends == sends
+        unsent.extend(ident(e) for e in run.driver.unsent())
+
+    assert not run_loop(scenario)
+    assert run.commits == []
+    assert sorted(unsent) == list(range(8))  # each event once: the batch in flight, the one held back
+
+
 async def test_the_agent_exits_1_when_a_delivery_dies_and_counts_what_stdin_lost(tmp_path: Path) -> None:
     from shipper.agent import EXIT_FAILED, Agent
     from shipper.config import parse_config
