@@ -158,8 +158,11 @@ class Agent:
         systemd.notify("READY=1")
 
         stop_wait = asyncio.create_task(self.stopping.wait())
-        while not self.stopping.is_set() and not all(t.done() for t in source_tasks.values()):
-            await asyncio.wait([stop_wait, *source_tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+        running = set(source_tasks.values())
+        while running and not self.stopping.is_set():
+            # Only what still runs: a finished source (stdin at EOF) would end every wait at once.
+            done, _ = await asyncio.wait({stop_wait, *running}, return_when=asyncio.FIRST_COMPLETED)
+            running -= done
             if any(c.exit_code is not None for c in self.contexts.values()):
                 break  # the wrapped API exited: drain within the deadline and exit with its code
         by_signal = self.stopping.is_set() or any(c.exit_code is not None for c in self.contexts.values())
