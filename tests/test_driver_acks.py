@@ -32,7 +32,8 @@ from shipper.sink import BatchLimits, Outcome, Request, Sink
 
 # How a request holding an event is answered. The transient ones (retry, unhealthy, raise) are
 # answered that many times before the event lets the request through; `poison` makes `encode`
-# raise for any list of at most that many events holding it (so on the split path too).
+# raise for any list of at most that many events holding it (so on the split path too); `bug`
+# makes `send` return what no sink may (a bug the driver cannot classify), outside the property.
 Behaviour = tuple[str, int]
 TRANSIENT = ("retry", "unhealthy", "raise")
 DROP_REASONS = ("encode_error", "payload_too_large", "http_400", "invalid")
@@ -72,7 +73,7 @@ class FakeSink(Sink):
         for i in ids:
             kind = self.behaviour[i][0]
             if kind == "bug":
-                return None  # type: ignore[return-value]  # a sink bug the driver cannot classify
+                return None  # type: ignore[return-value]
             if self.answers_left.get(i):
                 self.answers_left[i] -= 1
                 if kind == "raise":
