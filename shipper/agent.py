@@ -21,6 +21,7 @@ from shipper import metrics, systemd
 from shipper.channel import Channel
 from shipper.config import Config, config_warnings
 from shipper.driver import SinkDriver
+from shipper.event import Event
 from shipper.router import Router
 from shipper.source import Source, SourceContext
 from shipper.when import compile_when
@@ -33,6 +34,10 @@ EXIT_LOST = 3  # the shutdown deadline cut off events of a source that cannot be
 FLUSH_TICK = 0.25
 CHECKPOINT_INTERVAL = 1.0
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # to a wrapped process (pino reopens files on SIGUSR2)
+_UNDELIVERED = {  # why events were left undelivered at shutdown, by drop reason
+    "shutdown_timeout": "not delivered before the shutdown deadline",
+    "delivery_error": "not delivered: their delivery failed",
+}
 
 
 class Agent:
@@ -44,7 +49,7 @@ class Agent:
         self.config = config
         self.stopping = asyncio.Event()
         self._deadline_started = asyncio.Event()
-        self._housekeeping_failed = False
+        self._pipeline_failed = False
         self.started = False
         self.router = Router()
         self.drivers: dict[str, SinkDriver] = {}
@@ -53,7 +58,7 @@ class Agent:
         for name, sink_config in config.sinks.items():
             channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)
             sink = build_sink(name, sink_config)
-            self.drivers[name] = SinkDriver(sink, channel)
+            self.drivers[name] = SinkDriver(sink, channel, on_failure=self._failed)
             for source in sink_config.inputs:
                 self.router.add(source, channel, compile_when(sink_config.when))
                 routes.setdefault(source, []).append(SinkRoute(name, sink_config.when, sink.preparer(), channel))
@@ -105,14 +110,15 @@ class Agent:
             self._deadline_started.set()
         self.stopping.set()
 
-    def _housekeeping_ended(self, task: asyncio.Task[None]) -> None:
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
         if _died(task.get_name(), task):
             self._failed()
 
     def _failed(self) -> None:
-        """Part of the pipeline died outside a source or sink task: stop, and exit 1 (the
-        checkpoints hold, so a restart resends what was not delivered)."""
-        self._housekeeping_failed = True
+        """Part of the pipeline died (a sink's driver or one of its deliveries, a parse worker,
+        housekeeping): stop, and exit 1 (the checkpoints hold, so a restart resends what was not
+        delivered)."""
+        self._pipeline_failed = True
         self.request_stop()
 
     def _reload_requested(self) -> None:
@@ -135,6 +141,8 @@ class Agent:
         if self.workers is not None:
             await self.workers.start()
         driver_tasks = {name: asyncio.create_task(d.run(), name=f"sink:{name}") for name, d in self.drivers.items()}
+        for task in driver_tasks.values():  # a dead driver would leave its sources blocked on a full channel
+            task.add_done_callback(self._task_ended)
         source_tasks = {name: asyncio.create_task(s.run(), name=f"source:{name}") for name, s in self.sources.items()}
         housekeeping = [
             asyncio.create_task(self._flush_loop(), name="flush"),
@@ -142,7 +150,7 @@ class Agent:
             asyncio.create_task(systemd.watchdog(), name="watchdog"),
         ]
         for task in housekeeping:  # one that dies would leave events held or checkpoints stale
-            task.add_done_callback(self._housekeeping_ended)
+            task.add_done_callback(self._task_ended)
         for warning in config_warnings(self.config):
             log.warning(warning.message, extra={"key": warning.key})
         self.started = True
@@ -150,8 +158,11 @@ class Agent:
         systemd.notify("READY=1")
 
         stop_wait = asyncio.create_task(self.stopping.wait())
-        while not self.stopping.is_set() and not all(t.done() for t in source_tasks.values()):
-            await asyncio.wait([stop_wait, *source_tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+        running = set(source_tasks.values())
+        while running and not self.stopping.is_set():
+            # Only what still runs: a finished source (stdin at EOF) would end every wait at once.
+            done, _ = await asyncio.wait({stop_wait, *running}, return_when=asyncio.FIRST_COMPLETED)
+            running -= done
             if any(c.exit_code is not None for c in self.contexts.values()):
                 break  # the wrapped API exited: drain within the deadline and exit with its code
         by_signal = self.stopping.is_set() or any(c.exit_code is not None for c in self.contexts.values())
@@ -162,7 +173,7 @@ class Agent:
 
         if not await self._within(source_tasks.values(), deadline, by_signal, "sources"):
             await self._cancel(source_tasks.values())
-        failed = self._report_failures(source_tasks) or self._housekeeping_failed
+        failed = self._report_failures(source_tasks)
         for context in self.contexts.values():
             for feed in list(context.feeds):
                 with contextlib.suppress(Exception):
@@ -170,11 +181,10 @@ class Agent:
         for driver in self.drivers.values():
             driver.channel.close()
         drained = await self._within(driver_tasks.values(), deadline, by_signal, "sinks")
-        lost = False
         if not drained:
-            lost = self._abandon()
-            await self._cancel(driver_tasks.values())
-        failed = self._report_failures(driver_tasks) or failed
+            await self._cancel(driver_tasks.values())  # their batches stay unacknowledged, to account for
+        lost = self._abandon(cut_off=not drained)
+        failed = failed or self._pipeline_failed
         if self.workers is not None:
             await self.workers.close()
         for task in housekeeping:
@@ -215,26 +225,36 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _abandon(self) -> bool:
-        """Account for what the deadline cut off, per sink and source: a replayable source resends
-        it after a restart (a warning), any other lost it (an error). True when something was lost."""
-        replayable = {name for name, source in self.sources.items() if source.replayable}
+    def _abandon(self, cut_off: bool) -> bool:
+        """Account, once the drivers have stopped, for what they left undelivered: cut off by the
+        deadline, or left by a delivery that died of a bug (or by a dead driver). True when some of
+        it was lost."""
         lost = False
         for name, driver in self.drivers.items():
-            unsent = Counter(event.fields.get("source") for event in driver.unsent())
-            for source, count in sorted(unsent.items(), key=lambda item: str(item[0])):
-                if source in replayable:
-                    log.warning(
-                        "events not delivered before the shutdown deadline; they are sent again after a restart",
-                        extra={"sink": name, "source": source, "resent_on_restart": count},
-                    )
-                    continue
-                lost = True
-                metrics.events_dropped.labels(name, "shutdown_timeout").inc(count)
-                log.error(
-                    "events lost: not delivered before the shutdown deadline, and this source cannot be read again",
-                    extra={"sink": name, "source": source, "lost": count},
+            lost |= self._account(name, driver.failed, "delivery_error")
+            lost |= self._account(name, driver.unsent(), "shutdown_timeout" if cut_off else "delivery_error")
+        return lost
+
+    def _account(self, sink: str, events: list[Event], reason: str) -> bool:
+        """Per source: a replayable one resends `events` after a restart (a warning), any other lost
+        them (an error and a counted drop). True when some were lost."""
+        replayable = {name for name, source in self.sources.items() if source.replayable}
+        why = _UNDELIVERED[reason]
+        lost = False
+        unsent = Counter(event.fields.get("source") for event in events)
+        for source, count in sorted(unsent.items(), key=lambda item: str(item[0])):
+            if source in replayable:
+                log.warning(
+                    f"events {why}; they are sent again after a restart",
+                    extra={"sink": sink, "source": source, "resent_on_restart": count},
                 )
+                continue
+            lost = True
+            metrics.events_dropped.labels(sink, reason).inc(count)
+            log.error(
+                f"events lost: {why}, and this source cannot be read again",
+                extra={"sink": sink, "source": source, "lost": count},
+            )
         return lost
 
     def _report_failures(self, tasks: dict[str, asyncio.Task[None]]) -> bool:

@@ -4,6 +4,11 @@ It pulls parts from the sink's channel, cuts batches by events/bytes/age, asks t
 encode them, sends each request with a tenacity retry policy whose wait honours the destination's
 Retry-After, splits on `split` outcomes down to single events, and releases the chunks' acks only
 when every request of the batch has been resolved (accepted, or dropped with a counted reason).
+
+Every batch ends one of three ways: resolved (its acks released, once); cancelled at the shutdown
+deadline (its acks held, its unresolved events left in `inflight` for the agent to account for);
+or killed by a bug (its acks held, its unresolved events in `failed`, the agent told to stop):
+a checkpoint never moves over undelivered data, and never stalls silently.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from tenacity import (
     AsyncRetrying,
@@ -24,7 +31,7 @@ from tenacity import (
 
 from shipper import metrics
 from shipper.acks import Ack
-from shipper.channel import Channel
+from shipper.channel import Channel, Part
 from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.health import SinkHealth
@@ -40,6 +47,22 @@ class _RetryLater(Exception):
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.reason)
         self.outcome = outcome
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    """A batch being delivered. `todo` is what is left, in order (events to encode, requests to
+    send), so its events are exactly those neither sent nor dropped yet."""
+
+    acks: Sequence[tuple[Ack, int]]
+    todo: deque[list[Event] | Request]
+
+    @property
+    def nevents(self) -> int:
+        return sum(len(item.events if isinstance(item, Request) else item) for item in self.todo)
+
+    def unresolved(self) -> list[Event]:
+        return [event for item in self.todo for event in (item.events if isinstance(item, Request) else item)]
 
 
 def batch_limits(sink: Sink) -> tuple[int, int, float]:
@@ -58,12 +81,14 @@ def batch_limits(sink: Sink) -> tuple[int, int, float]:
 
 
 class SinkDriver:
-    def __init__(self, sink: Sink, channel: Channel) -> None:
+    def __init__(self, sink: Sink, channel: Channel, on_failure: Callable[[], None] | None = None) -> None:
         self.sink = sink
         self.channel = channel
         self.max_events, self.max_bytes, self.batch_timeout = batch_limits(sink)
         self.health = SinkHealth(sink.name, sink.config.unhealthy_after)
-        self.inflight: dict[int, list[Event]] = {}  # batches being delivered, by id
+        self.inflight: set[Batch] = set()  # batches being delivered, or cut off by cancellation
+        self.failed: list[Event] = []  # what batches killed by a bug left undelivered
+        self._on_failure = on_failure  # the agent stops when a delivery dies of a bug
         self._slots = asyncio.Semaphore(sink.config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         name = sink.name
@@ -83,13 +108,19 @@ class SinkDriver:
         )
 
     async def run(self) -> None:
-        """Consume the channel until it is closed and drained, then wait for in-flight requests."""
+        """Consume the channel until it is closed and drained, then wait for in-flight requests.
+        Cancelled, or killed by a bug, it cancels its deliveries first: none may go on sending (and
+        counting) after the agent has accounted for what was left undelivered."""
         await self.sink.start()
         try:
             await self._batch_loop()
             while self._tasks:
-                await asyncio.gather(*list(self._tasks))
+                await asyncio.wait(set(self._tasks))
         finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
             await self.sink.stop()
 
     async def _batch_loop(self) -> None:
@@ -98,32 +129,40 @@ class SinkDriver:
         acks: list[tuple[Ack, int]] = []
         nbytes = 0.0
         deadline = 0.0
-        while True:
-            timeout = max(0.0, deadline - loop.time()) if events else None
-            part = await self.channel.get(timeout)
-            if part is None:
-                if events:
-                    await self._dispatch(events, acks)
-                    events, acks, nbytes = [], [], 0.0
-                if self.channel.closed and not self.channel.nevents:
-                    return
-                continue
-            per_event = part.nbytes / max(1, len(part.events))
-            start = 0
-            while start < len(part.events):
-                if not events:
-                    deadline = loop.time() + self.batch_timeout
-                room = self.max_events - len(events)
-                if per_event > 0:
-                    room = min(room, max(1, int((self.max_bytes - nbytes) // per_event)))
-                taken = part.events[start : start + room]
-                start += len(taken)
-                events.extend(taken)
-                acks.append((part.ack, len(taken)))
-                nbytes += per_event * len(taken)
-                if len(events) >= self.max_events or nbytes >= self.max_bytes:
-                    await self._dispatch(events, acks)
-                    events, acks, nbytes = [], [], 0.0
+        part: Part | None = None
+        start = 0
+        try:
+            while True:
+                timeout = max(0.0, deadline - loop.time()) if events else None
+                part = await self.channel.get(timeout)
+                if part is None:
+                    if events:
+                        await self._dispatch(events, acks)
+                        events, acks, nbytes = [], [], 0.0
+                    if self.channel.closed and not self.channel.nevents:
+                        return
+                    continue
+                per_event = part.nbytes / max(1, len(part.events))
+                start = 0
+                while start < len(part.events):
+                    if not events:
+                        deadline = loop.time() + self.batch_timeout
+                    room = self.max_events - len(events)
+                    if per_event > 0:
+                        room = min(room, max(1, int((self.max_bytes - nbytes) // per_event)))
+                    taken = part.events[start : start + room]
+                    start += len(taken)
+                    events.extend(taken)
+                    acks.append((part.ack, len(taken)))
+                    nbytes += per_event * len(taken)
+                    if len(events) >= self.max_events or nbytes >= self.max_bytes:
+                        await self._dispatch(events, acks)
+                        events, acks, nbytes = [], [], 0.0
+        except BaseException:  # cancelled at the deadline, or a bug: what it holds is left unsent, unacked
+            held = events + (part.events[start:] if part is not None else [])
+            if held:
+                self.inflight.add(Batch((), deque([held])))
+            raise
 
     @property
     def healthy(self) -> bool:
@@ -131,37 +170,61 @@ class SinkDriver:
 
     @property
     def inflight_events(self) -> int:
-        return sum(len(batch) for batch in self.inflight.values())
+        return sum(batch.nevents for batch in self.inflight)
 
     def unsent(self) -> list[Event]:
-        """Everything queued or in flight (at shutdown, to account for what was not delivered)."""
+        """Everything queued or in flight, neither sent nor dropped (at shutdown, once the driver has
+        stopped, to account for what was not delivered); `failed` is accounted for apart."""
         queued = [event for part in self.channel.drain_unsent() for event in part.events]
-        return queued + [event for batch in self.inflight.values() for event in batch]
+        return queued + [event for batch in self.inflight for event in batch.unresolved()]
 
     async def _dispatch(self, events: list[Event], acks: list[tuple[Ack, int]]) -> None:
         await self._slots.acquire()
-        self.inflight[id(events)] = events
-        task = asyncio.create_task(self._deliver(events, acks))
+        batch = Batch(acks, deque([events]))
+        self.inflight.add(batch)
+        task = asyncio.create_task(self._deliver(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, events: list[Event], acks: Sequence[tuple[Ack, int]]) -> None:
+    async def _deliver(self, batch: Batch) -> None:
+        """Work through the batch in order, then release its acks exactly once. Cancelled (the
+        shutdown deadline), the batch stays in `inflight` with its acks held; killed by a bug, it
+        moves to `failed`, acks held, and the agent is told to stop: a restart resends it."""
         try:
-            try:
-                requests = self.sink.encode(events)
-            except Exception:  # a bug that would fail the same way on every retry: count it, never stall
-                log.exception("sink could not encode a batch; dropped", extra={"sink": self.sink.name})
-                requests = []
-                metrics.events_dropped.labels(self.sink.name, "encode_error").inc(len(events))
-            for request in requests:
-                await self._send(request)
+            while batch.todo:
+                item = batch.todo[0]
+                after = await self._send(item) if isinstance(item, Request) else self._encode(item)
+                batch.todo.popleft()  # resolved, or replaced by `after`, with no await in between
+                batch.todo.extendleft(reversed(after))
+            self.inflight.discard(batch)
+            for ack, units in batch.acks:
+                ack.done(units)
+        except Exception:
+            unresolved = batch.unresolved()
+            log.exception(
+                "delivering a batch failed unexpectedly; stopping, and holding its checkpoint back",
+                extra={"sink": self.sink.name, "events": len(unresolved)},
+            )
+            self.inflight.discard(batch)
+            self.failed.extend(unresolved)
+            if self._on_failure is not None:
+                self._on_failure()
         finally:
-            del self.inflight[id(events)]
             self._slots.release()
-        for ack, units in acks:
-            ack.done(units)
 
-    async def _send(self, request: Request) -> None:
+    def _encode(self, events: list[Event]) -> list[list[Event] | Request]:
+        """The sink's requests for `events`. An encoder that raises has a bug that would fail the same
+        way on every retry: those events are dropped with a counted reason, never a stalled checkpoint."""
+        try:
+            return list(self.sink.encode(events))
+        except Exception:
+            log.exception("sink could not encode a batch; dropped", extra={"sink": self.sink.name})
+            metrics.events_dropped.labels(self.sink.name, "encode_error").inc(len(events))
+            return []
+
+    async def _send(self, request: Request) -> list[list[Event] | Request]:
+        """Send until the destination decides, and count what it decided. What is left to do: the
+        halves of a request it found too large, to encode and send in its place."""
         outcome = Outcome("retry")
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(_RetryLater),
@@ -175,12 +238,18 @@ class SinkDriver:
                 self.health.record(outcome)
                 if outcome.kind in ("retry", "unhealthy"):
                     raise _RetryLater(outcome)
+        events = request.events
         if outcome.kind == "delivered":
             self._delivered(request, outcome)
+        elif outcome.kind == "split" and len(events) > 1:
+            metrics.retries.labels(self.sink.name, "split").inc()
+            middle = len(events) // 2
+            return [events[:middle], events[middle:]]
         elif outcome.kind == "split":
-            await self._split(request, outcome)
+            self._drop(events, outcome.reason or "too_large", outcome.detail)
         else:
-            self._drop(request.events, outcome.reason or "rejected", outcome.detail)
+            self._drop(events, outcome.reason or "rejected", outcome.detail)
+        return []
 
     async def _attempt(self, request: Request) -> Outcome:
         started = time.perf_counter()
@@ -233,17 +302,6 @@ class SinkDriver:
                 dropped=outcome.dropped,
                 detail=outcome.detail,
             )
-
-    async def _split(self, request: Request, outcome: Outcome) -> None:
-        events = request.events
-        if len(events) <= 1:
-            self._drop(events, outcome.reason or "too_large", outcome.detail)
-            return
-        metrics.retries.labels(self.sink.name, "split").inc()
-        middle = len(events) // 2
-        for half in (events[:middle], events[middle:]):
-            for sub in self.sink.encode(half):
-                await self._send(sub)
 
     def _drop(self, events: list[Event], reason: str, detail: str) -> None:
         metrics.events_dropped.labels(self.sink.name, reason).inc(len(events))

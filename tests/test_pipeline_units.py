@@ -320,6 +320,26 @@ async def test_an_encoding_bug_drops_the_batch_loudly_instead_of_stalling_the_ch
     assert await drive(sink, [[event("fine")]]) == [1] and sink.delivered == ["fine"]
 
 
+async def test_an_encoding_bug_on_the_split_path_drops_those_events_and_still_releases_the_acks() -> None:
+    """The batch encodes; after a 413 one half does not: that half is dropped with a counted reason,
+    the other half is delivered, and the checkpoint moves on (it used to stall for good)."""
+
+    class FailsOnHalves(ScriptedSink):
+        def encode(self, events: list[Event]) -> list[Request]:
+            if len(events) < 4 and any(e.fields["message"] == "poison" for e in events):
+                raise ValueError("bug")
+            return super().encode(events)
+
+    sink = FailsOnHalves(lambda r: Outcome("split", reason="payload_too_large") if len(r.events) == 4 else DELIVERED)
+    dropped = sample("shipper_events_dropped_total", sink="scripted", reason="encode_error")
+    sent = sample("shipper_events_sent_total", sink="scripted")
+    commits = await drive(sink, [[event("a"), event("poison"), event("b"), event("c")]])
+    assert sorted(sink.delivered) == ["b", "c"]
+    assert sample("shipper_events_dropped_total", sink="scripted", reason="encode_error") - dropped == 2
+    assert sample("shipper_events_sent_total", sink="scripted") - sent == 2
+    assert commits == [1]
+
+
 async def test_agent_exits_non_zero_when_a_source_dies(tmp_path: Path) -> None:
     from shipper.agent import EXIT_FAILED, Agent
     from shipper.config import parse_config
