@@ -23,9 +23,9 @@ from shipper.acks import Ack, AckTracker
 from shipper.channel import Part
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RedactConfig, SourceConfig
-from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in
+from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in, memory_size
 from shipper.parsing import Processor, build_processor
-from shipper.router import Router
+from shipper.routing import Routing, Share
 from shipper.workers import Parsed, RemoteParser, SinkRoute, WorkerPool, feed_setup
 
 
@@ -37,22 +37,20 @@ class SourceContext:
         name: str,
         config: SourceConfig,
         *,
-        router: Router,
+        routes: list[SinkRoute],
         host: str,
         redact: RedactConfig,
         state_dir: Path,
         stopping: asyncio.Event,
         workers: WorkerPool | None = None,
-        routes: list[SinkRoute] | None = None,
     ) -> None:
         self.name = name
         self.config = config
-        self.router = router
+        self.routes = routes  # the sinks this source feeds, in config order
         self.host = host
         self.redact = redact
         self.stopping = stopping
         self.workers = workers  # parse workers: feeds parse (and sinks prepare) there
-        self.routes = routes or []  # the sinks this source feeds, in config order (for workers)
         self.checkpoints = CheckpointStore(state_dir / "checkpoints" / f"{name}.json")
         self.feeds: list[LineFeed] = []
         self.command: list[str] | None = None  # `shipper run -- CMD ARGS` for a process source
@@ -91,6 +89,7 @@ class LineFeed:
         self.tracker = tracker
         self.fields = fields
         self.processor: Processor | None = None
+        self.routing: Routing | None = None
         self.remote: RemoteParser | None = None
         if context.workers is not None:
             name, config, routes = context.name, context.config, context.routes
@@ -98,6 +97,7 @@ class LineFeed:
             self.remote = context.workers.parser(setup)
         else:
             self.processor = build_processor(context.name, context.config, host=context.host, redact=context.redact)
+            self.routing = Routing.build([(route.when, route.sink, route.preparer) for route in context.routes])
         self.max_line = context.config.max_line_bytes
         self.position: int | None = None
         self._partial: dict[str | None, bytes] = {}
@@ -201,12 +201,22 @@ class LineFeed:
             if count:
                 self._received.inc(count)
             for index, lines, stamps in routed:
-                events = encoded_events((lines, stamps), self._encoded_fields)
-                ack.add(len(events))
-                await self.context.routes[index].channel.put(
-                    Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events))
-                )
+                await self._put(index, (lines, stamps), ack)
             ack.done()
+
+    async def _put(self, index: int, share: Share, ack: Ack) -> None:
+        """One route's share of a chunk into its sink's channel, under `ack`: prepared logs (their
+        memory is their bytes; their wire size, the NDJSON's), or events for a sink without a
+        preparer (estimated)."""
+        if isinstance(share, list):
+            events = share
+            part = Part(events, ack, memory_size(events))
+        else:
+            lines = share[0]
+            events = encoded_events(share, self._encoded_fields)
+            part = Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events), len(lines))
+        ack.add(len(events))
+        await self.context.routes[index].channel.put(part)
 
     def _bounded(self, lines: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
@@ -237,11 +247,13 @@ class LineFeed:
         return None if self.position is None else self.position - self.held_bytes
 
     async def _hand_on(self, events: list[Event], ack: Ack) -> None:
-        """Events parsed here, with the feed's fields, to the router under `ack`."""
+        """Events parsed here, with the feed's fields, routed and prepared (as a worker does) under `ack`."""
         if events:
+            assert self.routing is not None
             fill_in(events, self.fields)
             self._received.inc(len(events))
-            await self.context.router.route(self.context.name, events, ack)
+            for index, share in self.routing.split(events):
+                await self._put(index, share, ack)
 
 
 def _pieces(body: bytes, lines: int) -> Iterator[tuple[bytes, int]]:
