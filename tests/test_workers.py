@@ -300,10 +300,18 @@ def test_counters_of_the_worker_reach_the_agents_metrics(tmp_path: Path) -> None
         ({0, 1}, None, None, 1),
         ({0, 1}, "max 100000", str(128 * 1024 * 1024), 0),
         ({0, 1}, "200000 100000", str(1024 * 1024 * 1024), 1),
+        (set(range(8)), "max 100000", "max", 4),
+        ({0, 1, 2, 3}, "max 100000", "max", 3),
+        ({0, 1, 2, 3}, "max 100000", str(300 * 1024 * 1024), 1),
+        ({0, 1, 2, 3}, "max 100000", str(400 * 1024 * 1024), 3),
+        ({0, 1, 2, 3}, "300000 100000", "max", 2),
     ],
-    ids=["two-cpus", "one-cpu", "container-limited-to-one-cpu", "no-cgroup-files", "128MiB-container", "1GiB-2cpus"],
-)
-def test_auto_uses_a_worker_only_when_a_second_cpu_and_the_memory_are_there(
+    ids=[
+        "two-cpus", "one-cpu", "container-limited-to-one-cpu", "no-cgroup-files", "128MiB-container", "1GiB-2cpus",
+        "eight-cpus-capped", "four-cpus", "four-cpus-300MiB", "four-cpus-400MiB", "three-cpu-quota",
+    ],
+)  # fmt: skip
+def test_auto_uses_a_worker_per_spare_cpu_that_the_memory_allows(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     affinity: set[int],
