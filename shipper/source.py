@@ -18,11 +18,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
+import orjson
+
 from shipper import metrics
 from shipper.acks import Ack, AckTracker
 from shipper.channel import Part
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RedactConfig, SourceConfig
+from shipper.encoding import sanitized
 from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in, memory_size
 from shipper.parsing import Processor, build_processor
 from shipper.routing import Routing, Share
@@ -65,6 +69,17 @@ class SourceContext:
     ) -> LineFeed:
         """A feed for one input stream; `fields` are added to each of its events (e.g. the file path)."""
         feed = LineFeed(self, AckTracker(on_commit, committed), fields)
+        self.feeds.append(feed)
+        return feed
+
+    def open_record_feed(
+        self,
+        on_commit: Callable[[Any], None] | None = None,
+        committed: Any = None,
+        fields: dict[str, Any] | None = None,
+    ) -> RecordFeed:
+        """A feed of records this source parsed itself, acknowledged at positions of its own."""
+        feed = RecordFeed(self, AckTracker(on_commit, committed), fields)
         self.feeds.append(feed)
         return feed
 
@@ -184,6 +199,11 @@ class LineFeed:
                 self._pending.append((flushing, self._unheld_position(), bool(rests)))
                 await self._route_parsed(keep=0)
 
+    def _acked_position(self, unheld: Any, held: int) -> Any:
+        """The position a parsed chunk's ack commits: the source position after it, less the
+        bytes the worker still holds in open multi-line groups."""
+        return None if unheld is None else unheld - held
+
     def _unheld_position(self) -> int | None:
         return None if self.position is None else self.position - self._partial_bytes()
 
@@ -197,7 +217,7 @@ class LineFeed:
             pending.popleft()
             if not (count or consumed):  # a flush that emitted nothing: no position to acknowledge
                 continue
-            ack = self.tracker.open(None if unheld is None else unheld - held)
+            ack = self.tracker.open(self._acked_position(unheld, held))
             if count:
                 self._received.inc(count)
             for index, lines, stamps in routed:
@@ -256,6 +276,56 @@ class LineFeed:
                 await self._put(index, share, ack)
 
 
+class RecordFeed(LineFeed):
+    """Records a source already parsed (a JSON object per log, with its own time: a poller's rows,
+    a receiver's batch), each push acknowledged at an opaque position of the source's own (a
+    cursor, a row id) that commits, like a file offset, only after delivery and only over a
+    contiguous range. The records go through the same path as JSON lines (normalization,
+    transforms, redaction, routing, each sink's preparer; in a parse worker when the source has
+    one), so a record source gets exactly what a line source gets; no record is ever held back
+    as part of a multi-line group."""
+
+    async def push_records(self, records: list[dict[str, Any]], position: Any) -> None:
+        """Feed `records`; `position` is where the source resumes once they are all delivered."""
+        if not records:
+            return
+        lines = record_lines(records)
+        self._bytes.inc(sum(map(len, lines)) + len(lines))
+        async with self._lock:
+            now = time.time()
+            before, self.position = self.position, position
+            pieces = range(0, len(lines), self.PIECE_LINES)
+            for start in pieces:
+                # Every piece but the last commits no further than the previous push did.
+                at = position if start == pieces[-1] else before
+                piece = lines[start : start + self.PIECE_LINES]
+                if self.processor is not None:
+                    ack = self.tracker.open(at)
+                    await self._hand_on(self.processor.feed(piece, None, now), ack)
+                    ack.done()
+                elif self.remote is not None:
+                    self._pending.append((await self.remote.feed(b"\n".join(piece), None, now), at, True))
+                    await self._route_parsed(keep=self.IN_FLIGHT)
+        await asyncio.sleep(0)
+
+    def _acked_position(self, unheld: Any, held: int) -> Any:
+        return unheld  # a record is never held: what was pushed is what was parsed
+
+    def _unheld_position(self) -> Any:
+        return self.position
+
+    def _local_position(self) -> Any:
+        return self.position
+
+
+def record_lines(records: list[dict[str, Any]]) -> list[bytes]:
+    """Each record as one line of JSON; a value JSON cannot carry is replaced (never raised)."""
+    try:
+        return _record_encoder.encode_lines(records).split(b"\n")[:-1]
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
+        return [orjson.dumps(sanitized(record)) for record in records]
+
+
 def _pieces(body: bytes, lines: int) -> Iterator[tuple[bytes, int]]:
     """`body` (lines joined by newlines) in pieces of at most `lines` lines, each with the offset
     in `body` where it ends; the whole body, without a copy, when it is short enough."""
@@ -272,6 +342,9 @@ def _pieces(body: bytes, lines: int) -> Iterator[tuple[bytes, int]]:
                 break
         yield body[start : end - 1], end - 1
         start = end
+
+
+_record_encoder = msgspec.json.Encoder()
 
 
 class Source(ABC):
