@@ -242,14 +242,15 @@ class LogEncoder:
         """The events' Datadog log objects, encoded, within every per-log rule (see `_docs`; above
         `max_event_bytes` truncated, flagged and counted). Runs where the events are parsed, in a
         parse worker when there is one, so the agent only frames the logs into requests. One
-        msgspec `encode_lines` call for the chunk; log by log only when some log may be too big
-        or holds a value JSON cannot carry."""
+        msgspec `encode_lines` call for the chunk; log by log only when some log is too big or
+        holds a value JSON cannot carry."""
         events, docs, stamps = self._docs(events)
         try:
             lines: bytes | None = _LINES.encode_lines(docs)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
             lines = None
-        if lines is None or len(lines) > self.max_event_bytes:
+        limit = self.max_event_bytes
+        if lines is None or (len(lines) > limit and max(map(len, lines.split(b"\n"))) > limit):
             fitted = self._each_encoded(events, docs)
             lines = b"".join([raw + b"\n" for raw, _ in fitted])
             stamps = [stamp for _, stamp in fitted]
@@ -329,21 +330,28 @@ class LogEncoder:
     def _into_window(
         self, events: list[Event], docs: list[Doc], stamps: list[Any], now: float, oldest: int, newest: int
     ) -> tuple[list[Event], list[Doc]]:
-        """The slow path for a chunk with logs outside Datadog's window: re-stamped, or dropped
-        when configured, and counted."""
+        """The slow path for a chunk with logs outside Datadog's window: re-stamped (the log object
+        changed in place, the event replaced by one with the new stamp, so a split's re-encoding
+        neither re-stamps nor counts it again), or dropped when configured, and counted. A
+        replayed file of old logs takes this path for every log: a few dict operations each."""
         oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
+        now_iso = format_ms(int(now * 1000))
         kept_events: list[Event] = []
         kept_docs: list[Doc] = []
         out_of_range = 0
+        drop = self.out_of_range == "drop"
         for event, doc, stamp in zip(events, docs, stamps, strict=True):
             if stamp is not None and (
                 (stamp < oldest_iso or stamp > newest_iso) if stamp.__class__ is str else not oldest <= stamp <= newest
             ):
                 out_of_range += 1
-                if self.out_of_range == "drop":
+                if drop:
                     continue
-                event = self._restamped_event(event, now)
-                doc = self.to_doc(event.fields)
+                fields = event.fields
+                original = fields.get(ORIGINAL_TIMESTAMP, fields.get("timestamp"))
+                event = Event({**fields, "timestamp": now_iso, ORIGINAL_TIMESTAMP: original}, event.raw)
+                doc["timestamp"] = now_iso
+                doc[ORIGINAL_TIMESTAMP] = original
             kept_events.append(event)
             kept_docs.append(doc)
         if out_of_range:
@@ -372,12 +380,6 @@ class LogEncoder:
         if aged:
             self._count_out_of_range(aged)
         return out
-
-    def _restamped_event(self, event: Event, now: float) -> Event:
-        fields = dict(event.fields)
-        fields.setdefault(ORIGINAL_TIMESTAMP, fields.get("timestamp"))
-        fields["timestamp"] = format_ms(int(now * 1000))
-        return Event(fields, event.raw)
 
     def _count_out_of_range(self, count: int) -> None:
         if self.out_of_range == "drop":
