@@ -5,10 +5,10 @@ events are parsed, and this module imports neither config models (pydantic) nor 
 a worker that loads only what it runs is ~20 MiB smaller.
 
 Each event becomes one Datadog log object built with plain dicts and encoded with orjson or
-msgspec (datadog-api-client's models cost ~120 us/record; see WIRE.md). The per-log rules apply
-here: no entry above `max_event_bytes` (Datadog would truncate it silently with a 2xx) and no
-timestamp outside the window Datadog indexes (older than 18 h or more than 2 h ahead: the log
-would be accepted and lost).
+msgspec (datadog-api-client's models cost ~120 us/record; see WIRE.md). The per-log rules
+(shipper/rules.py) apply here with Datadog's limits: no entry above `max_event_bytes` (Datadog
+would truncate it silently with a 2xx) and no timestamp outside the window Datadog indexes (older
+than 18 h or more than 2 h ahead: the log would be accepted and lost).
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import orjson
 
-from shipper import tally
-from shipper.encoding import SANITIZED, json_array, runs, sanitized
+from shipper.encoding import json_array, runs
 from shipper.event import Encoded, Event, Prepared, encoded_events
-from shipper.log import RateLimitedLog
 from shipper.parsing.clock import epoch_ms, format_ms
+from shipper.rules import ORIGINAL_TIMESTAMP, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
 from shipper.when import field_value
 
@@ -39,54 +38,15 @@ MAX_EVENT_BYTES = 1_000_000  # per log; "1 MB" read as 10^6 so either reading of
 # and the time a request can spend queued and retried after it was encoded.
 MAX_AGE_MS = 18 * 3600 * 1000 - 10 * 60 * 1000
 MAX_AHEAD_MS = 2 * 3600 * 1000 - 60 * 1000
+WINDOW = TimeWindow(MAX_AGE_MS, MAX_AHEAD_MS, "Datadog's window (18 h old .. 2 h ahead)")
 
 # Attributes Datadog reads specially; an event field of the same name is kept as `<name>_original`
 # rather than silently reinterpreted or overwritten.
 SHADOWED = ("status", "hostname", "ddsource", "ddtags")
-# Never removed when cutting an oversized event down to size.
-PROTECTED = frozenset({"timestamp", "level", "message", "service", "host", "source", "stream"})
-
-TRUNCATED = "shipper.truncated"
-DROPPED_FIELDS = "shipper.dropped_fields"
-ORIGINAL_TIMESTAMP = "shipper.original_timestamp"
 
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 _TAG_CACHE_SIZE = 4096
 
-Doc = dict[str, Any]
-OutOfRange = Literal["restamp", "drop"]
-
-
-def _json_size(value: Any) -> int:
-    return len(orjson.dumps(value))
-
-
-def _shrink(text: str, target: int) -> str:
-    """`text` cut so its JSON encoding takes at most `target` bytes (quotes included)."""
-    size = _json_size(text)
-    while size > target and text:
-        text = text[: max(0, int(len(text) * target / size) - 1)]
-        size = _json_size(text)
-    return text
-
-
-def _largest_string(node: Any, path: tuple[str | int, ...] = ()) -> tuple[int, tuple[str | int, ...]]:
-    """Length and path of the longest string anywhere in `node` (dicts and lists)."""
-    best: tuple[int, tuple[str | int, ...]] = (-1, ())
-    items: Any
-    if isinstance(node, str):
-        return len(node), path
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return best
-    for key, child in items:
-        found = _largest_string(child, (*path, key))
-        if found[0] > best[0]:
-            best = found
-    return best
 
 
 _LINES = msgspec.json.Encoder()
@@ -115,17 +75,6 @@ def _oldest_ms(stamps: list[Any]) -> int | None:
         return min([ms for ms in map(epoch_ms, stamps) if ms is not None], default=None)
 
 
-def _replace_at(root: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
-    """Set `root[path] = value`, copying every container on the way (the originals may be shared)."""
-    node: Any = root
-    for step in path[:-1]:
-        child = node[step]
-        child = dict(child) if isinstance(child, dict) else list(child)
-        node[step] = child
-        node = child
-    node[path[-1]] = value
-
-
 class LogEncoder:
     """One Datadog sink's encoding: log objects, per-log rules, framing; its counters."""
 
@@ -141,7 +90,6 @@ class LogEncoder:
     ) -> None:
         self.name = name
         self.max_event_bytes = max_event_bytes
-        self.out_of_range = out_of_range
         self._source = source
         self._service = service
         static = [t for t in tags if not PLACEHOLDER.search(t)]
@@ -155,12 +103,10 @@ class LogEncoder:
         self._tag_key = single if single and "." not in single else None
         self._last_stamp: Any = None
         self._last_ms: int | None = None
-        self._notices = RateLimitedLog(log, interval=60.0)
+        self.window = WindowRule(name, WINDOW, out_of_range)
+        self.size = SizeRule(name, max_event_bytes, self.to_doc)
         # A request body within this holds no log above max_event_bytes, nor too many bytes.
         self._whole_body_limit = min(MAX_REQUEST_BYTES, max_event_bytes)
-        self._truncated = tally.events_truncated.labels(name)
-        self._out_of_range = tally.events_dropped.labels(name, "out_of_range")
-        self._restamped = tally.events_restamped.labels(name)
 
     def ddtags(self, fields: dict[str, Any]) -> str:
         """`k:v,...` from the static tags plus templates filled from the event; a template whose
@@ -284,33 +230,11 @@ class LogEncoder:
         return [_framed(run) for run in runs(prepared, MAX_ENTRIES, MAX_REQUEST_BYTES)]
 
     def _docs(self, events: list[Event]) -> tuple[list[Event], list[Doc], list[Any]]:
-        """The Datadog log objects of `events` and their timestamps, out-of-window ones re-stamped
-        (changed events replaced by new `Event`s) or dropped, and counted."""
-        now = time.time()
-        now_ms = int(now * 1000)
-        oldest, newest = now_ms - MAX_AGE_MS, now_ms + MAX_AHEAD_MS
-        to_doc = self.to_doc
-        docs = [to_doc(event.fields) for event in events]
-        # The common batch, checked with C-level min/max: every timestamp of one type (canonical
-        # UTC strings compare in time order as strings) and all in the window. Anything else
-        # takes the per-event look.
-        stamps: list[Any] = [doc.get("timestamp") for doc in docs]
-        first: Any
-        last: Any
-        try:
-            first, last = min(stamps), max(stamps)
-        except (TypeError, ValueError):  # mixed types, an event without a timestamp, no event
-            first = last = None
-        if first.__class__ is str and last.__class__ is str:
-            in_window = format_ms(oldest) <= first and last <= format_ms(newest)
-        elif first.__class__ is int and last.__class__ is int:
-            in_window = oldest <= first and last <= newest
-        else:
-            in_window = False
-        if not in_window and events:
-            events, docs = self._into_window(events, docs, stamps, now, oldest, newest)
-            stamps = [doc.get("timestamp") for doc in docs]
-        return events, docs, stamps
+        """The Datadog log objects of `events` (out-of-window ones re-stamped or dropped, and
+        counted: `WindowRule`) and their timestamps as sent."""
+        events = self.window.fit(events)
+        docs = [self.to_doc(event.fields) for event in events]
+        return events, docs, [doc.get("timestamp") for doc in docs]
 
     def _each_encoded(self, events: list[Event], docs: list[Doc]) -> list[tuple[bytes, Any]]:
         """Log by log: each encoded, fitted when too big or not encodable, with its timestamp."""
@@ -322,41 +246,10 @@ class LogEncoder:
             except orjson.JSONEncodeError:
                 body = b""
             if not body or len(body) > limit:
-                _, doc = self._fitted(event, doc)
+                _, doc = self.size.fit(event, doc)
                 body = _encoded(doc)
             out.append((body, doc.get("timestamp")))
         return out
-
-    def _into_window(
-        self, events: list[Event], docs: list[Doc], stamps: list[Any], now: float, oldest: int, newest: int
-    ) -> tuple[list[Event], list[Doc]]:
-        """The slow path for a chunk with logs outside Datadog's window: re-stamped (the log object
-        changed in place, the event replaced by one with the new stamp, so a split's re-encoding
-        neither re-stamps nor counts it again), or dropped when configured, and counted. A
-        replayed file of old logs takes this path for every log: a few dict operations each."""
-        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
-        now_iso = format_ms(int(now * 1000))
-        kept_events: list[Event] = []
-        kept_docs: list[Doc] = []
-        out_of_range = 0
-        drop = self.out_of_range == "drop"
-        for event, doc, stamp in zip(events, docs, stamps, strict=True):
-            if stamp is not None and (
-                (stamp < oldest_iso or stamp > newest_iso) if stamp.__class__ is str else not oldest <= stamp <= newest
-            ):
-                out_of_range += 1
-                if drop:
-                    continue
-                fields = event.fields
-                original = fields.get(ORIGINAL_TIMESTAMP, fields.get("timestamp"))
-                event = Event({**fields, "timestamp": now_iso, ORIGINAL_TIMESTAMP: original}, event.raw)
-                doc["timestamp"] = now_iso
-                doc[ORIGINAL_TIMESTAMP] = original
-            kept_events.append(event)
-            kept_docs.append(doc)
-        if out_of_range:
-            self._count_out_of_range(out_of_range)
-        return kept_events, kept_docs
 
     def aged(self, events: list[Event]) -> list[Event]:
         """Prepared logs that aged out of Datadog's window while queued (behind a revoked key, an
@@ -371,90 +264,12 @@ class LogEncoder:
                 out.append(event)
                 continue
             aged += 1
-            if self.out_of_range == "drop":
+            if self.window.drop:
                 continue
             doc = orjson.loads(event.raw)
             doc.setdefault(ORIGINAL_TIMESTAMP, doc.get("timestamp"))
             doc["timestamp"] = format_ms(int(now * 1000))
             out.append(Encoded(event.fields, orjson.dumps(doc), doc["timestamp"]))
         if aged:
-            self._count_out_of_range(aged)
+            self.window.count(aged)
         return out
-
-    def _count_out_of_range(self, count: int) -> None:
-        if self.out_of_range == "drop":
-            self._out_of_range.inc(count)
-            self._notices.warning(
-                "out_of_range",
-                "events outside Datadog's window (18 h old .. 2 h ahead) dropped",
-                sink=self.name,
-                events=count,
-            )
-        else:
-            self._restamped.inc(count)
-            self._notices.warning(
-                "out_of_range",
-                "events outside Datadog's window (18 h old .. 2 h ahead) re-stamped to now; "
-                f"the original is in {ORIGINAL_TIMESTAMP}",
-                sink=self.name,
-                events=count,
-            )
-
-    def _fitted(self, event: Event, doc: Doc) -> tuple[Event, Doc]:
-        """The event, made encodable and at most `max_event_bytes` once encoded."""
-        fields = event.fields
-        try:
-            size = _json_size(doc)
-        except orjson.JSONEncodeError:
-            fields = sanitized(fields)
-            fields[SANITIZED] = True
-            doc = self.to_doc(fields)
-            size = _json_size(doc)
-            self._notices.warning("sanitized", "event had values JSON cannot carry; replaced", sink=self.name)
-        if size > self.max_event_bytes:
-            fields = self._truncated_fields(fields, size)
-            doc = self.to_doc(fields)
-            self._truncated.inc()
-            self._notices.warning(
-                "truncated",
-                f"event over {self.max_event_bytes} bytes truncated (flagged {TRUNCATED})",
-                sink=self.name,
-                bytes=size,
-            )
-        return (event, doc) if fields is event.fields else (Event(fields, event.raw), doc)
-
-    def _truncated_fields(self, original: dict[str, Any], size: int) -> dict[str, Any]:
-        """Shorten the longest strings first, then drop the largest unprotected fields, until the
-        encoded log fits; as a last resort keep only the protected fields with a cut message."""
-        limit = self.max_event_bytes
-        fields = dict(original)
-        fields[TRUNCATED] = True
-        for _ in range(64):
-            size = _json_size(self.to_doc(fields))
-            if size <= limit:
-                return fields
-            over = size - limit
-            length, path = _largest_string(fields)
-            if length >= 256 and path:
-                value: Any = fields
-                for step in path:
-                    value = value[step]
-                text = str(value)
-                _replace_at(fields, path, _shrink(text, max(128, _json_size(text) - over - 16)))
-                continue
-            droppable = [k for k in fields if k not in PROTECTED and k not in (TRUNCATED, DROPPED_FIELDS)]
-            if not droppable:
-                break
-            dropped: list[str] = list(fields.get(DROPPED_FIELDS, []))
-            for key, key_size in sorted(((k, _json_size(fields[k])) for k in droppable), key=lambda kv: -kv[1]):
-                del fields[key]
-                dropped.append(key)
-                over -= key_size + len(key) + 4
-                if over <= 0:
-                    break
-            fields[DROPPED_FIELDS] = dropped
-        minimal = {k: original[k] for k in PROTECTED if k in original and k != "message"}
-        minimal[TRUNCATED] = True
-        budget = limit - _json_size(self.to_doc(minimal)) - 64
-        minimal["message"] = _shrink(str(original.get("message", "")), max(2, budget))
-        return minimal
