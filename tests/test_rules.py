@@ -96,5 +96,6 @@ def test_values_json_cannot_carry_are_replaced_and_flagged() -> None:
     with pytest.raises(TypeError):
         orjson.dumps(odd.fields)
     fitted, doc = rule.fit(odd, odd.fields)
+    assert fitted.fields["shipper.sanitized"] is True and odd.fields.get("shipper.sanitized") is None
     decoded = orjson.loads(orjson.dumps(doc))
     assert decoded["shipper.sanitized"] is True and decoded["big"] == str(2**80) and decoded["3"] == "int key"
