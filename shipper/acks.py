@@ -56,5 +56,5 @@ class AckTracker:
         while self._pending and self._pending[0].remaining <= 0:
             self.committed = self._pending.popleft().position
             moved = True
-        if moved and self._on_commit is not None:
+        if moved and self._on_commit is not None and self.committed is not None:
             self._on_commit(self.committed)

@@ -22,9 +22,7 @@ from shipper.channel import Channel
 from shipper.config import Config, config_warnings
 from shipper.driver import SinkDriver
 from shipper.event import Event
-from shipper.router import Router
 from shipper.source import Source, SourceContext
-from shipper.when import compile_when
 from shipper.workers import SinkRoute, WorkerPool, resolve_worker_count
 
 log = logging.getLogger("shipper.agent")
@@ -51,19 +49,17 @@ class Agent:
         self._deadline_started = asyncio.Event()
         self._pipeline_failed = False
         self.started = False
-        self.router = Router()
         self.drivers: dict[str, SinkDriver] = {}
-        # Per source, the sinks it feeds in config order (a parse worker routes by these).
+        # Per source, the sinks it feeds in config order (shipper/routing.py routes by these).
         routes: dict[str, list[SinkRoute]] = {name: [] for name in config.sources}
         for name, sink_config in config.sinks.items():
             channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)
             sink = build_sink(name, sink_config)
             self.drivers[name] = SinkDriver(sink, channel, on_failure=self._failed)
             for source in sink_config.inputs:
-                self.router.add(source, channel, compile_when(sink_config.when))
                 routes.setdefault(source, []).append(SinkRoute(name, sink_config.when, sink.preparer(), channel))
         # Parse workers pay off only when what comes back is already encoded: they serve the
-        # sources whose every sink prepares its logs (shipper/workers.py); the others parse here.
+        # sources whose every sink prepares its logs (every built-in sink does); the others parse here.
         served = {name for name, to in routes.items() if to and all(route.preparer for route in to)}
         workers = resolve_worker_count(config.agent.parse_workers) if served else 0
         agent = config.agent
@@ -77,13 +73,12 @@ class Agent:
             context = SourceContext(
                 name,
                 source_config,
-                router=self.router,
+                routes=routes[name],
                 host=config.agent.host,
                 redact=config.redact,
                 state_dir=config.agent.state_dir,
                 stopping=self.stopping,
                 workers=self.workers if name in served else None,
-                routes=routes[name],
             )
             if name == wrapped:
                 context.command = command

@@ -23,9 +23,17 @@ log = logging.getLogger("shipper.channel")
 
 @dataclass(slots=True)
 class Part:
+    """One chunk's events for one sink: `nbytes` is their estimated memory (what the channel's
+    bound counts), `wire` what they weigh encoded (what batches are cut by)."""
+
     events: list[Event]
     ack: Ack
     nbytes: int
+    wire: int = -1  # -1: each event's raw bytes plus a separator
+
+    def __post_init__(self) -> None:
+        if self.wire < 0:
+            self.wire = sum([len(event.raw) + 1 for event in self.events])
 
 
 class Channel:

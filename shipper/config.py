@@ -61,7 +61,8 @@ class AgentConfig(Strict):
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"
     # Processes that parse and encode beside the agent's own (shipper/workers.py); `auto` is one
-    # when a second CPU is usable (affinity and cgroup quota), else none.
+    # per usable CPU beyond the first (affinity and cgroup quota), at most 4, within a cgroup
+    # memory limit (256 MiB for the first, 64 MiB more for each next one).
     parse_workers: int | str = "auto"
 
     @field_validator("parse_workers", mode="before")

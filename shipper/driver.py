@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from tenacity import (
     AsyncRetrying,
@@ -124,40 +126,57 @@ class SinkDriver:
             await self.sink.stop()
 
     async def _batch_loop(self) -> None:
+        """Cut batches by what they weigh encoded (`Part.wire`), up to the batch goal, never over
+        `max_events`; a batch also leaves when its oldest event has waited `batch.timeout`."""
         loop = asyncio.get_running_loop()
         events: list[Event] = []
         acks: list[tuple[Ack, int]] = []
-        nbytes = 0.0
+        wire = 0
         deadline = 0.0
         part: Part | None = None
-        start = 0
+        start = 0  # the first event of `part` not yet in a batch
         try:
             while True:
                 timeout = max(0.0, deadline - loop.time()) if events else None
                 part = await self.channel.get(timeout)
+                start = 0
                 if part is None:
                     if events:
                         await self._dispatch(events, acks)
-                        events, acks, nbytes = [], [], 0.0
+                        events, acks, wire = [], [], 0
                     if self.channel.closed and not self.channel.nevents:
                         return
                     continue
-                per_event = part.nbytes / max(1, len(part.events))
-                start = 0
-                while start < len(part.events):
+                if not events:
+                    deadline = loop.time() + self.batch_timeout
+                count = len(part.events)
+                if len(events) + count <= self.max_events and wire + part.wire <= self.max_bytes:
+                    events.extend(part.events)
+                    acks.append((part.ack, count))
+                    wire += part.wire
+                    start = count
+                    if len(events) >= self.max_events or wire >= self.max_bytes:
+                        await self._dispatch(events, acks)
+                        events, acks, wire = [], [], 0
+                    continue
+                # The part straddles batches: cut it by each event's encoded size.
+                ends = list(accumulate([len(event.raw) + 1 for event in part.events]))
+                base = 0
+                while start < count:
                     if not events:
                         deadline = loop.time() + self.batch_timeout
-                    room = self.max_events - len(events)
-                    if per_event > 0:
-                        room = min(room, max(1, int((self.max_bytes - nbytes) // per_event)))
-                    taken = part.events[start : start + room]
-                    start += len(taken)
-                    events.extend(taken)
-                    acks.append((part.ack, len(taken)))
-                    nbytes += per_event * len(taken)
-                    if len(events) >= self.max_events or nbytes >= self.max_bytes:
+                    room = min(count, start + self.max_events - len(events))
+                    end = bisect_right(ends, base + self.max_bytes - wire, start, room)
+                    if end == start and not events:
+                        end = start + 1  # an event larger than a whole batch goes alone
+                    if end > start:
+                        events.extend(part.events[start:end])
+                        acks.append((part.ack, end - start))
+                        wire += ends[end - 1] - base
+                        base, start = ends[end - 1], end
+                    if start < count or len(events) >= self.max_events or wire >= self.max_bytes:
                         await self._dispatch(events, acks)
-                        events, acks, nbytes = [], [], 0.0
+                        events, acks, wire = [], [], 0
         except BaseException:  # cancelled at the deadline, or a bug: what it holds is left unsent, unacked
             held = events + (part.events[start:] if part is not None else [])
             if held:

@@ -1,15 +1,118 @@
-"""Bulk encoders for sinks. One call per batch: per-event encoder calls cost ~10x more here
-(measured on this machine: 300k events/s one by one vs ~3M/s for a whole list)."""
+"""What sinks share to encode events: the fields-as-JSON preparer, request framing, sanitizing.
+
+Bulk encoders: one call per list of events. Per-event encoder calls cost ~10x more here (measured on
+this machine: 300k events/s one by one vs ~3M/s for a whole list). This module imports neither
+config models nor an HTTP client: parse workers run `FieldsJson` (see `Sink.preparer`).
+"""
 
 from __future__ import annotations
 
-import msgspec
+import logging
+from bisect import bisect_right
+from itertools import accumulate
+from typing import Any
 
-from shipper.event import Event
+import msgspec
+import orjson
+
+from shipper.event import Event, Prepared, PreparerSpec
+from shipper.log import RateLimitedLog
+
+log = logging.getLogger("shipper.encoding")
+
+SANITIZED = "shipper.sanitized"
 
 _encoder = msgspec.json.Encoder()
+_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError)
 
 
 def ndjson(events: list[Event]) -> bytes:
     """Normalized fields of each event, one JSON object per line, each line ending in a newline."""
     return _encoder.encode_lines([event.fields for event in events])
+
+
+def sanitized(value: Any, depth: int = 0) -> Any:
+    """A copy JSON can always carry: lone surrogates replaced, huge ints and odd types as strings."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode()
+        return value
+    if depth > 100:
+        return "[nested too deeply]"
+    if isinstance(value, dict):
+        return {sanitized(k if isinstance(k, str) else str(k)): sanitized(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitized(v, depth + 1) for v in value]
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    try:
+        orjson.dumps(value)
+    except (TypeError, ValueError):
+        return sanitized(str(value))
+    return value
+
+
+class FieldsJson:
+    """The preparer of sinks that send an event's normalized fields as one JSON object (http, file,
+    console): one msgspec call per list; event by event, sanitized and flagged, only when some
+    value JSON cannot carry is in the list."""
+
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+        self._notices = RateLimitedLog(log, interval=60.0)
+
+    def prepare(self, events: list[Event]) -> Prepared:
+        try:
+            return _encoder.encode_lines([event.fields for event in events]), None
+        except _ENCODE_ERRORS:
+            return b"".join([self._one(event.fields) + b"\n" for event in events]), None
+
+    def _one(self, fields: dict[str, Any]) -> bytes:
+        try:
+            return _encoder.encode(fields)
+        except _ENCODE_ERRORS:
+            self._notices.warning("sanitized", "event had values JSON cannot carry; replaced", sink=self.sink)
+            return _encoder.encode({**sanitized(fields), SANITIZED: True})
+
+
+FIELDS_JSON: PreparerSpec = (f"{FieldsJson.__module__}:{FieldsJson.__name__}", {})
+
+
+def json_array(items: list[bytes]) -> bytes:
+    """`[item,item,...]` from encoded JSON values, in one allocation (`items` is changed). Adding
+    the brackets to a joined body would copy it twice more, and each fresh buffer of that size
+    costs page faults: 550 us against 18 us for a 480 KB request here."""
+    if not items:
+        return b"[]"
+    items[0] = b"[" + items[0]
+    items[-1] += b"]"
+    return b",".join(items)
+
+
+def ndjson_body(items: list[bytes]) -> bytes:
+    """Encoded values one per line, each line ending in a newline."""
+    items.append(b"")
+    return b"\n".join(items)
+
+
+def runs(events: list[Event], max_events: int, max_bytes: int, framing: int = 2) -> list[list[Event]]:
+    """Encoded events (`raw` in wire form) cut into runs whose framed body stays within `max_events`
+    and `max_bytes`: each raw plus one separator, plus `framing` bytes (brackets). A single event
+    over `max_bytes` goes alone: the sink decides what becomes of it."""
+    count = len(events)
+    ends = list(accumulate([len(event.raw) + 1 for event in events]))
+    if count <= max_events and (not ends or ends[-1] + framing <= max_bytes):
+        return [events]
+    out: list[list[Event]] = []
+    start, base = 0, 0
+    while start < count:
+        end = bisect_right(ends, base + max_bytes - framing, start, min(count, start + max_events))
+        end = max(end, start + 1)
+        out.append(events[start:end])
+        base = ends[end - 1]
+        start = end
+    return out

@@ -60,8 +60,8 @@ class Encoded(Event):
 
 
 # What a `Preparer` makes of a chunk: its encoded logs as NDJSON (no encoded log holds a raw
-# newline), and each log's timestamp as sent.
-Prepared = tuple[bytes, list[Any]]
+# newline), and each log's timestamp as sent (None: the sink has no use for them).
+Prepared = tuple[bytes, list[Any] | None]
 # A sink's preparer as a parse worker builds it: the class as `module:name` (a module that imports
 # neither config models nor an HTTP client), and its keyword settings (plain values).
 PreparerSpec = tuple[str, dict[str, Any]]
@@ -80,6 +80,8 @@ def encoded_events(prepared: Prepared, fields: dict[str, Any]) -> list[Event]:
     lines, stamps = prepared
     raws = lines.split(b"\n")
     raws.pop()
+    if stamps is None:
+        return [Encoded(fields, raw, None) for raw in raws]
     return [Encoded(fields, raw, stamp) for raw, stamp in zip(raws, stamps, strict=True)]
 
 

@@ -14,16 +14,14 @@ import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import orjson
 from isal import igzip
 
 from shipper.config import HttpSinkConfig
-from shipper.event import Event
 from shipper.sink import CheckResult, Outcome, Request, Sink
 
 if TYPE_CHECKING:  # imported where a session is made: a parse worker preparing logs never needs it
@@ -54,24 +52,6 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
         except ValueError:
             return None
     return None
-
-
-def encode_json_array(
-    events: list[Event], to_doc: Callable[[Event], Any], max_bytes: int, meta: dict[str, Any] | None = None
-) -> list[Request]:
-    """JSON-array bodies of at most `max_bytes`, splitting the batch in halves where one is too big.
-
-    One orjson call per body is far cheaper than per-event dumps; batches are cut below the limit,
-    so the split path is rare. A single event larger than the limit goes alone (the sink decides
-    whether to truncate it first).
-    """
-    body = orjson.dumps([to_doc(event) for event in events])
-    if len(body) <= max_bytes or len(events) == 1:
-        return [Request(body, events, dict(meta or {}))]
-    middle = len(events) // 2
-    return encode_json_array(events[:middle], to_doc, max_bytes, meta) + encode_json_array(
-        events[middle:], to_doc, max_bytes, meta
-    )
 
 
 def environment_proxy(url: str) -> str | None:

@@ -10,7 +10,6 @@ are tallies (shipper/tally.py) whose totals ride on the replies, and a preparer 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import marshal
 import os
 import pickle
@@ -22,12 +21,12 @@ import traceback
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from shipper import tally
-from shipper.event import Event, Preparer, PreparerSpec, fill_in, tune_gc_for_events
+from shipper.event import Event, Prepared, PreparerSpec, fill_in, tune_gc_for_events
 from shipper.parsing import Processor, build_processor
-from shipper.when import Predicate, compile_when
+from shipper.routing import Routing
 
 if TYPE_CHECKING:
-    from shipper.config import RedactConfig, SourceConfig, WhenConfig
+    from shipper.config import RedactConfig, SourceConfig
 
 # Every frame, both ways: the lengths of a marshal'd message and of a raw body that follows it (a
 # chunk of lines, or a reply's NDJSON). Bulk bytes stay out of marshal: it would copy them into
@@ -36,25 +35,17 @@ FRAME = struct.Struct("<II")
 MARSHAL_VERSION = 4
 COUNTER_REPORT_INTERVAL = 0.25
 # Per route (an index into the feed's routes) what its preparer made: NDJSON and timestamps.
-Routed = tuple[int, bytes, list[Any]]
+Routed = tuple[int, bytes, list[Any] | None]
 # The same in a reply's message: the NDJSON's length in the body (routes in order) instead.
-RoutedSizes = tuple[int, int, list[Any]]
+RoutedSizes = tuple[int, int, list[Any] | None]
 # A feed's setup, pickled: source name, source settings, host, redact settings, extra fields, and
 # per route its `when` settings (None: everything), its sink's name and that sink's preparer.
 FeedSetup = tuple[str, Any, str, Any, dict[str, Any] | None, list[tuple[Any, str, PreparerSpec]]]
 
 
-def build_preparer(sink: str, spec: PreparerSpec) -> Preparer:
-    """The preparer of the sink named `sink`, from its `module:Class` path and settings."""
-    path, settings = spec
-    module, _, attribute = path.partition(":")
-    kind = getattr(importlib.import_module(module), attribute)
-    return cast(Preparer, kind(sink, **settings))
-
-
 class Feed:
-    """A feed as a worker holds it: its processor, extra fields, and per route the `when`
-    predicate and the preparer that encodes the logs."""
+    """A feed as a worker holds it: its processor, extra fields, and its routing (per route the
+    `when` predicate and the preparer that encodes the logs)."""
 
     def __init__(self, setup: bytes) -> None:
         source, config, host, redact, fields, routes = cast(FeedSetup, pickle.loads(setup))
@@ -63,17 +54,11 @@ class Feed:
             source, cast("SourceConfig", config), host=host, redact=cast("RedactConfig", redact)
         )
         self.extra = fields
-        self.routes: list[tuple[Predicate | None, Preparer]] = [
-            (compile_when(cast("WhenConfig | None", when)), build_preparer(sink, spec)) for when, sink, spec in routes
-        ]
+        self.routing = Routing.build(routes)
 
     def parsed(self, events: list[Event]) -> tuple[int, int, list[Routed]]:
         fill_in(events, self.extra)
-        routed: list[Routed] = []
-        for index, (predicate, preparer) in enumerate(self.routes):
-            selected = events if predicate is None else [e for e in events if predicate(e)]
-            if selected:
-                routed.append((index, *preparer.prepare(selected)))
+        routed = [(index, *cast(Prepared, share)) for index, share in self.routing.split(events)]
         return self.processor.held_bytes, len(events), routed
 
 

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from shipper.event import Event, PreparerSpec
+from shipper.event import Encoded, Event, Preparer, PreparerSpec
 
 if TYPE_CHECKING:
     from shipper.config import SinkConfig
@@ -81,6 +81,7 @@ class Sink(ABC):
     def __init__(self, name: str, config: SinkConfig) -> None:
         self.name = name
         self.config = config
+        self._own_preparer: Preparer | None = None
 
     async def start(self) -> None:
         """Open connections or files; called once before the first send."""
@@ -96,13 +97,34 @@ class Sink(ABC):
         """
 
     def preparer(self) -> PreparerSpec | None:
-        """This sink's per-event encoding, for a parse worker to run where the events are parsed
-        (shipper/workers.py): which `Preparer` class to build there, and with what. The agent
-        turns the NDJSON it makes into `Encoded` events and only frames them into requests.
-        None (the default): the sink encodes in the agent, from `fields`. A sink with a preparer
-        must accept `Encoded` events in `encode`, and its preparer counts the per-event changes
+        """This sink's per-event encoding, run where the events are parsed (a parse worker, or the
+        agent: shipper/routing.py): which `Preparer` class to build there, and with what. The
+        sink's `encode` then gets `Encoded` events and only frames them into requests. None: the
+        sink encodes from `fields` in `encode`. A preparer counts its per-event changes
         (truncations, re-stamps)."""
         return None
+
+    def encoded(self, events: list[Event]) -> list[Event]:
+        """`events` in this sink's wire form: those not prepared where they were parsed (a direct
+        call, a test) are prepared here, in order."""
+        if all(event.__class__ is Encoded for event in events):
+            return events
+        if self._own_preparer is None:
+            from shipper.routing import build_preparer
+
+            spec = self.preparer()
+            if spec is None:
+                raise TypeError(f"sink {self.name} has no preparer")
+            self._own_preparer = build_preparer(self.name, spec)
+        out: list[Event] = []
+        for event in events:
+            if event.__class__ is Encoded:
+                out.append(event)
+                continue
+            lines, stamps = self._own_preparer.prepare([event])
+            if lines:  # a preparer may drop an event (and counts it)
+                out.append(Encoded(event.fields, lines[:-1], stamps[0] if stamps else None))
+        return out
 
     @abstractmethod
     async def send(self, request: Request) -> Outcome:

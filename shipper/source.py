@@ -18,14 +18,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
+import orjson
+
 from shipper import metrics
 from shipper.acks import Ack, AckTracker
 from shipper.channel import Part
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RedactConfig, SourceConfig
-from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in
+from shipper.encoding import sanitized
+from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in, memory_size
 from shipper.parsing import Processor, build_processor
-from shipper.router import Router
+from shipper.routing import Routing, Share
 from shipper.workers import Parsed, RemoteParser, SinkRoute, WorkerPool, feed_setup
 
 
@@ -37,22 +41,20 @@ class SourceContext:
         name: str,
         config: SourceConfig,
         *,
-        router: Router,
+        routes: list[SinkRoute],
         host: str,
         redact: RedactConfig,
         state_dir: Path,
         stopping: asyncio.Event,
         workers: WorkerPool | None = None,
-        routes: list[SinkRoute] | None = None,
     ) -> None:
         self.name = name
         self.config = config
-        self.router = router
+        self.routes = routes  # the sinks this source feeds, in config order
         self.host = host
         self.redact = redact
         self.stopping = stopping
         self.workers = workers  # parse workers: feeds parse (and sinks prepare) there
-        self.routes = routes or []  # the sinks this source feeds, in config order (for workers)
         self.checkpoints = CheckpointStore(state_dir / "checkpoints" / f"{name}.json")
         self.feeds: list[LineFeed] = []
         self.command: list[str] | None = None  # `shipper run -- CMD ARGS` for a process source
@@ -67,6 +69,17 @@ class SourceContext:
     ) -> LineFeed:
         """A feed for one input stream; `fields` are added to each of its events (e.g. the file path)."""
         feed = LineFeed(self, AckTracker(on_commit, committed), fields)
+        self.feeds.append(feed)
+        return feed
+
+    def open_record_feed(
+        self,
+        on_commit: Callable[[Any], None] | None = None,
+        committed: Any = None,
+        fields: dict[str, Any] | None = None,
+    ) -> RecordFeed:
+        """A feed of records this source parsed itself, acknowledged at positions of its own."""
+        feed = RecordFeed(self, AckTracker(on_commit, committed), fields)
         self.feeds.append(feed)
         return feed
 
@@ -91,6 +104,7 @@ class LineFeed:
         self.tracker = tracker
         self.fields = fields
         self.processor: Processor | None = None
+        self.routing: Routing | None = None
         self.remote: RemoteParser | None = None
         if context.workers is not None:
             name, config, routes = context.name, context.config, context.routes
@@ -98,6 +112,7 @@ class LineFeed:
             self.remote = context.workers.parser(setup)
         else:
             self.processor = build_processor(context.name, context.config, host=context.host, redact=context.redact)
+            self.routing = Routing.build([(route.when, route.sink, route.preparer) for route in context.routes])
         self.max_line = context.config.max_line_bytes
         self.position: int | None = None
         self._partial: dict[str | None, bytes] = {}
@@ -184,6 +199,11 @@ class LineFeed:
                 self._pending.append((flushing, self._unheld_position(), bool(rests)))
                 await self._route_parsed(keep=0)
 
+    def _acked_position(self, unheld: Any, held: int) -> Any:
+        """The position a parsed chunk's ack commits: the source position after it, less the
+        bytes the worker still holds in open multi-line groups."""
+        return None if unheld is None else unheld - held
+
     def _unheld_position(self) -> int | None:
         return None if self.position is None else self.position - self._partial_bytes()
 
@@ -197,16 +217,26 @@ class LineFeed:
             pending.popleft()
             if not (count or consumed):  # a flush that emitted nothing: no position to acknowledge
                 continue
-            ack = self.tracker.open(None if unheld is None else unheld - held)
+            ack = self.tracker.open(self._acked_position(unheld, held))
             if count:
                 self._received.inc(count)
             for index, lines, stamps in routed:
-                events = encoded_events((lines, stamps), self._encoded_fields)
-                ack.add(len(events))
-                await self.context.routes[index].channel.put(
-                    Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events))
-                )
+                await self._put(index, (lines, stamps), ack)
             ack.done()
+
+    async def _put(self, index: int, share: Share, ack: Ack) -> None:
+        """One route's share of a chunk into its sink's channel, under `ack`: prepared logs (their
+        memory is their bytes; their wire size, the NDJSON's), or events for a sink without a
+        preparer (estimated)."""
+        if isinstance(share, list):
+            events = share
+            part = Part(events, ack, memory_size(events))
+        else:
+            lines = share[0]
+            events = encoded_events(share, self._encoded_fields)
+            part = Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events), len(lines))
+        ack.add(len(events))
+        await self.context.routes[index].channel.put(part)
 
     def _bounded(self, lines: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
@@ -237,11 +267,63 @@ class LineFeed:
         return None if self.position is None else self.position - self.held_bytes
 
     async def _hand_on(self, events: list[Event], ack: Ack) -> None:
-        """Events parsed here, with the feed's fields, to the router under `ack`."""
+        """Events parsed here, with the feed's fields, routed and prepared (as a worker does) under `ack`."""
         if events:
+            assert self.routing is not None
             fill_in(events, self.fields)
             self._received.inc(len(events))
-            await self.context.router.route(self.context.name, events, ack)
+            for index, share in self.routing.split(events):
+                await self._put(index, share, ack)
+
+
+class RecordFeed(LineFeed):
+    """Records a source already parsed (a JSON object per log, with its own time: a poller's rows,
+    a receiver's batch), each push acknowledged at an opaque position of the source's own (a
+    cursor, a row id) that commits, like a file offset, only after delivery and only over a
+    contiguous range. The records go through the same path as JSON lines (normalization,
+    transforms, redaction, routing, each sink's preparer; in a parse worker when the source has
+    one), so a record source gets exactly what a line source gets; no record is ever held back
+    as part of a multi-line group."""
+
+    async def push_records(self, records: list[dict[str, Any]], position: Any) -> None:
+        """Feed `records`; `position` is where the source resumes once they are all delivered."""
+        if not records:
+            return
+        lines = record_lines(records)
+        self._bytes.inc(sum(map(len, lines)) + len(lines))
+        async with self._lock:
+            now = time.time()
+            before, self.position = self.position, position
+            pieces = range(0, len(lines), self.PIECE_LINES)
+            for start in pieces:
+                # Every piece but the last commits no further than the previous push did.
+                at = position if start == pieces[-1] else before
+                piece = lines[start : start + self.PIECE_LINES]
+                if self.processor is not None:
+                    ack = self.tracker.open(at)
+                    await self._hand_on(self.processor.feed(piece, None, now), ack)
+                    ack.done()
+                elif self.remote is not None:
+                    self._pending.append((await self.remote.feed(b"\n".join(piece), None, now), at, True))
+                    await self._route_parsed(keep=self.IN_FLIGHT)
+        await asyncio.sleep(0)
+
+    def _acked_position(self, unheld: Any, held: int) -> Any:
+        return unheld  # a record is never held: what was pushed is what was parsed
+
+    def _unheld_position(self) -> Any:
+        return self.position
+
+    def _local_position(self) -> Any:
+        return self.position
+
+
+def record_lines(records: list[dict[str, Any]]) -> list[bytes]:
+    """Each record as one line of JSON; a value JSON cannot carry is replaced (never raised)."""
+    try:
+        return _record_encoder.encode_lines(records).split(b"\n")[:-1]
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
+        return [orjson.dumps(sanitized(record)) for record in records]
 
 
 def _pieces(body: bytes, lines: int) -> Iterator[tuple[bytes, int]]:
@@ -260,6 +342,9 @@ def _pieces(body: bytes, lines: int) -> Iterator[tuple[bytes, int]]:
                 break
         yield body[start : end - 1], end - 1
         start = end
+
+
+_record_encoder = msgspec.json.Encoder()
 
 
 class Source(ABC):

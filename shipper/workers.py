@@ -66,8 +66,11 @@ PIPE_BYTES = 1024 * 1024
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
 CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")  # cgroup v2: bytes, or "max"
 # A worker adds ~17 MiB idle, ~20-30 MiB busy (its own interpreter); under a tighter container
-# memory limit than this, `auto` keeps parsing in the agent rather than risk the limit.
+# memory limit than this, `auto` keeps parsing in the agent rather than risk the limit, and each
+# worker past the first needs AUTO_WORKER_MEMORY more.
 AUTO_MIN_MEMORY = 256 * 1024 * 1024
+AUTO_WORKER_MEMORY = 64 * 1024 * 1024
+AUTO_MAX_WORKERS = 4
 _READ_LIMIT = 4 * PIPE_BYTES  # the reply stream's buffer (asyncio's default of 64 KiB thrashes)
 # A parsed chunk: bytes still held in open multi-line groups, events parsed, and per route
 # (index into the feed's routes) the sink's prepared logs: NDJSON and their timestamps.
@@ -158,12 +161,18 @@ def memory_limit() -> int | None:
 
 
 def resolve_worker_count(setting: int | str) -> int:
-    """`auto`: one worker when a second CPU is usable (parsing then runs beside framing and
-    sending) and no memory limit below AUTO_MIN_MEMORY applies, else none; a number is taken as is."""
-    if setting == "auto":
-        limit = memory_limit()
-        return 1 if usable_cpus() >= 2 and (limit is None or limit >= AUTO_MIN_MEMORY) else 0
-    return int(setting)
+    """`auto`: one worker per usable CPU beyond the agent's own (parsing runs beside framing and
+    sending), at most AUTO_MAX_WORKERS, and only as many as a cgroup memory limit leaves room
+    for at AUTO_MIN_MEMORY for the agent plus AUTO_WORKER_MEMORY each; a number is taken as is.
+    A feed stays on one worker (its multi-line groups and clock), so more workers pay off with
+    more feeds (files, streams)."""
+    if setting != "auto":
+        return int(setting)
+    wanted = min(usable_cpus() - 1, AUTO_MAX_WORKERS)
+    limit = memory_limit()
+    if limit is not None:
+        wanted = min(wanted, (limit - AUTO_MIN_MEMORY) // AUTO_WORKER_MEMORY + 1 if limit >= AUTO_MIN_MEMORY else 0)
+    return max(0, wanted)
 
 
 # ---------------------------------------------------------------------------------- agent side

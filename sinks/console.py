@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
+import orjson
+
 from shipper.config import SinkConfig, ZoneName, time_zone
-from shipper.encoding import ndjson
-from shipper.event import Event
+from shipper.encoding import FIELDS_JSON, ndjson_body
+from shipper.event import Event, PreparerSpec
 from shipper.pretty import render
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
 
@@ -29,12 +31,17 @@ class ConsoleSink(Sink):
         self.color = self.pretty and tty
         self.zone = time_zone(config.timezone) if config.timezone else None
 
+    def preparer(self) -> PreparerSpec:
+        return FIELDS_JSON
+
     def encode(self, events: list[Event]) -> list[Request]:
+        """NDJSON as prepared; pretty text rendered from it (a terminal reads far slower than this)."""
+        events = self.encoded(events)
+        raws = [event.raw for event in events]
         if self.pretty:
-            body = "".join(render(event, self.color, self.zone) + "\n" for event in events).encode("utf-8", "replace")
-        else:
-            body = ndjson(events)
-        return [Request(body, events)]
+            text = "".join([render(Event(orjson.loads(raw), raw), self.color, self.zone) + "\n" for raw in raws])
+            return [Request(text.encode("utf-8", "replace"), events)]
+        return [Request(ndjson_body(raws), events)]
 
     async def send(self, request: Request) -> Outcome:
         sys.stdout.buffer.write(request.body)

@@ -24,9 +24,10 @@ from pydantic import Field, SecretStr, field_validator
 from shipper.config import BufferConfig, HttpSinkConfig
 from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink, connection_failure, environment_proxy
+from shipper.rules import OutOfRange
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request
 from shipper.units import Size
-from sinks.datadog_logs import MAX_ENTRIES, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, PLACEHOLDER, LogEncoder, OutOfRange
+from sinks.datadog_logs import MAX_ENTRIES, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, PLACEHOLDER, LogEncoder
 
 # Site name -> site domain. Logs go to `http-intake.logs.<domain>`, API calls to `api.<domain>`.
 SITES: dict[str, str] = {

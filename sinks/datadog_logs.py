@@ -5,10 +5,10 @@ events are parsed, and this module imports neither config models (pydantic) nor 
 a worker that loads only what it runs is ~20 MiB smaller.
 
 Each event becomes one Datadog log object built with plain dicts and encoded with orjson or
-msgspec (datadog-api-client's models cost ~120 us/record; see WIRE.md). The per-log rules apply
-here: no entry above `max_event_bytes` (Datadog would truncate it silently with a 2xx) and no
-timestamp outside the window Datadog indexes (older than 18 h or more than 2 h ahead: the log
-would be accepted and lost).
+msgspec (datadog-api-client's models cost ~120 us/record; see WIRE.md). The per-log rules
+(shipper/rules.py) apply here with Datadog's limits: no entry above `max_event_bytes` (Datadog
+would truncate it silently with a 2xx) and no timestamp outside the window Datadog indexes (older
+than 18 h or more than 2 h ahead: the log would be accepted and lost).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import orjson
 
-from shipper import tally
+from shipper.encoding import json_array, runs
 from shipper.event import Encoded, Event, Prepared, encoded_events
-from shipper.log import RateLimitedLog
 from shipper.parsing.clock import epoch_ms, format_ms
+from shipper.rules import ORIGINAL_TIMESTAMP, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
 from shipper.when import field_value
 
@@ -38,80 +38,15 @@ MAX_EVENT_BYTES = 1_000_000  # per log; "1 MB" read as 10^6 so either reading of
 # and the time a request can spend queued and retried after it was encoded.
 MAX_AGE_MS = 18 * 3600 * 1000 - 10 * 60 * 1000
 MAX_AHEAD_MS = 2 * 3600 * 1000 - 60 * 1000
+WINDOW = TimeWindow(MAX_AGE_MS, MAX_AHEAD_MS, "Datadog's window (18 h old .. 2 h ahead)")
 
 # Attributes Datadog reads specially; an event field of the same name is kept as `<name>_original`
 # rather than silently reinterpreted or overwritten.
 SHADOWED = ("status", "hostname", "ddsource", "ddtags")
-# Never removed when cutting an oversized event down to size.
-PROTECTED = frozenset({"timestamp", "level", "message", "service", "host", "source", "stream"})
-
-TRUNCATED = "shipper.truncated"
-DROPPED_FIELDS = "shipper.dropped_fields"
-SANITIZED = "shipper.sanitized"
-ORIGINAL_TIMESTAMP = "shipper.original_timestamp"
 
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 _TAG_CACHE_SIZE = 4096
 
-Doc = dict[str, Any]
-OutOfRange = Literal["restamp", "drop"]
-
-
-def sanitized(value: Any, depth: int = 0) -> Any:
-    """A copy orjson can always encode: lone surrogates replaced, huge ints and odd types as strings."""
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "replace").decode()
-        return value
-    if depth > 100:
-        return "[nested too deeply]"
-    if isinstance(value, dict):
-        return {sanitized(k if isinstance(k, str) else str(k)): sanitized(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [sanitized(v, depth + 1) for v in value]
-    if value is None or isinstance(value, (bool, float)):
-        return value
-    if isinstance(value, int):
-        return value if -(2**63) <= value < 2**64 else str(value)
-    try:
-        orjson.dumps(value)
-    except (TypeError, ValueError):
-        return sanitized(str(value))
-    return value
-
-
-def _json_size(value: Any) -> int:
-    return len(orjson.dumps(value))
-
-
-def _shrink(text: str, target: int) -> str:
-    """`text` cut so its JSON encoding takes at most `target` bytes (quotes included)."""
-    size = _json_size(text)
-    while size > target and text:
-        text = text[: max(0, int(len(text) * target / size) - 1)]
-        size = _json_size(text)
-    return text
-
-
-def _largest_string(node: Any, path: tuple[str | int, ...] = ()) -> tuple[int, tuple[str | int, ...]]:
-    """Length and path of the longest string anywhere in `node` (dicts and lists)."""
-    best: tuple[int, tuple[str | int, ...]] = (-1, ())
-    items: Any
-    if isinstance(node, str):
-        return len(node), path
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return best
-    for key, child in items:
-        found = _largest_string(child, (*path, key))
-        if found[0] > best[0]:
-            best = found
-    return best
 
 
 _LINES = msgspec.json.Encoder()
@@ -125,21 +60,10 @@ def _encoded(doc: Doc) -> bytes:
     return orjson.dumps((doc,))[1:-1]
 
 
-def _json_array(items: list[bytes]) -> bytes:
-    """`[item,item,...]` from encoded JSON values, in one allocation (`items` is changed). Adding
-    the brackets to a joined body would copy it twice more, and each fresh buffer of that size
-    costs page faults: 550 us against 18 us for a 480 KB request here."""
-    if not items:
-        return b"[]"
-    items[0] = b"[" + items[0]
-    items[-1] += b"]"
-    return b",".join(items)
-
-
 def _framed(batch: list[Event]) -> Request:
     """One request of encoded logs (`Encoded` events) that fit its limits."""
     stamps = [event.stamp for event in batch if isinstance(event, Encoded)]
-    return Request(_json_array([event.raw for event in batch]), batch, {"oldest_ms": _oldest_ms(stamps)})
+    return Request(json_array([event.raw for event in batch]), batch, {"oldest_ms": _oldest_ms(stamps)})
 
 
 def _oldest_ms(stamps: list[Any]) -> int | None:
@@ -149,17 +73,6 @@ def _oldest_ms(stamps: list[Any]) -> int | None:
         return epoch_ms(min(stamps)) if stamps else None
     except TypeError:  # canonical strings and epoch numbers mixed
         return min([ms for ms in map(epoch_ms, stamps) if ms is not None], default=None)
-
-
-def _replace_at(root: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
-    """Set `root[path] = value`, copying every container on the way (the originals may be shared)."""
-    node: Any = root
-    for step in path[:-1]:
-        child = node[step]
-        child = dict(child) if isinstance(child, dict) else list(child)
-        node[step] = child
-        node = child
-    node[path[-1]] = value
 
 
 class LogEncoder:
@@ -177,7 +90,6 @@ class LogEncoder:
     ) -> None:
         self.name = name
         self.max_event_bytes = max_event_bytes
-        self.out_of_range = out_of_range
         self._source = source
         self._service = service
         static = [t for t in tags if not PLACEHOLDER.search(t)]
@@ -191,12 +103,10 @@ class LogEncoder:
         self._tag_key = single if single and "." not in single else None
         self._last_stamp: Any = None
         self._last_ms: int | None = None
-        self._notices = RateLimitedLog(log, interval=60.0)
+        self.window = WindowRule(name, WINDOW, out_of_range)
+        self.size = SizeRule(name, max_event_bytes, self.to_doc)
         # A request body within this holds no log above max_event_bytes, nor too many bytes.
         self._whole_body_limit = min(MAX_REQUEST_BYTES, max_event_bytes)
-        self._truncated = tally.events_truncated.labels(name)
-        self._out_of_range = tally.events_dropped.labels(name, "out_of_range")
-        self._restamped = tally.events_restamped.labels(name)
 
     def ddtags(self, fields: dict[str, Any]) -> str:
         """`k:v,...` from the static tags plus templates filled from the event; a template whose
@@ -278,14 +188,15 @@ class LogEncoder:
         """The events' Datadog log objects, encoded, within every per-log rule (see `_docs`; above
         `max_event_bytes` truncated, flagged and counted). Runs where the events are parsed, in a
         parse worker when there is one, so the agent only frames the logs into requests. One
-        msgspec `encode_lines` call for the chunk; log by log only when some log may be too big
-        or holds a value JSON cannot carry."""
+        msgspec `encode_lines` call for the chunk; log by log only when some log is too big or
+        holds a value JSON cannot carry."""
         events, docs, stamps = self._docs(events)
         try:
             lines: bytes | None = _LINES.encode_lines(docs)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
             lines = None
-        if lines is None or len(lines) > self.max_event_bytes:
+        limit = self.max_event_bytes
+        if lines is None or (len(lines) > limit and max(map(len, lines.split(b"\n"))) > limit):
             fitted = self._each_encoded(events, docs)
             lines = b"".join([raw + b"\n" for raw, _ in fitted])
             stamps = [stamp for _, stamp in fitted]
@@ -316,50 +227,14 @@ class LogEncoder:
             for event in events:
                 encoded = event.__class__ is Encoded
                 prepared += [event] if encoded else encoded_events(self.prepare([event]), event.fields)
-        count = len(prepared)
-        if count <= MAX_ENTRIES and sum([len(event.raw) for event in prepared]) + count + 1 <= MAX_REQUEST_BYTES:
-            return [_framed(prepared)]  # the common batch: one request, no per-log size loop
-        requests: list[Request] = []
-        start = 0
-        while start < count:
-            end, size = start, 2
-            while end < count and end - start < MAX_ENTRIES:
-                size += len(prepared[end].raw) + 1
-                if size > MAX_REQUEST_BYTES and end > start:
-                    break
-                end += 1
-            requests.append(_framed(prepared[start:end]))
-            start = end
-        return requests
+        return [_framed(run) for run in runs(prepared, MAX_ENTRIES, MAX_REQUEST_BYTES)]
 
     def _docs(self, events: list[Event]) -> tuple[list[Event], list[Doc], list[Any]]:
-        """The Datadog log objects of `events` and their timestamps, out-of-window ones re-stamped
-        (changed events replaced by new `Event`s) or dropped, and counted."""
-        now = time.time()
-        now_ms = int(now * 1000)
-        oldest, newest = now_ms - MAX_AGE_MS, now_ms + MAX_AHEAD_MS
-        to_doc = self.to_doc
-        docs = [to_doc(event.fields) for event in events]
-        # The common batch, checked with C-level min/max: every timestamp of one type (canonical
-        # UTC strings compare in time order as strings) and all in the window. Anything else
-        # takes the per-event look.
-        stamps: list[Any] = [doc.get("timestamp") for doc in docs]
-        first: Any
-        last: Any
-        try:
-            first, last = min(stamps), max(stamps)
-        except (TypeError, ValueError):  # mixed types, an event without a timestamp, no event
-            first = last = None
-        if first.__class__ is str and last.__class__ is str:
-            in_window = format_ms(oldest) <= first and last <= format_ms(newest)
-        elif first.__class__ is int and last.__class__ is int:
-            in_window = oldest <= first and last <= newest
-        else:
-            in_window = False
-        if not in_window and events:
-            events, docs = self._into_window(events, docs, stamps, now, oldest, newest)
-            stamps = [doc.get("timestamp") for doc in docs]
-        return events, docs, stamps
+        """The Datadog log objects of `events` (out-of-window ones re-stamped or dropped, and
+        counted: `WindowRule`) and their timestamps as sent."""
+        events = self.window.fit(events)
+        docs = [self.to_doc(event.fields) for event in events]
+        return events, docs, [doc.get("timestamp") for doc in docs]
 
     def _each_encoded(self, events: list[Event], docs: list[Doc]) -> list[tuple[bytes, Any]]:
         """Log by log: each encoded, fitted when too big or not encodable, with its timestamp."""
@@ -371,34 +246,10 @@ class LogEncoder:
             except orjson.JSONEncodeError:
                 body = b""
             if not body or len(body) > limit:
-                _, doc = self._fitted(event, doc)
+                _, doc = self.size.fit(event, doc)
                 body = _encoded(doc)
             out.append((body, doc.get("timestamp")))
         return out
-
-    def _into_window(
-        self, events: list[Event], docs: list[Doc], stamps: list[Any], now: float, oldest: int, newest: int
-    ) -> tuple[list[Event], list[Doc]]:
-        """The slow path for a chunk with logs outside Datadog's window: re-stamped, or dropped
-        when configured, and counted."""
-        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
-        kept_events: list[Event] = []
-        kept_docs: list[Doc] = []
-        out_of_range = 0
-        for event, doc, stamp in zip(events, docs, stamps, strict=True):
-            if stamp is not None and (
-                (stamp < oldest_iso or stamp > newest_iso) if stamp.__class__ is str else not oldest <= stamp <= newest
-            ):
-                out_of_range += 1
-                if self.out_of_range == "drop":
-                    continue
-                event = self._restamped_event(event, now)
-                doc = self.to_doc(event.fields)
-            kept_events.append(event)
-            kept_docs.append(doc)
-        if out_of_range:
-            self._count_out_of_range(out_of_range)
-        return kept_events, kept_docs
 
     def aged(self, events: list[Event]) -> list[Event]:
         """Prepared logs that aged out of Datadog's window while queued (behind a revoked key, an
@@ -413,96 +264,12 @@ class LogEncoder:
                 out.append(event)
                 continue
             aged += 1
-            if self.out_of_range == "drop":
+            if self.window.drop:
                 continue
             doc = orjson.loads(event.raw)
             doc.setdefault(ORIGINAL_TIMESTAMP, doc.get("timestamp"))
             doc["timestamp"] = format_ms(int(now * 1000))
             out.append(Encoded(event.fields, orjson.dumps(doc), doc["timestamp"]))
         if aged:
-            self._count_out_of_range(aged)
+            self.window.count(aged)
         return out
-
-    def _restamped_event(self, event: Event, now: float) -> Event:
-        fields = dict(event.fields)
-        fields.setdefault(ORIGINAL_TIMESTAMP, fields.get("timestamp"))
-        fields["timestamp"] = format_ms(int(now * 1000))
-        return Event(fields, event.raw)
-
-    def _count_out_of_range(self, count: int) -> None:
-        if self.out_of_range == "drop":
-            self._out_of_range.inc(count)
-            self._notices.warning(
-                "out_of_range",
-                "events outside Datadog's window (18 h old .. 2 h ahead) dropped",
-                sink=self.name,
-                events=count,
-            )
-        else:
-            self._restamped.inc(count)
-            self._notices.warning(
-                "out_of_range",
-                "events outside Datadog's window (18 h old .. 2 h ahead) re-stamped to now; "
-                f"the original is in {ORIGINAL_TIMESTAMP}",
-                sink=self.name,
-                events=count,
-            )
-
-    def _fitted(self, event: Event, doc: Doc) -> tuple[Event, Doc]:
-        """The event, made encodable and at most `max_event_bytes` once encoded."""
-        fields = event.fields
-        try:
-            size = _json_size(doc)
-        except orjson.JSONEncodeError:
-            fields = sanitized(fields)
-            fields[SANITIZED] = True
-            doc = self.to_doc(fields)
-            size = _json_size(doc)
-            self._notices.warning("sanitized", "event had values JSON cannot carry; replaced", sink=self.name)
-        if size > self.max_event_bytes:
-            fields = self._truncated_fields(fields, size)
-            doc = self.to_doc(fields)
-            self._truncated.inc()
-            self._notices.warning(
-                "truncated",
-                f"event over {self.max_event_bytes} bytes truncated (flagged {TRUNCATED})",
-                sink=self.name,
-                bytes=size,
-            )
-        return (event, doc) if fields is event.fields else (Event(fields, event.raw), doc)
-
-    def _truncated_fields(self, original: dict[str, Any], size: int) -> dict[str, Any]:
-        """Shorten the longest strings first, then drop the largest unprotected fields, until the
-        encoded log fits; as a last resort keep only the protected fields with a cut message."""
-        limit = self.max_event_bytes
-        fields = dict(original)
-        fields[TRUNCATED] = True
-        for _ in range(64):
-            size = _json_size(self.to_doc(fields))
-            if size <= limit:
-                return fields
-            over = size - limit
-            length, path = _largest_string(fields)
-            if length >= 256 and path:
-                value: Any = fields
-                for step in path:
-                    value = value[step]
-                text = str(value)
-                _replace_at(fields, path, _shrink(text, max(128, _json_size(text) - over - 16)))
-                continue
-            droppable = [k for k in fields if k not in PROTECTED and k not in (TRUNCATED, DROPPED_FIELDS)]
-            if not droppable:
-                break
-            dropped: list[str] = list(fields.get(DROPPED_FIELDS, []))
-            for key, key_size in sorted(((k, _json_size(fields[k])) for k in droppable), key=lambda kv: -kv[1]):
-                del fields[key]
-                dropped.append(key)
-                over -= key_size + len(key) + 4
-                if over <= 0:
-                    break
-            fields[DROPPED_FIELDS] = dropped
-        minimal = {k: original[k] for k in PROTECTED if k in original and k != "message"}
-        minimal[TRUNCATED] = True
-        budget = limit - _json_size(self.to_doc(minimal)) - 64
-        minimal["message"] = _shrink(str(original.get("message", "")), max(2, budget))
-        return minimal

@@ -14,9 +14,9 @@ from typing import IO, Literal
 from pydantic import Field
 
 from shipper.config import SinkConfig
-from shipper.encoding import ndjson
+from shipper.encoding import FIELDS_JSON, ndjson_body
 from shipper.errors import ConfigError
-from shipper.event import Event
+from shipper.event import Event, PreparerSpec
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request, Sink
 from shipper.units import Size
 
@@ -48,8 +48,12 @@ class FileSink(Sink):
         self._size = 0
         self._lock = asyncio.Lock()
 
+    def preparer(self) -> PreparerSpec:
+        return FIELDS_JSON
+
     def encode(self, events: list[Event]) -> list[Request]:
-        return [Request(ndjson(events), events)]
+        events = self.encoded(events)
+        return [Request(ndjson_body([event.raw for event in events]), events)]
 
     async def start(self) -> None:
         await asyncio.to_thread(self._open)

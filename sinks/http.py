@@ -5,15 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 from shipper.config import HttpSinkConfig
-from shipper.encoding import ndjson
-from shipper.event import Event
-from shipper.httpsink import HttpSink, encode_json_array
+from shipper.encoding import FIELDS_JSON, json_array, ndjson_body, runs
+from shipper.event import Event, PreparerSpec
+from shipper.httpsink import HttpSink
 from shipper.sink import BatchLimits, Request
 from shipper.units import Size
-
-
-def _fields(event: Event) -> object:
-    return event.fields
 
 
 class HttpConfig(HttpSinkConfig):
@@ -30,14 +26,22 @@ class GenericHttpSink(HttpSink):
     def __init__(self, name: str, config: HttpConfig) -> None:
         super().__init__(name, config)
         self.content_type = "application/json" if config.encoding == "json" else "application/x-ndjson"
+        self._frame = json_array if config.encoding == "json" else ndjson_body
 
     def url(self, request: Request) -> str:
         return self.config.url
 
+    def preparer(self) -> PreparerSpec:
+        return FIELDS_JSON
+
     def encode(self, events: list[Event]) -> list[Request]:
-        if self.config.encoding == "json":
-            return encode_json_array(events, _fields, self.config.max_request_bytes)
-        return [Request(ndjson(events), events)]
+        """Each event's fields as prepared where it was parsed, framed into bodies of at most
+        `max_request_bytes` (a single larger event goes alone)."""
+        limit = int(self.config.max_request_bytes)
+        return [
+            Request(self._frame([event.raw for event in run]), run)
+            for run in runs(self.encoded(events), self.limits.max_events, limit)
+        ]
 
 
 REGISTRATION = (HttpConfig, GenericHttpSink)

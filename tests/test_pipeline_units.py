@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import orjson
 import pytest
 
 from shipper import metrics
@@ -19,7 +20,7 @@ from shipper.config import SinkConfig, WhenConfig, config_from_dict
 from shipper.driver import SinkDriver
 from shipper.event import Event, memory_size
 from shipper.parsing import build_processor
-from shipper.router import Router
+from shipper.routing import Routing
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
 from shipper.source import LineFeed, SourceContext
 from shipper.when import compile_when
@@ -87,20 +88,38 @@ def test_when_filters() -> None:
     assert compile_when(None) is None
 
 
-async def test_router_fans_out_by_inputs_and_when() -> None:
-    everything = Channel("all", 1 << 20, "block")
-    errors = Channel("errors", 1 << 20, "block")
-    other = Channel("other", 1 << 20, "block")
-    router = Router()
-    router.add("api", everything, None)
-    router.add("api", errors, compile_when(WhenConfig(level="error")))
-    router.add("db", other, None)
-    tracker = AckTracker()
-    ack = tracker.open(1)
-    await router.route("api", [event("a"), event("b", "error"), event("c", "fatal")], ack)
-    ack.done()
-    assert everything.nevents == 3 and errors.nevents == 2 and other.nevents == 0
-    assert ack.remaining == 5  # one unit per event per sink
+def test_routing_gives_each_sink_its_share_by_when_in_its_wire_form() -> None:
+    """One routing path: each route's share by its `when`, prepared by its sink's preparer (as
+    NDJSON) or, for a sink without one, the events themselves; a route that takes none is left out."""
+    fields_json = ("shipper.encoding:FieldsJson", {})
+    errors, fatal = WhenConfig(level="error"), WhenConfig(level="fatal")
+    routing = Routing.build([(None, "all", fields_json), (errors, "errors", None), (fatal, "fatal", None)])
+    events = [event("a"), event("b", "error"), event("c", "error")]
+    shares = routing.split(events)
+    assert [index for index, _ in shares] == [0, 1]
+    lines, stamps = shares[0][1]  # type: ignore[misc]
+    assert [orjson.loads(line)["message"] for line in lines.splitlines()] == ["a", "b", "c"] and stamps is None
+    assert shares[1][1] == events[1:]
+
+
+async def test_a_line_feed_puts_one_ack_unit_per_event_per_sink(tmp_path: Path) -> None:
+    everything, errors = Channel("all", 1 << 20, "block"), Channel("errors", 1 << 20, "block")
+    table = {"sources": {"app": {"type": "stdin"}}, "sinks": {"all": {"type": "console", "inputs": ["app"]}}}
+    config = config_from_dict(table, environ={})
+    context = SourceContext(
+        "app", config.sources["app"], host="h", redact=config.redact, state_dir=tmp_path, stopping=asyncio.Event(),
+        routes=[SinkRoute("all", None, None, everything), SinkRoute("errors", WhenConfig(level="error"), None, errors)],
+    )  # fmt: skip
+    commits: list[int] = []
+    feed = context.open_feed(on_commit=commits.append)
+    await feed.push(b'{"level":30,"msg":"a"}\n{"level":50,"msg":"b"}\n{"level":60,"msg":"c"}\n', end_offset=69)
+    assert everything.nevents == 3 and errors.nevents == 2
+    parts = [await everything.get(0), await errors.get(0)]
+    assert commits == []
+    for part in parts:
+        assert part is not None
+        part.ack.done(len(part.events))
+    assert commits == [69]  # once every sink released every event
 
 
 # ----------------------------------------------------------------------------------- channel
@@ -367,11 +386,9 @@ def line_feed_into(channel: Channel, state_dir: Path, fields: dict[str, str] | N
     config = config_from_dict(
         {"sources": {"app": {"type": "stdin"}}, "sinks": {"out": {"type": "console", "inputs": ["app"]}}}, environ={}
     )
-    router = Router()
-    router.add("app", channel, None)
     context = SourceContext(
-        "app", config.sources["app"], router=router, host="h", redact=config.redact,
-        state_dir=state_dir, stopping=asyncio.Event(),
+        "app", config.sources["app"], routes=[SinkRoute("out", None, None, channel)], host="h",
+        redact=config.redact, state_dir=state_dir, stopping=asyncio.Event(),
     )  # fmt: skip
     return context.open_feed(fields=fields)
 
@@ -472,7 +489,7 @@ async def test_pieces_parsed_in_a_worker_move_the_checkpoint_to_their_exact_line
     await pool.start()
     try:
         context = SourceContext(
-            "app", config.sources["app"], router=Router(), host="h", redact=config.redact, state_dir=tmp_path,
+            "app", config.sources["app"], host="h", redact=config.redact, state_dir=tmp_path,
             stopping=asyncio.Event(), workers=pool, routes=[SinkRoute("dd", None, sink.preparer(), channel)],
         )  # fmt: skip
         commits: list[int] = []

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shipper import parse_worker, workers
+from shipper import parse_worker, routing, workers
 from shipper.config import config_from_dict
 from shipper.errors import ConfigError
 from shipper.event import Encoded, Event, encoded_events
@@ -70,7 +70,7 @@ def test_logs_prepared_in_a_worker_are_the_logs_encoded_in_the_agent() -> None:
         return {k: v for k, v in log.items() if not (k == "timestamp" and log.get("shipper.original_timestamp"))}
 
     spec = sink.preparer()  # built as a worker builds it: from the settings that cross the pipe
-    preparer = parse_worker.build_preparer("dd", pickle.loads(pickle.dumps(spec)))
+    preparer = routing.build_preparer("dd", pickle.loads(pickle.dumps(spec)))
     prepared = encoded_events(preparer.prepare(events), {"source": "api"})
     assert all(isinstance(event, Encoded) for event in prepared)
     in_worker, in_agent = logs_of(sink, prepared), logs_of(other, events)
@@ -145,9 +145,10 @@ def test_a_parse_worker_loads_no_config_models_metrics_library_or_asyncio() -> N
     pydantic, prometheus_client, asyncio (and TLS with it) or aiohttp."""
     heavy = ("pydantic", "prometheus_client", "asyncio", "ssl", "aiohttp")
     code = (
-        "import sys, shipper.parse_worker as w\n"
-        "w.build_preparer('dd', ('sinks.datadog_logs:LogEncoder', {'source': 'nodejs', 'service': None,"
+        "import sys, shipper.parse_worker as w, shipper.routing as r\n"
+        "r.build_preparer('dd', ('sinks.datadog_logs:LogEncoder', {'source': 'nodejs', 'service': None,"
         " 'tags': [], 'max_event_bytes': 1000000, 'out_of_range': 'restamp'}))\n"
+        "r.build_preparer('out', ('shipper.encoding:FieldsJson', {}))\n"
         f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -230,20 +231,25 @@ def test_signals_to_the_whole_group_leave_the_worker_to_the_agent(tmp_path: Path
         check_delivery("signals", range(400), delivered(intake))
 
 
-def test_sources_whose_sinks_do_not_prepare_parse_in_the_agent(tmp_path: Path) -> None:
-    """A file sink encodes from fields: sending them back from a worker would cost more than
-    parsing, so no worker is started even when configured."""
+@pytest.mark.parametrize("workers", [2, 0])
+def test_a_file_sink_is_served_by_parse_workers_and_writes_what_the_agent_writes(tmp_path: Path, workers: int) -> None:
+    """Every built-in sink prepares its logs where they are parsed, so a source feeding a file sink
+    parses in the workers configured (none with 0), and the file holds the same logs either way."""
     app, out = tmp_path / "app.log", tmp_path / "out.ndjson"
     app.write_bytes(pino_lines(range(50)))
     config = write_config(tmp_path, f'type = "file"\ninclude = ["{app}"]\nstart_at = "beginning"\n', out)
-    config.write_text(config.read_text().replace('shutdown_timeout = "10s"\n', "parse_workers = 2\n"))
+    config.write_text(config.read_text().replace('shutdown_timeout = "10s"\n', f"parse_workers = {workers}\n"))
     shipper = ShipperProcess(config, tmp_path)
     try:
         wait_for(lambda: len(delivered_ids(out)) == 50, 30, "the lines")
-        assert Path(f"/proc/{shipper.proc.pid}/task/{shipper.proc.pid}/children").read_text().split() == []
+        children = Path(f"/proc/{shipper.proc.pid}/task/{shipper.proc.pid}/children").read_text().split()
+        assert len(children) == workers
         assert shipper.stop() == 0
     finally:
         shipper.ensure_stopped()
+    logs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [log["message"] for log in logs] == [f"line {i}" for i in range(50)]
+    assert all(log["source"] == "api" and log["level"] == "info" and log["timestamp"].endswith("Z") for log in logs)
 
 
 def test_counters_of_the_worker_reach_the_agents_metrics(tmp_path: Path) -> None:
@@ -294,10 +300,18 @@ def test_counters_of_the_worker_reach_the_agents_metrics(tmp_path: Path) -> None
         ({0, 1}, None, None, 1),
         ({0, 1}, "max 100000", str(128 * 1024 * 1024), 0),
         ({0, 1}, "200000 100000", str(1024 * 1024 * 1024), 1),
+        (set(range(8)), "max 100000", "max", 4),
+        ({0, 1, 2, 3}, "max 100000", "max", 3),
+        ({0, 1, 2, 3}, "max 100000", str(300 * 1024 * 1024), 1),
+        ({0, 1, 2, 3}, "max 100000", str(400 * 1024 * 1024), 3),
+        ({0, 1, 2, 3}, "300000 100000", "max", 2),
     ],
-    ids=["two-cpus", "one-cpu", "container-limited-to-one-cpu", "no-cgroup-files", "128MiB-container", "1GiB-2cpus"],
-)
-def test_auto_uses_a_worker_only_when_a_second_cpu_and_the_memory_are_there(
+    ids=[
+        "two-cpus", "one-cpu", "container-limited-to-one-cpu", "no-cgroup-files", "128MiB-container", "1GiB-2cpus",
+        "eight-cpus-capped", "four-cpus", "four-cpus-300MiB", "four-cpus-400MiB", "three-cpu-quota",
+    ],
+)  # fmt: skip
+def test_auto_uses_a_worker_per_spare_cpu_that_the_memory_allows(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     affinity: set[int],

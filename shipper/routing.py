@@ -1,0 +1,59 @@
+"""Which events go to which sink, and in what form: the one routing path, wherever parsing ran.
+
+A source's events reach each sink it feeds (`inputs`) that the sink's `when` filter accepts. Each
+sink's share is then encoded where the events were parsed by the sink's `Preparer` (its per-event
+wire form, as NDJSON bytes), so the agent, with or without parse workers, only frames and sends.
+The same `Routing` runs in the agent (`agent.parse_workers = 0`, or a source a worker cannot serve)
+and in a parse worker; it imports neither asyncio nor config models, so a worker stays lean.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from shipper.event import Event, Prepared, Preparer, PreparerSpec
+from shipper.when import Predicate, compile_when
+
+if TYPE_CHECKING:
+    from shipper.config import WhenConfig
+
+# One sink's share of a list of events: prepared (its wire form) or, for a sink without a
+# preparer, the events themselves.
+Share = Prepared | list[Event]
+
+
+def build_preparer(sink: str, spec: PreparerSpec) -> Preparer:
+    """The preparer of the sink named `sink`, from its `module:Class` path and plain settings."""
+    path, settings = spec
+    module, _, attribute = path.partition(":")
+    kind = getattr(importlib.import_module(module), attribute)
+    return cast(Preparer, kind(sink, **settings))
+
+
+class Routing:
+    """A source's routes in config order: per sink, its `when` predicate and its preparer."""
+
+    def __init__(self, routes: list[tuple[Predicate | None, Preparer | None]]) -> None:
+        self.routes = routes
+
+    @classmethod
+    def build(cls, routes: Sequence[tuple[WhenConfig | Any | None, str, PreparerSpec | None]]) -> Routing:
+        """From (when settings, sink name, preparer spec) per route; `when` may be a config model
+        or a plain attribute tree with the same names (in a parse worker)."""
+        return cls(
+            [
+                (compile_when(when), build_preparer(sink, spec) if spec is not None else None)
+                for when, sink, spec in routes
+            ]
+        )
+
+    def split(self, events: list[Event]) -> list[tuple[int, Share]]:
+        """Each route's share of `events` (routes that take none are left out), by route index."""
+        shares: list[tuple[int, Share]] = []
+        for index, (predicate, preparer) in enumerate(self.routes):
+            selected = events if predicate is None else [event for event in events if predicate(event)]
+            if selected:
+                shares.append((index, preparer.prepare(selected) if preparer is not None else selected))
+        return shares
