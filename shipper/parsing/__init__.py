@@ -36,6 +36,9 @@ Normalized fields (all sinks encode from these):
   magnitude (seconds, ms, µs, ns: `clock.epoch_ms`), on the pino fast path too.
 - nest-winston nestLike: as Nest text, plus the ` - {meta}` as fields and its `stack`/`error` as `err`.
 - Nest text: the `+Nms` suffix becomes `elapsed_ms`.
+- Node's crash printout: `err` {location, source, type, message, stack} (`text.crash_error`) and
+  `node` {version}, level fatal. Any event ending in the `Node.js vX` line gets `node.version` and
+  level fatal; lines after a stack stay in the message: no line is only in `raw`.
 - A record field that collides with a normalized name and is not represented losslessly is kept
   as `original_<name>` (e.g. an unparseable timestamp, pino's `message` next to `msg`).
 - `continuation: true` marks the second and later parts of a multi-line event split at the
@@ -103,11 +106,13 @@ from shipper.parsing.text import (
     NEST_HEAD,
     NEST_LEVELS,
     NEST_LIKE_HEAD,
+    NODE_VERSION,
     PRETTY_HEAD,
     PRETTY_LEVELS,
     PRETTY_ORIGIN,
     STAMPED_HEAD,
     continues_text,
+    crash_error,
     decode,
     inspect_object,
     nest_like_meta,
@@ -273,10 +278,13 @@ class Processor:
                     try:
                         record = loads(line)
                     except decode_error:
-                        # Nest's `json: true` with `colors: true` prints util.inspect output, not JSON.
-                        record = inspect_object(decode(line))
-                        if record is None:
-                            self._fallbacks["invalid_json"].inc()
+                        crash = state.group
+                        if crash is None or crash.kind != _CRASH or crash.done:
+                            # Nest's `json: true` with `colors: true` prints util.inspect output, not JSON.
+                            record = inspect_object(decode(line))
+                            if record is None:
+                                self._fallbacks["invalid_json"].inc()
+                        # else: a thrown object, as Node's crash printout shows it (util.inspect output)
             if type(record) is dict:
                 if group_open:
                     out.append(self._close(state))
@@ -469,7 +477,7 @@ class Processor:
         if group is not None and (
             group.kind in (_NEST, _PRETTY)
             or (group.kind == _CRASH and not group.done)
-            or (group.kind == _TEXT and continues_text(plain))
+            or (group.kind == _TEXT and continues_text(plain, group.lines[0]))
         ):
             if len(group.lines) >= self._max_lines or group.nbytes + size > self._max_bytes:
                 head = dict(group.head, continuation=True)
@@ -608,42 +616,60 @@ class Processor:
             if http is not None and "http" not in fields:
                 fields["http"] = http
         else:
-            while len(texts) > 1 and not texts[-1].strip():
+            _drop_blank_end(texts)
+            version = NODE_VERSION.fullmatch(texts[-1]) if len(texts) > 1 else None
+            if version is not None:  # the end of Node's crash printout: the process died
+                fields["node"] = {"version": version.group(1)}
+                fields["level"] = "fatal"
                 texts.pop()
-            if group.winston:
-                texts = self._winston_meta(fields, texts)
-            elif group.kind == _NEST:
-                elapsed = ELAPSED.search(texts[-1])
-                if elapsed is not None:
-                    fields["elapsed_ms"] = int(elapsed.group(1))
-                    texts[-1] = texts[-1][: elapsed.start()]
-            found = split_error(texts)
-            if found is None:
-                message = "\n".join(texts)
+                _drop_blank_end(texts)
+            if group.kind == _CRASH and "continuation" not in fields:
+                fields["message"], fields["err"] = crash_error(texts)
             else:
-                index, fields["err"] = found
-                if group.kind == _NEST and index > 0 and "elapsed_ms" not in fields:
-                    # `error(msg, stack)` with `timestamp: true`: the `+Nms` ends the line before the stack.
-                    elapsed = ELAPSED.search(texts[index - 1])
-                    if elapsed is not None:
-                        fields["elapsed_ms"] = int(elapsed.group(1))
-                        texts[index - 1] = texts[index - 1][: elapsed.start()]
-                # A crash's or a thrown error's own line is the message; else what was logged before the stack.
-                if group.kind == _CRASH or index == 0:
-                    message = fields["err"]["stack"].split("\n", 1)[0]  # without compact inspect's `{ `
-                else:
-                    message = "\n".join(texts[:index])
-            fields["message"] = message
+                self._text_fields(group, fields, texts)
             if group.kind == _CRASH:
-                fields["level"] = "fatal" if any(text.startswith("Node.js v") for text in texts) else "error"
-            elif group.kind == _TEXT and "level" not in fields:
-                fields["level"] = text_level(texts[0], found is not None)
+                fields.setdefault("level", "error")
             fields.setdefault("level", "info")
         self._common(fields, state.const)
         redactor = self._redactor
         if redactor.enabled and redactor.suspect(raw):
             raw = self._redact_text(fields, raw)
         return Event(fields, raw)
+
+    def _text_fields(self, group: _Group, fields: dict[str, Any], texts: list[str]) -> None:
+        """`message`, `err`, `elapsed_ms` (and a plain-text event's level) of a Nest, text or
+        cut crash group. Lines after an error's stack (past a blank line) stay in the message."""
+        if group.winston:
+            texts = self._winston_meta(fields, texts)
+        elif group.kind == _NEST:
+            elapsed = ELAPSED.search(texts[-1])
+            if elapsed is not None:
+                fields["elapsed_ms"] = int(elapsed.group(1))
+                texts[-1] = texts[-1][: elapsed.start()]
+        found = split_error(texts)
+        if found is None:
+            message = "\n".join(texts)
+        else:
+            index, fields["err"] = found
+            if group.kind == _NEST and index > 0 and "elapsed_ms" not in fields:
+                # `error(msg, stack)` with `timestamp: true`: the `+Nms` ends the line before the stack.
+                elapsed = ELAPSED.search(texts[index - 1])
+                if elapsed is not None:
+                    fields["elapsed_ms"] = int(elapsed.group(1))
+                    texts[index - 1] = texts[index - 1][: elapsed.start()]
+            # A crash's or a thrown error's own line is the message; else what was logged before the stack.
+            if group.kind == _CRASH or index == 0:
+                message = fields["err"]["stack"].split("\n", 1)[0]  # without compact inspect's `{ `
+            else:
+                message = "\n".join(texts[:index])
+            after = texts[index + fields["err"]["stack"].count("\n") + 1 :]
+            while after and not after[0].strip():
+                after = after[1:]
+            if after:
+                message += "\n" + "\n".join(after)
+        fields["message"] = message
+        if group.kind == _TEXT and "level" not in fields:
+            fields["level"] = text_level(texts[0], found is not None)
 
     @staticmethod
     def _winston_meta(fields: dict[str, Any], texts: list[str]) -> list[str]:
@@ -687,6 +713,12 @@ class Processor:
                 # Written differently in the raw lines (escaped, coloured): ship the fields instead.
                 return orjson.dumps(fields)
         return raw if redacted == text else redacted.encode("utf-8", "surrogateescape")
+
+
+def _drop_blank_end(texts: list[str]) -> None:
+    """Remove trailing blank lines, keeping at least one line."""
+    while len(texts) > 1 and not texts[-1].strip():
+        texts.pop()
 
 
 def build_processor(source: str, config: SourceConfig, *, host: str, redact: RedactConfig) -> Processor:
