@@ -233,9 +233,11 @@ def test_crlf_invalid_utf8_nul_and_garbage() -> None:
 
 
 def test_huge_lines() -> None:
+    """Lines up to `max_line_bytes` parse whole, however long (longer ones: test_source_lines.py)."""
     big = b"x" * 5_000_000
     record = orjson.dumps({"level": 30, "time": 1795394836366, "msg": "big", "blob": "y" * 5_000_000})
-    events = run([big, record, b"[Nest] 1  - 11/23/2026, 12:47:50 AM     LOG [X] " + big])
+    lines = [big, record, b"[Nest] 1  - 11/23/2026, 12:47:50 AM     LOG [X] " + big]
+    events = run(lines, max_line_bytes=8 * 1024 * 1024)
     assert [len(e.raw) for e in events] == [5_000_000, len(record), 5_000_000 + 48]
     assert events[1].fields["blob"] == "y" * 5_000_000
 
