@@ -88,8 +88,8 @@ class _Server:
                 raise feed
             processor = feed.processor
             if kind == "feed":
-                _, _, stream, now = message
-                events = processor.feed(body.split(b"\n"), stream, now)
+                _, _, stream, now, open_end = message
+                events = processor.feed(body.split(b"\n"), stream, now, open_end)
                 final = False
             else:
                 _, _, now, force, rests = message

@@ -1,10 +1,10 @@
 """The source side of the pipeline: the interface a source implements, and the line feed it uses.
 
 A source turns the outside world into chunks of lines plus a position (a file offset, a cursor).
-`LineFeed` does the generic rest once: splitting chunks into lines (bounded line length), parsing
-and normalizing, routing to sinks, and opening one ack per chunk whose position accounts for bytes
-still held (a partial last line, an unfinished multi-line event), so a checkpoint never covers
-data that has not been delivered.
+`LineFeed` does the generic rest once: splitting chunks into lines, parsing and normalizing,
+routing to sinks, and opening one ack per chunk whose position accounts for bytes still held (a
+partial last line, an unfinished multi-line event), so a checkpoint never covers data that has not
+been delivered.
 """
 
 from __future__ import annotations
@@ -124,7 +124,6 @@ class LineFeed:
         self._lock = asyncio.Lock()
         self._received = metrics.events_received.labels(context.name)
         self._bytes = metrics.bytes_received.labels(context.name)
-        self._long_lines = metrics.parse_fallbacks.labels(context.name, "line_too_long")
 
     @property
     def held_bytes(self) -> int:
@@ -136,27 +135,33 @@ class LineFeed:
         return sum(len(p) for p in self._partial.values())
 
     async def push(self, data: bytes, stream: str | None = None, end_offset: int | None = None) -> None:
-        """Feed raw bytes read from `stream`; `end_offset` is the source position after them."""
+        """Feed raw bytes read from `stream`; `end_offset` is the source position after them.
+
+        The processor cuts lines longer than `max_line_bytes` into pieces. One still streaming in
+        is not held whole: once the partial line grows past `max_line_bytes`, its start goes to be
+        parsed as an open-ended line (`Processor.feed(open_end=True)`) and at most
+        `max_line_bytes` of it stays here."""
         self._bytes.inc(len(data))
         partial = self._partial.pop(stream, b"")
         if partial:
             data = partial + data
-        body: bytes | None = None
+        body: bytes | None = None  # for a worker: the lines as one slice
         lines: list[bytes] = []
-        if self.remote is not None and len(data) <= self.max_line:  # no line to cut: one slice
+        if self.remote is not None:
             cut = data.rfind(b"\n")
-            body, rest = (None, data) if cut < 0 else (data[:cut], data[cut + 1 :])
+            rest = data[cut + 1 :]
+            body = data[:cut] if cut >= 0 else None
         else:
             lines = data.split(b"\n")
             rest = lines.pop()
-            if len(data) > self.max_line:
-                lines = self._bounded(lines)
-                while len(rest) > self.max_line:
-                    lines.append(rest[: self.max_line])
-                    rest = rest[self.max_line :]
-                    self._long_lines.inc()
-            if self.remote is not None and lines:
-                body = b"\n".join(lines)
+        head = b""
+        if len(rest) > self.max_line:  # a long line still streaming in: its start goes now
+            keep = (len(rest) - 1) % self.max_line + 1
+            head, rest = rest[:-keep], rest[-keep:]
+            if self.remote is None:
+                lines.append(head)
+            else:
+                body = head if body is None else data[: len(data) - keep]
         if rest:
             self._partial[stream] = rest
         async with self._lock:
@@ -164,11 +169,11 @@ class LineFeed:
                 self.position = end_offset
             now = time.time()
             if self.processor is not None:
-                await self._parse_here(self.processor, lines, stream, now)
+                await self._parse_here(self.processor, lines, stream, now, bool(head))
             elif body is not None and self.remote is not None:
                 unheld = self._unheld_position()
                 for piece, after in _pieces(body, self.PIECE_LINES):
-                    parsing = await self.remote.feed(piece, stream, now)
+                    parsing = await self.remote.feed(piece, stream, now, bool(head) and after == len(body))
                     # The position right after this piece's lines (their newline included).
                     position = None if unheld is None else unheld - (len(body) - after)
                     self._pending.append((parsing, position, True))
@@ -238,22 +243,17 @@ class LineFeed:
         ack.add(len(events))
         await self.context.routes[index].channel.put(part)
 
-    def _bounded(self, lines: list[bytes]) -> list[bytes]:
-        out: list[bytes] = []
-        for line in lines:
-            while len(line) > self.max_line:
-                out.append(line[: self.max_line])
-                line = line[self.max_line :]
-                self._long_lines.inc()
-            out.append(line)
-        return out
-
-    async def _parse_here(self, processor: Processor, lines: list[bytes], stream: str | None, now: float) -> None:
+    async def _parse_here(
+        self, processor: Processor, lines: list[bytes], stream: str | None, now: float, open_end: bool
+    ) -> None:
         """Parse and route a chunk's lines in pieces of PIECE_LINES, under one ack whose position
-        is set once the last piece is parsed (what the processor still holds is known then)."""
+        is set once the last piece is parsed (what the processor still holds is known then).
+        `open_end`: the last line is the start of a long line (see `push`)."""
         ack = self.tracker.open(None)
         for start in range(0, len(lines), self.PIECE_LINES):
-            await self._hand_on(processor.feed(lines[start : start + self.PIECE_LINES], stream, now), ack)
+            end = start + self.PIECE_LINES
+            events = processor.feed(lines[start:end], stream, now, open_end and end >= len(lines))
+            await self._hand_on(events, ack)
         ack.position = self._local_position()
         ack.done()
 

@@ -250,3 +250,89 @@ def test_explicit_format_narrows_recognition() -> None:
     check_common(events, lines)
     assert 72 < len(events) < 211  # frames stay with their line, header lines do not merge
     assert all(e.fields["timestamp"] == "2026-11-23T00:48:30.000Z" for e in events)
+
+
+# ------------------------------------------------------------------------- no line is lost
+
+NEST_HEADER = re.compile(
+    r"\[Nest\] \d+  - .+? +(?:LOG|ERROR|WARN|DEBUG|VERBOSE|FATAL) (?:\[[^\]]*\] ?)?(.*?)(?: \+\d+ms)?"
+)
+PRETTY_HEADER = re.compile(r"\[\d\d:\d\d:\d\d\.\d{3}\] (?:TRACE|DEBUG|INFO|WARN|ERROR|FATAL) \(\d+\):(?: (.*))?")
+# A pino-pretty body line that became a field: `    key: value` (or `"key": value` inside an object block).
+PRETTY_FIELD = re.compile(r'\s+"?([^\s":][^":]*?)"?: ?.*')
+NODE_LINE = re.compile(r"Node\.js (v\d\S*)")  # the last line of Node's crash printout
+PUNCTUATION = re.compile(r"[\[\]{},]+")
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def field_strings(value: Any) -> list[str]:
+    """Every string an event ships: keys and values, recursively, numbers as text."""
+    if isinstance(value, dict):
+        return [*value.keys(), *(s for item in value.values() for s in field_strings(item))]
+    if isinstance(value, list):
+        return [s for item in value for s in field_strings(item)]
+    if isinstance(value, str):
+        return [value]
+    return [] if value is None else [str(value)]
+
+
+def is_json(line: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def json_scalar(text: str) -> str | None:
+    """A JSON number or string as the text a field holds, else None."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return str(value) if isinstance(value, str | int | float) else None
+
+
+def lost_lines(events: list[Event]) -> list[str]:
+    """Lines of each event's raw that its fields do not carry (see `carries`)."""
+    lost: list[str] = []
+    for event in events:
+        strings = field_strings(event.fields)
+        pretty = PRETTY_HEADER.fullmatch(ANSI_CODES.sub("", event.raw.decode().split("\n", 1)[0])) is not None
+        for raw in event.raw.split(b"\n"):
+            line = ANSI_CODES.sub("", raw.decode())
+            if line.strip() and not is_json(raw) and not carries(event.fields, strings, line, pretty):
+                lost.append(line)
+    return lost
+
+
+def carries(fields: dict[str, Any], strings: list[str], line: str, pretty: bool) -> bool:
+    """Whether an event's fields carry one of its lines. A line the parser read into structure is
+    checked for what it carries: a Nest or pino-pretty header's message, the `Node.js vX` line's
+    `node.version`, a pretty body line's key or array item; every other line (frames, the crash
+    printout, continuation and plain text) must appear as written (colours removed, trimmed)."""
+    text = line.strip()
+    node = NODE_LINE.fullmatch(text)
+    if node is not None:
+        return fields.get("node") == {"version": node.group(1)}
+    header = NEST_HEADER.fullmatch(line) or PRETTY_HEADER.fullmatch(line)
+    if header is not None:
+        text = (header.group(1) or "").strip()
+    elif pretty:
+        field = PRETTY_FIELD.fullmatch(line)
+        if (field is not None and field.group(1) in strings) or PUNCTUATION.fullmatch(text):
+            return True
+        value = json_scalar(text.removesuffix(","))  # an item of an object block's array
+        text = text if value is None else value
+    return any(text in s for s in strings)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["fastify-pino.ndjson", "fastify-pretty.log", "nest-json.ndjson", "nest-text-color.log", "nest-text-plain.log"],
+)
+def test_every_line_is_in_the_shipped_fields(name: str) -> None:
+    """Sinks ship fields, not raw lines: a line only in `raw` is a line lost (issue #10 §2)."""
+    lines = lines_of(CORPUS / name)
+    events = parse(lines)
+    assert b"\n".join(event.raw for event in events) == b"\n".join(lines)
+    assert lost_lines(events) == []

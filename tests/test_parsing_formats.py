@@ -168,10 +168,21 @@ def test_crash_printout_after_pino_lines_is_one_fatal_event() -> None:
     assert [e.fields["level"] for e in events] == ["info", "fatal", "info"]
     assert events[1].raw == b"\n".join(lines[1:9])
     assert events[1].fields["err"] == {
+        "location": "/srv/app/server.js:12",
+        "source": "    throw new TypeError('bad');\n    ^",
         "type": "TypeError",
         "message": "bad",
         "stack": "TypeError: bad\n    at Object.<anonymous> (/srv/app/server.js:12:11)",
     }
+    assert events[1].fields["node"] == {"version": "v20.20.2"}
+
+
+def test_lines_after_a_stack_stay_in_the_message() -> None:
+    """A Nest group takes every line up to the next header: text after its stack's blank line is
+    part of what was logged, not dropped from the fields."""
+    (event,) = run([*ERROR_BLOCK, b"", b"retrying in 5s", b"  (attempt 2 of 3)"])
+    assert event.fields["message"] == "Error: database connection lost\nretrying in 5s\n  (attempt 2 of 3)"
+    assert event.fields["err"]["stack"].endswith("route.js:163:13)")
 
 
 def test_plain_text_grouping_and_levels() -> None:
@@ -222,9 +233,11 @@ def test_crlf_invalid_utf8_nul_and_garbage() -> None:
 
 
 def test_huge_lines() -> None:
+    """Lines up to `max_line_bytes` parse whole, however long (longer ones: test_source_lines.py)."""
     big = b"x" * 5_000_000
     record = orjson.dumps({"level": 30, "time": 1795394836366, "msg": "big", "blob": "y" * 5_000_000})
-    events = run([big, record, b"[Nest] 1  - 11/23/2026, 12:47:50 AM     LOG [X] " + big])
+    lines = [big, record, b"[Nest] 1  - 11/23/2026, 12:47:50 AM     LOG [X] " + big]
+    events = run(lines, max_line_bytes=8 * 1024 * 1024)
     assert [len(e.raw) for e in events] == [5_000_000, len(record), 5_000_000 + 48]
     assert events[1].fields["blob"] == "y" * 5_000_000
 

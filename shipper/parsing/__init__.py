@@ -36,6 +36,9 @@ Normalized fields (all sinks encode from these):
   magnitude (seconds, ms, µs, ns: `clock.epoch_ms`), on the pino fast path too.
 - nest-winston nestLike: as Nest text, plus the ` - {meta}` as fields and its `stack`/`error` as `err`.
 - Nest text: the `+Nms` suffix becomes `elapsed_ms`.
+- Node's crash printout: `err` {location, source, type, message, stack} (`text.crash_error`) and
+  `node` {version}, level fatal. Any event ending in the `Node.js vX` line gets `node.version` and
+  level fatal; lines after a stack stay in the message: no line is only in `raw`.
 - A record field that collides with a normalized name and is not represented losslessly is kept
   as `original_<name>` (e.g. an unparseable timestamp, pino's `message` next to `msg`).
 - `continuation: true` marks the second and later parts of a multi-line event split at the
@@ -56,6 +59,15 @@ its lines said, the same in a parse worker (which holds the feed's processor bet
   LIVE_LAG_MS after it was written (a replay, a backlog), that time (the event before it);
   else (read live) that time plus the receive time elapsed since, at most its own receive time.
 
+Long lines. A line longer than `max_line_bytes` is cut into text events of at most that many bytes,
+each with FRAGMENT = {"index": i} (from 0), "count": n when the line's end is in the call that
+emits the piece, and "last": true on the final piece; each carries the level and time (and a
+header's pid, context) read from the line's first KiB. A feed holds at most `max_line_bytes` of a
+line still streaming in: it sends the line's start with `feed(open_end=True)`, the stream's next
+line goes on with it (`_Stream.cut` pieces sent so far). Lines of normal length cost one length
+test per call. Counted in `shipper_parse_fallbacks{reason="line_too_long"}`, warned about at
+most once a minute per source.
+
 `held_bytes` counts the input bytes (line plus its newline, `\\r` included) of lines sitting in
 open multi-line groups; it grows when a line joins a group and shrinks by the group's total when
 the group is emitted, so `end_offset - held_bytes` is always the start of unemitted input.
@@ -67,6 +79,9 @@ redacted text.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import time
 from collections.abc import Iterable
 from itertools import repeat
@@ -75,6 +90,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shipper.event import Event
+from shipper.log import RateLimitedLog
 from shipper.parsing.clock import (
     EPOCH_MS_END,
     EPOCH_MS_MIN,
@@ -103,11 +119,13 @@ from shipper.parsing.text import (
     NEST_HEAD,
     NEST_LEVELS,
     NEST_LIKE_HEAD,
+    NODE_VERSION,
     PRETTY_HEAD,
     PRETTY_LEVELS,
     PRETTY_ORIGIN,
     STAMPED_HEAD,
     continues_text,
+    crash_error,
     decode,
     inspect_object,
     nest_like_meta,
@@ -123,7 +141,7 @@ from shipper.tally import parse_fallbacks
 if TYPE_CHECKING:
     from shipper.config import RedactConfig, SourceConfig
 
-__all__ = ["TIME_ESTIMATED", "Processor", "build_processor"]
+__all__ = ["FRAGMENT", "TIME_ESTIMATED", "Processor", "build_processor"]
 
 # Set (true) on an event whose line shows no usable time, so its timestamp is shipper's estimate.
 TIME_ESTIMATED = "shipper.time_estimated"
@@ -131,6 +149,19 @@ TIME_ESTIMATED = "shipper.time_estimated"
 # time are stamped by the receive clock. One read further behind is a replay (or a backlog): they
 # take the time of the event before them.
 LIVE_LAG_MS = 60_000
+
+# Set on each piece of a line longer than `max_line_bytes`: {"index": i, "count": n, "last": true}
+# (see the module docstring, Long lines).
+FRAGMENT = "shipper.fragment"
+# How much of a long line's start is read for its level and time.
+_HEAD_BYTES = 1024
+# A record's level and time keys near its start (`"level":50`, `"time":1795394836366`).
+_RECORD_HEAD = re.compile(
+    rb'"(level|time|timestamp|ts|@timestamp|severity|lvl|levelname)"\s*:\s*'
+    rb'(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|"(?:[^"\\]|\\.){0,100}")'
+)
+_HEAD_KEYS = ("level", "level_num", "timestamp", TIME_ESTIMATED)
+_cut_lines_log = RateLimitedLog(logging.getLogger("shipper.parsing"), 60.0)
 
 # Group kinds.
 _NEST, _PRETTY, _TEXT, _CRASH = 1, 2, 3, 4
@@ -157,11 +188,13 @@ class _Group:
 class _Stream:
     """Per-stream state: the open group and the stream's clock (the times its events said)."""
 
-    __slots__ = ("const", "group", "last_ms", "read_at", "read_ms", "second_ms")
+    __slots__ = ("const", "cut", "cut_head", "group", "last_ms", "read_at", "read_ms", "second_ms")
 
     def __init__(self, const: dict[str, Any]) -> None:
         self.const = const
         self.group: _Group | None = None
+        self.cut = 0  # pieces of a long line emitted before its end was read
+        self.cut_head: dict[str, Any] = {}  # the level and time that line's start showed
         self.last_ms = -1  # the previous event's time (epoch ms)
         self.second_ms = -1  # the last time made up for a time printed to the second
         self.read_ms = -1  # the last time read from a line (epoch ms), -1 before the first
@@ -212,6 +245,7 @@ class Processor:
         self._timeout = config.multiline.flush_timeout
         self._max_bytes = config.multiline.max_bytes
         self._max_lines = config.multiline.max_lines
+        self._max_line = config.max_line_bytes
         self._redactor = Redactor(redact)
         self._streams: dict[str | None, _Stream] = {}
         self._second = -1
@@ -220,11 +254,13 @@ class Processor:
         self._text_reason = "unrecognized" if fmt != "text" else None
         self._fallbacks = {
             reason: parse_fallbacks.labels(source, reason)
-            for reason in ("unrecognized", "invalid_json", "empty", "bad_timestamp")
+            for reason in ("unrecognized", "invalid_json", "empty", "bad_timestamp", "line_too_long")
         }
 
-    def feed(self, lines: list[bytes], stream: str | None, received_at: float) -> list[Event]:
-        """Parse complete lines (no terminators) read from `stream` at `received_at` (epoch seconds)."""
+    def feed(self, lines: list[bytes], stream: str | None, received_at: float, open_end: bool = False) -> list[Event]:
+        """Parse lines (no terminators) read from `stream` at `received_at` (epoch seconds). The
+        lines are complete, except the last one with `open_end`: the start of a line longer than
+        `max_line_bytes` whose end is still to come (the next call's first line goes on with it)."""
         out: list[Event] = []
         state = self._streams.get(stream)
         if state is None:
@@ -242,6 +278,8 @@ class Processor:
         json_ok = self._json
         redactor = self._redactor
         joined = b"\n".join(lines)
+        if open_end or state.cut or (len(joined) > self._max_line and max(map(len, lines)) > self._max_line):
+            return out + self._feed_long(lines, stream, state, received_at, open_end)
         crlf = joined.find(b"\r") >= 0 and any(line[-1:] == b"\r" for line in lines)
         # Lines that may hold a secret, found for the whole chunk at once, by object identity so
         # the loop needs no index.
@@ -273,10 +311,13 @@ class Processor:
                     try:
                         record = loads(line)
                     except decode_error:
-                        # Nest's `json: true` with `colors: true` prints util.inspect output, not JSON.
-                        record = inspect_object(decode(line))
-                        if record is None:
-                            self._fallbacks["invalid_json"].inc()
+                        crash = state.group
+                        if crash is None or crash.kind != _CRASH or crash.done:
+                            # Nest's `json: true` with `colors: true` prints util.inspect output, not JSON.
+                            record = inspect_object(decode(line))
+                            if record is None:
+                                self._fallbacks["invalid_json"].inc()
+                        # else: a thrown object, as Node's crash printout shows it (util.inspect output)
             if type(record) is dict:
                 if group_open:
                     out.append(self._close(state))
@@ -370,10 +411,115 @@ class Processor:
                 out.append(self._close(state))
         return out
 
+    # ------------------------------------------------------------------ long lines
+
+    def _feed_long(
+        self, lines: list[bytes], stream: str | None, state: _Stream, received_at: float, open_end: bool
+    ) -> list[Event]:
+        """`feed` for lines of which some are (or go on) a line longer than `max_line_bytes`: those
+        are cut into pieces, the others parsed as usual, in order."""
+        out: list[Event] = []
+        start = 0  # the first line not parsed yet
+        last = len(lines) - 1
+        for index, line in enumerate(lines):
+            ends = not (open_end and index == last)
+            if state.cut or len(line) > self._max_line or not ends:
+                if start < index:
+                    out += self.feed(lines[start:index], stream, received_at)
+                out += self._pieces(line, state, received_at, ends)
+                start = index + 1
+        if start <= last:
+            out += self.feed(lines[start:], stream, received_at)
+        return out
+
+    def _pieces(self, line: bytes, state: _Stream, received_at: float, ends: bool) -> list[Event]:
+        """A long line (or the next part of one, after `state.cut` pieces) as text events of at most
+        `max_line_bytes`, each marked FRAGMENT and carrying the level and time of the line's start.
+        `ends`: the line's end is in `line` (the total is known, the final piece is in it)."""
+        out: list[Event] = []
+        if state.group is not None:
+            out.append(self._close(state))
+        if state.cut == 0:  # the line's start
+            state.cut_head = self._long_line_head(line[:_HEAD_BYTES], state, received_at)
+            self._fallbacks["line_too_long"].inc()
+            _cut_lines_log.warning(
+                self.source,
+                "line longer than max_line_bytes shipped in pieces (shipper.fragment)",
+                source=self.source,
+                max_line_bytes=self._max_line,
+            )
+        if ends and line[-1:] == b"\r":
+            line = line[:-1]
+        step = self._max_line
+        count = max(1, -(-len(line) // step))
+        first = state.cut
+        for number in range(count):
+            piece = line[number * step : (number + 1) * step]
+            fragment: dict[str, Any] = {"index": first + number}
+            if ends:
+                fragment["count"] = first + count
+                if number == count - 1:
+                    fragment["last"] = True
+            head = dict(state.cut_head)
+            head[FRAGMENT] = fragment
+            out.append(self._event(_Group(_TEXT, piece, 0, received_at, head, None), state.const))
+        state.cut = 0 if ends else first + count
+        return out
+
+    def _long_line_head(self, start: bytes, state: _Stream, received_at: float) -> dict[str, Any]:
+        """The level and time (and a header's other fields) a long line's first bytes show: a
+        record's `"level"` and time keys, a Nest, pino-pretty or winston header; else the text's."""
+        plain = ANSI_BYTES.sub(b"", start) if 27 in start else start
+        if plain[:1] == b"{" and self._json:
+            record: dict[str, Any] = {}
+            for key, value in _RECORD_HEAD.findall(plain):
+                with contextlib.suppress(orjson.JSONDecodeError):  # a string with an escape JSON lacks
+                    record.setdefault(key.decode(), orjson.loads(value))
+            self._level_and_time(record, state, received_at)
+            return {key: record[key] for key in _HEAD_KEYS if key in record}
+        header = self._read_header(state, plain, received_at) if plain[:1] == b"[" else None
+        if header is not None:
+            return header[1]
+        stamped = self._stamped(state, plain, received_at)
+        if stamped is not None:
+            return stamped[0]
+        head = self._estimated_head(state, received_at)
+        head["level"] = text_level(decode(plain), False)
+        return head
+
     # ------------------------------------------------------------------ records
 
     def _normalize(self, record: dict[str, Any], state: _Stream, received_at: float) -> None:
         """Any JSON object other than a plain pino record: Nest JSON, pino with collisions, others."""
+        self._level_and_time(record, state, received_at)
+        if "msg" in record:
+            msg = record.pop("msg")
+            if "message" in record:
+                record["original_message"] = record["message"]
+            record["message"] = "" if msg is None else render(msg)
+        else:
+            message = record.get("message")
+            record["message"] = "" if message is None else render(message)
+        hostname = record.get("hostname")
+        if isinstance(hostname, str):
+            del record["hostname"]
+            if "host" in record and record["host"] != hostname:
+                record["original_host"] = record["host"]
+            record["host"] = hostname
+        if "err" not in record:
+            error = record.get("error")
+            if isinstance(error, dict) and ("message" in error or "stack" in error):
+                record["err"] = error_from_object(record.pop("error"))
+            elif isinstance(record.get("stack"), str):
+                record["err"] = error_from_stack(record.pop("stack"))
+        if "http" not in record:
+            http = http_fields(record)
+            if http is not None:
+                record["http"] = http
+        self._common(record, state.const)
+
+    def _level_and_time(self, record: dict[str, Any], state: _Stream, received_at: float) -> None:
+        """A record's `level` word (and `level_num`) and RFC 3339 `timestamp`, from whichever keys it states them in."""
         level = record.get("level")
         if isinstance(level, int | float) and not isinstance(level, bool):
             record.setdefault("level_num", level)
@@ -409,31 +555,6 @@ class Processor:
             record[TIME_ESTIMATED] = True
         else:
             record["timestamp"] = format_ms(state.read(ms, received_at))
-        if "msg" in record:
-            msg = record.pop("msg")
-            if "message" in record:
-                record["original_message"] = record["message"]
-            record["message"] = "" if msg is None else render(msg)
-        else:
-            message = record.get("message")
-            record["message"] = "" if message is None else render(message)
-        hostname = record.get("hostname")
-        if isinstance(hostname, str):
-            del record["hostname"]
-            if "host" in record and record["host"] != hostname:
-                record["original_host"] = record["host"]
-            record["host"] = hostname
-        if "err" not in record:
-            error = record.get("error")
-            if isinstance(error, dict) and ("message" in error or "stack" in error):
-                record["err"] = error_from_object(record.pop("error"))
-            elif isinstance(record.get("stack"), str):
-                record["err"] = error_from_stack(record.pop("stack"))
-        if "http" not in record:
-            http = http_fields(record)
-            if http is not None:
-                record["http"] = http
-        self._common(record, state.const)
 
     def _common(self, fields: dict[str, Any], const: dict[str, Any]) -> None:
         """host/service/source/stream, keeping a record's own different value as `original_<name>`."""
@@ -469,7 +590,7 @@ class Processor:
         if group is not None and (
             group.kind in (_NEST, _PRETTY)
             or (group.kind == _CRASH and not group.done)
-            or (group.kind == _TEXT and continues_text(plain))
+            or (group.kind == _TEXT and continues_text(plain, group.lines[0]))
         ):
             if len(group.lines) >= self._max_lines or group.nbytes + size > self._max_bytes:
                 head = dict(group.head, continuation=True)
@@ -487,17 +608,24 @@ class Processor:
         if not plain.strip():
             self._fallbacks["empty"].inc()
             return
-        stamped = STAMPED_HEAD.fullmatch(decode(plain)) if plain[:1].isdigit() or plain[:1] == b"[" else None
-        ms = self._times.stamp(stamped.group(1)) if stamped is not None else None
-        if stamped is not None and ms is not None:  # `2026-12-03 15:49:24 error: ...` (winston printf)
-            head = {
-                "timestamp": format_ms(state.second(ms // 1000, received_at)),
-                "level": LEVEL_BY_WORD[stamped.group(2).lower()],
-            }
-            self._open(state, _TEXT, line, size, received_at, head, stamped.group(3), out)
+        stamped = self._stamped(state, plain, received_at)
+        if stamped is not None:
+            self._open(state, _TEXT, line, size, received_at, *stamped, out)
         else:
             self._open(state, _TEXT, line, size, received_at, self._estimated_head(state, received_at), None, out)
         self._count_text()
+
+    def _stamped(self, state: _Stream, plain: bytes, received_at: float) -> tuple[dict[str, Any], str] | None:
+        """The head and message of `2026-12-03 15:49:24 error: ...` (winston's printf), else None."""
+        stamped = STAMPED_HEAD.fullmatch(decode(plain)) if plain[:1].isdigit() or plain[:1] == b"[" else None
+        ms = self._times.stamp(stamped.group(1)) if stamped is not None else None
+        if stamped is None or ms is None:
+            return None
+        head = {
+            "timestamp": format_ms(state.second(ms // 1000, received_at)),
+            "level": LEVEL_BY_WORD[stamped.group(2).lower()],
+        }
+        return head, stamped.group(3)
 
     def _count_text(self) -> None:
         if self._text_reason is not None:
@@ -507,6 +635,21 @@ class Processor:
         self, state: _Stream, line: bytes, plain: bytes, size: int, received_at: float, out: list[Event]
     ) -> bool:
         """Open a Nest or pino-pretty group when `plain` is one of their header lines."""
+        header = self._read_header(state, plain, received_at)
+        if header is None:
+            return False
+        kind, head, message, winston = header
+        self._open(state, kind, line, size, received_at, head, message, out)
+        if winston:
+            assert state.group is not None
+            state.group.winston = True
+        return True
+
+    def _read_header(
+        self, state: _Stream, plain: bytes, received_at: float
+    ) -> tuple[int, dict[str, Any], str, bool] | None:
+        """A Nest (or nestLike) or pino-pretty header line's group kind, head fields, message, and
+        whether nest-winston printed it; None for any other line."""
         match = NEST_HEAD.fullmatch(plain) if self._nest else None
         winston = match is None and self._nest and (match := NEST_LIKE_HEAD.fullmatch(plain)) is not None
         if match is not None:
@@ -525,11 +668,7 @@ class Processor:
                     self._bad_stamp(head, stamp_text, state, received_at)
             else:
                 head["timestamp"] = format_ms(state.second(second, received_at))
-            self._open(state, _NEST, line, size, received_at, head, decode(message or b""), out)
-            if winston:
-                assert state.group is not None
-                state.group.winston = True
-            return True
+            return _NEST, head, decode(message or b""), winston
         match = PRETTY_HEAD.fullmatch(plain) if self._pretty else None
         if match is not None:
             stamp_text = match.group(1).decode("utf-8", "replace")
@@ -549,9 +688,8 @@ class Processor:
                     head["name"] = name
                 if hostname:
                     head["host"] = hostname
-            self._open(state, _PRETTY, line, size, received_at, head, decode(match.group(4) or b""), out)
-            return True
-        return False
+            return _PRETTY, head, decode(match.group(4) or b""), False
+        return None
 
     @staticmethod
     def _estimated_head(state: _Stream, received_at: float) -> dict[str, Any]:
@@ -585,6 +723,10 @@ class Processor:
         assert group is not None
         state.group = None
         self.held_bytes -= group.nbytes
+        return self._event(group, state.const)
+
+    def _event(self, group: _Group, const: dict[str, Any]) -> Event:
+        """The event of a finished group: its fields, `const` (service, source, stream) and raw."""
         raw = b"\n".join(group.lines)
         texts = [decode(line) for line in group.lines]
         if group.first is not None:
@@ -608,38 +750,55 @@ class Processor:
             if http is not None and "http" not in fields:
                 fields["http"] = http
         else:
-            while len(texts) > 1 and not texts[-1].strip():
-                texts.pop()
-            if group.winston:
-                texts = self._winston_meta(fields, texts)
-            elif group.kind == _NEST:
-                elapsed = ELAPSED.search(texts[-1])
-                if elapsed is not None:
-                    fields["elapsed_ms"] = int(elapsed.group(1))
-                    texts[-1] = texts[-1][: elapsed.start()]
-            found = split_error(texts)
-            if found is None:
-                message = "\n".join(texts)
+            # Trailing blank lines go, and Node's `Node.js vX`: the end of its crash printout (the process died).
+            version = None
+            while len(texts) > 1:
+                if not texts[-1].strip():
+                    texts.pop()
+                elif version is None and (version := NODE_VERSION.fullmatch(texts[-1])) is not None:
+                    fields["node"] = {"version": version.group(1)}
+                    fields["level"] = "fatal"
+                    texts.pop()
+                else:
+                    break
+            if group.kind == _CRASH and "continuation" not in fields:
+                fields["message"], fields["err"] = crash_error(texts)
             else:
-                index, fields["err"] = found
-                if group.kind == _NEST and index > 0 and "elapsed_ms" not in fields:
-                    # `error(msg, stack)` with `timestamp: true`: the `+Nms` ends the line before the stack.
-                    elapsed = ELAPSED.search(texts[index - 1])
+                if group.winston:
+                    texts = self._winston_meta(fields, texts)
+                elif group.kind == _NEST:
+                    elapsed = ELAPSED.search(texts[-1])
                     if elapsed is not None:
                         fields["elapsed_ms"] = int(elapsed.group(1))
-                        texts[index - 1] = texts[index - 1][: elapsed.start()]
-                # A crash's or a thrown error's own line is the message; else what was logged before the stack.
-                if group.kind == _CRASH or index == 0:
-                    message = fields["err"]["stack"].split("\n", 1)[0]  # without compact inspect's `{ `
+                        texts[-1] = texts[-1][: elapsed.start()]
+                found = split_error(texts)
+                if found is None:
+                    message = "\n".join(texts)
                 else:
-                    message = "\n".join(texts[:index])
-            fields["message"] = message
+                    index, fields["err"] = found
+                    if group.kind == _NEST and index > 0 and "elapsed_ms" not in fields:
+                        # `error(msg, stack)` with `timestamp: true`: the `+Nms` ends the line before the stack.
+                        elapsed = ELAPSED.search(texts[index - 1])
+                        if elapsed is not None:
+                            fields["elapsed_ms"] = int(elapsed.group(1))
+                            texts[index - 1] = texts[index - 1][: elapsed.start()]
+                    # A crash's or a thrown error's own line is the message; else what was logged before the stack.
+                    if group.kind == _CRASH or index == 0:
+                        message = fields["err"]["stack"].split("\n", 1)[0]  # without compact inspect's `{ `
+                    else:
+                        message = "\n".join(texts[:index])
+                    after = texts[index + fields["err"]["stack"].count("\n") + 1 :]
+                    while after and not after[0].strip():
+                        after = after[1:]
+                    if after:
+                        message += "\n" + "\n".join(after)
+                fields["message"] = message
+                if group.kind == _TEXT and "level" not in fields:
+                    fields["level"] = text_level(texts[0], found is not None)
             if group.kind == _CRASH:
-                fields["level"] = "fatal" if any(text.startswith("Node.js v") for text in texts) else "error"
-            elif group.kind == _TEXT and "level" not in fields:
-                fields["level"] = text_level(texts[0], found is not None)
+                fields.setdefault("level", "error")
             fields.setdefault("level", "info")
-        self._common(fields, state.const)
+        self._common(fields, const)
         redactor = self._redactor
         if redactor.enabled and redactor.suspect(raw):
             raw = self._redact_text(fields, raw)

@@ -73,8 +73,20 @@ STAMPED_HEAD = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 
-# Node's uncaught-exception printout starts with `file:///app/x.js:82`, `/app/x.js:82` or `node:internal/...:12`.
-CRASH_HEAD = re.compile(rb"(?:file://)?(?:/|node:|[A-Za-z]:[\\/])\S*:\d+")
+# Node's uncaught-exception printout starts with the location of the throw: `file:///app/x.js:82`,
+# `/app/x.js:82`, `node:internal/...:12`, or `<anonymous_script>:1` (JSON.parse of bad input).
+CRASH_HEAD = re.compile(rb"(?:(?:file://)?(?:/|node:|[A-Za-z]:[\\/])\S*|<anonymous_script>):\d+")
+# ... and ends with the version of the Node.js that died: `Node.js v20.20.2`.
+NODE_VERSION = re.compile(r"Node\.js (v\d+\.\d+\.\d+\S*)")
+# The caret Node prints under the source line (`^`, one per column of a range), aligned with it.
+_CARET = re.compile(r"[ \t]*\^+[ \t]*")
+# What Node prints after a thrown value that is not an Error (then a blank line, or its frames).
+_NON_ERROR_TAIL = ("(Use `node --trace-uncaught ...`", "Thrown at:")
+# An Error printed without frames (`Error.stackTraceLimit = 0`, a replaced `stack`): `[Error: message]`.
+_FRAMELESS_ERROR = re.compile(r"\[([A-Z_$][\w$.]*)(?: \[[\w-]+\])?(?:: (.*))?\]", re.DOTALL)
+# V8's own printout under `--abort-on-uncaught-exception`: `Uncaught Error: x`, a blank line, `FROM`,
+# then one frame per line at column 0 (`fn (/app/x.js:2:3)`, `/app/x.js:1:1`).
+_V8_ABORT_LINE = re.compile(rb"FROM|\S[^\n]* \([^()\s]+:\d+:\d+\)|\S+:\d+:\d+")
 
 ELAPSED = re.compile(r" \+(\d+)ms$")
 _FRAME = re.compile(r"\s+(?:at \S|\.\.\. \d+ (?:more|lines))")
@@ -86,9 +98,14 @@ _WORDS = LEVEL_BY_WORD  # the words _LEVEL_WORD can match are all in it
 _TEXT_CONTINUATIONS = (b" ", b"\t", b"}", b"]", b")", b"Node.js v", b"caused by:", b"Caused by:", b"[cause]")
 
 
-def continues_text(plain: bytes) -> bool:
-    """Whether a line belongs to the plain-text event before it (frames, inspect output, blanks)."""
-    return not plain.strip() or plain.startswith(_TEXT_CONTINUATIONS)
+def continues_text(plain: bytes, first: bytes) -> bool:
+    """Whether a line belongs to the plain-text event whose first line is `first` (frames,
+    inspect output, blanks; V8's `FROM` frames after its `Uncaught ...`)."""
+    return (
+        not plain.strip()
+        or plain.startswith(_TEXT_CONTINUATIONS)
+        or (first.startswith(b"Uncaught ") and _V8_ABORT_LINE.fullmatch(plain) is not None)
+    )
 
 
 def decode(line: bytes) -> str:
@@ -117,6 +134,39 @@ def split_error(lines: list[str]) -> tuple[int, dict[str, Any]] | None:
             if not lines[ahead].strip():
                 break
     return None
+
+
+def crash_error(texts: list[str]) -> tuple[str, dict[str, Any]]:
+    """The message and `err` of Node's uncaught-exception printout (lines without colours, its
+    `Node.js vX` line taken off). `err` holds the printout's every line: `location` (where the
+    value was thrown), `source` (the source line and the caret under it, aligned as printed),
+    `stack` (all Node printed for the thrown value, from its first line on), and the `type` and
+    `message` of an Error; a thrown value that is no Error (`throw 'x'`) has only its text as
+    `message`. The event's message is the thrown value's first line (`Error: message`)."""
+    err: dict[str, Any] = {"location": texts[0]}
+    rest = texts[1:]
+    caret = next((i for i, text in enumerate(rest[:3]) if _CARET.fullmatch(text)), None)
+    if caret is not None:
+        err["source"] = "\n".join(rest[: caret + 1])
+        rest = rest[caret + 1 :]
+    while rest and not rest[0].strip():
+        rest = rest[1:]
+    if not rest:  # cut short before the thrown value
+        return texts[0], err
+    err["stack"] = "\n".join(rest)
+    found = split_error(rest)
+    if found is not None:
+        error = found[1]
+        err["type"], err["message"] = error["type"], error["message"]
+        return error["stack"].split("\n", 1)[0], err
+    end = next((i for i, text in enumerate(rest) if text.startswith(_NON_ERROR_TAIL)), len(rest))
+    value = "\n".join(rest[:end])
+    frameless = _FRAMELESS_ERROR.fullmatch(value)
+    if frameless is None:
+        err["message"] = value
+        return value.split("\n", 1)[0], err
+    err["type"], err["message"] = frameless.group(1), frameless.group(2) or ""
+    return value[1:-1].split("\n", 1)[0], err  # the error's own line, as its `stack` reads
 
 
 def text_level(first: str, has_error: bool) -> str:
