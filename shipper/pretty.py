@@ -53,7 +53,9 @@ def render(event: Event, color: bool, zone: tzinfo | None = None) -> str:
         if key not in _SHOWN and key not in _HIDDEN_WHEN_PRETTY and key != "err"
     )
     err = fields.get("err")
-    stack = err.get("stack") if isinstance(err, dict) else None
+    # A crash printout's location and source excerpt (caret aligned) come before its stack, as Node prints them.
+    below = [err.get(key) for key in ("location", "source", "stack")] if isinstance(err, dict) else []
+    stack = "\n".join(part for part in below if isinstance(part, str) and part)
     service = str(fields.get("service", ""))
     if color:
         paint = _LEVEL_COLORS.get(level, "")
@@ -64,6 +66,6 @@ def render(event: Event, color: bool, zone: tzinfo | None = None) -> str:
         line = f"{clock} {level.upper():5} {service} {message}"
         if extras:
             line += f" {extras}"
-    if isinstance(stack, str) and stack:
+    if stack:
         line += "\n" + "\n".join("    " + row for row in stack.splitlines())
     return line

@@ -172,6 +172,28 @@ def test_tail_prints_times_in_the_zone_asked_for(zone: str | None) -> None:
     assert shown.stdout.decode().startswith(f"{moment:%H:%M:%S}.{stamp % 1000:03d} INFO ")
 
 
+def test_tail_shows_a_crash_printout_whole() -> None:
+    """Node's crash printout: its location and the source line with the caret under the throw come
+    before the stack, as Node printed them, and the Node version is shown."""
+    crash = (
+        b"file:///srv/app/dist/main.js:82\n"
+        b"            throw new Error('boom');\n"
+        b"            ^\n\n"
+        b"Error: boom\n    at Timeout._onTimeout (file:///srv/app/dist/main.js:82:19)\n\n"
+        b"Node.js v20.20.2\n"
+    )
+    shown = run_shipper(["tail"], crash)
+    assert shown.proc.returncode == 0, shown.stderr.decode()
+    rows = shown.stdout.decode().splitlines()
+    assert " FATAL " in rows[0] and rows[0].endswith('node={"version":"v20.20.2"}')
+    assert rows[1:5] == [
+        "    file:///srv/app/dist/main.js:82",
+        "                throw new Error('boom');",
+        "                ^",
+        "    Error: boom",
+    ]
+
+
 def test_tail_shows_agent_lines_only_when_verbose() -> None:
     quiet = run_shipper(["tail"], pino(range(1)))
     assert quiet.proc.returncode == 0 and b"line 0" in quiet.stdout and quiet.stderr == b""
