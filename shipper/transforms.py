@@ -71,6 +71,7 @@ class Transforms:
         return events
 
     def _reencode(self, events: list[Event]) -> None:
+        """Each changed event's raw as its new JSON, redacted first where a set or rename changed it."""
         raws = [_json(event.fields) for event in events]
         redactor = self._redactor
         if redactor is not None:
