@@ -13,11 +13,22 @@ import os
 import re
 import socket
 import tomllib
+from datetime import date, time
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from shipper.errors import ConfigError
 from shipper.registry import Registry
@@ -111,6 +122,109 @@ class RedactConfig(Strict):
     patterns: list[RedactPattern] = []
 
 
+# ---------------------------------------------------------------- filters and transforms (sources and sinks)
+
+
+LevelName = Literal["trace", "debug", "info", "warn", "error", "fatal"]
+
+
+class WhenConfig(Strict):
+    """An event filter (a sink's route, a `drop` transform); every condition given must hold."""
+
+    level: LevelName | None = None
+    equals: dict[str, str | int | float | bool] = {}
+    matches: dict[str, str] = {}
+
+    @field_validator("matches")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for field, regex in value.items():
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression for {field!r}: {exc}") from None
+        return value
+
+
+def _field_path(path: str) -> str:
+    if not path or "" in path.split("."):
+        raise ValueError(f"expected a field name or dotted path such as req.headers.cookie, got {path!r}")
+    return path
+
+
+FieldPath = Annotated[str, AfterValidator(_field_path)]  # `res.statusCode`: a field, or a nested one
+
+
+def _dates_as_text(value: Any) -> Any:
+    """TOML dates and times as RFC 3339 text: an event's fields are JSON."""
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _dates_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_dates_as_text(item) for item in value]
+    return value
+
+
+class DropTransform(Strict):
+    """Drop the events `when` matches (counted)."""
+
+    type: Literal["drop"]
+    when: WhenConfig
+
+    @field_validator("when")
+    @classmethod
+    def _some_condition(cls, value: WhenConfig) -> WhenConfig:
+        if value.level is None and not value.equals and not value.matches:
+            raise ValueError("give level, equals or matches: an empty when would drop every event")
+        return value
+
+
+class SampleTransform(Strict):
+    """Keep 1 event in `rate` (counted), by arrival or, with `key`, by a hash of that field's value
+    (every event of a kept trace); events at or above `keep_level` are always kept."""
+
+    type: Literal["sample"]
+    rate: int = Field(ge=1)
+    key: FieldPath | None = None
+    keep_level: Literal["trace", "debug", "info", "warn", "error", "fatal", "none"] = "error"
+
+
+class SetTransform(Strict):
+    """Set `field` to `value`; with `overwrite = false`, only where the field is missing."""
+
+    type: Literal["set"]
+    field: FieldPath
+    value: Annotated[JsonValue, BeforeValidator(_dates_as_text)]
+    overwrite: bool = True
+
+
+class RemoveTransform(Strict):
+    type: Literal["remove"]
+    fields: list[FieldPath] = Field(min_length=1)
+
+
+class RenameTransform(Strict):
+    """Move the value at `from` to `to` (replacing what `to` held)."""
+
+    type: Literal["rename"]
+    from_: FieldPath = Field(alias="from")
+    to: FieldPath
+
+    @field_validator("to")
+    @classmethod
+    def _elsewhere(cls, value: str, info: ValidationInfo) -> str:
+        old = info.data.get("from_")
+        if old is not None and (value == old or value.startswith(old + ".")):
+            raise ValueError(f"cannot move {old!r} to itself or into itself")
+        return value
+
+
+TransformConfig = Annotated[
+    DropTransform | SampleTransform | SetTransform | RemoveTransform | RenameTransform, Field(discriminator="type")
+]
+
+
 # ---------------------------------------------------------------- sources
 
 
@@ -129,27 +243,10 @@ class SourceConfig(Strict):
     timezone: ZoneName | None = None
     multiline: MultilineConfig = MultilineConfig()
     max_line_bytes: Size = 1024 * 1024
+    transforms: list[TransformConfig] = []  # applied in order to every event (shipper/transforms.py)
 
 
 # ---------------------------------------------------------------- sinks
-
-
-class WhenConfig(Strict):
-    """Route filter; every condition given must hold."""
-
-    level: Literal["trace", "debug", "info", "warn", "error", "fatal"] | None = None
-    equals: dict[str, str | int | float | bool] = {}
-    matches: dict[str, str] = {}
-
-    @field_validator("matches")
-    @classmethod
-    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
-        for field, regex in value.items():
-            try:
-                re.compile(regex)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression for {field!r}: {exc}") from None
-        return value
 
 
 class BufferConfig(Strict):
@@ -245,28 +342,44 @@ def _unknown_key(key: str, known: Any) -> str:
     return f"unknown key; did you mean {close[0]}?" if close else "unknown key"
 
 
-def _keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """The keys the table at `loc` (a pydantic error location below `model`) accepts."""
+def _tables_along(model: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[list[int | str], list[type[BaseModel]]]:
+    """A pydantic error location below `model` as the config's key path, and the tables the key
+    it ends at may be (several: a list of tagged tables such as transforms, whose `type` is not
+    known). Pydantic puts the tag of a tagged table in the location (`transforms.1.sample.rate`);
+    the user wrote `transforms[1].rate`, so the tag only chooses the table."""
+    path: list[int | str] = []
+    tables = [model]
     for part in loc:
-        if isinstance(part, int):
-            continue  # an index into a list of tables
-        field = model.model_fields.get(part)
-        nested = _model_in(field.annotation) if field is not None else None
-        if nested is None:
-            return []
-        model = nested
-    return list(model.model_fields)
+        if isinstance(part, str) and len(tables) > 1:
+            tagged = [table for table in tables if part in _tags(table)]
+            if tagged:
+                tables = tagged
+                continue
+        path.append(part)
+        if isinstance(part, int) or not tables:
+            continue  # an index into a list of tables, or a key below the last table
+        field = _fields_by_key(tables[0]).get(part)
+        tables = _models_in(field.annotation) if field is not None else []
+    return path, tables
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The config table type inside an annotation such as `WhenConfig | None` or `list[RedactPattern]`."""
+def _fields_by_key(model: type[BaseModel]) -> dict[str, Any]:
+    """A table's fields by the key a user writes (`from`, not the attribute `from_`)."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
+def _tags(model: type[BaseModel]) -> tuple[Any, ...]:
+    """The `type` values a tagged table accepts (none for an untagged one)."""
+    field = model.model_fields.get("type")
+    return get_args(field.annotation) if field is not None and get_origin(field.annotation) is Literal else ()
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config table types inside an annotation such as `WhenConfig | None`, `list[RedactPattern]`
+    or a list of tagged tables."""
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
 
 
 # ---------------------------------------------------------------- loading
@@ -310,16 +423,32 @@ def _interpolate_tree(node: Any, key: str, environ: dict[str, str] | os._Environ
     return node
 
 
+# A key path's step: a name, and its index when it names one of an array of tables.
+_Step = tuple[str, int | None]
+
+
 def find_line(text: str, key: str) -> int | None:
-    """Best-effort TOML line of a dotted key path (tomllib keeps no positions)."""
-    parts = [p for p in re.split(r"\.|\[\d+\]", key) if p]
+    """Best-effort TOML line of a dotted key path (tomllib keeps no positions). In an array of
+    tables (`[[sources.api.transforms]]`), `transforms[1]` is the second such header."""
+    parts: list[_Step] = []
+    for step in key.split("."):
+        name, index = re.fullmatch(r"(.*?)(?:\[(\d+)\])*", step).groups()  # type: ignore[union-attr]
+        if name:
+            parts.append((name, int(index) if index is not None else None))
     lines = text.splitlines()
-    best_line, best_depth, table, found_in_table = None, -1, [], False
+    best_line, best_depth, found_in_table = None, -1, False
+    table: list[_Step] = []
+    arrays: dict[tuple[str, ...], int] = {}  # headers of arrays of tables: how many seen so far
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
-        header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", line)
+        header = re.match(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?", line)
         if header:
-            table = [p.strip().strip('"') for p in header.group(1).split(".")]
+            names = tuple(p.strip().strip('"') for p in header.group(2).split("."))
+            if header.group(1) == "[[":
+                arrays[names] = arrays.get(names, 0) + 1
+            # Each step that names an array of tables is in its latest element.
+            prefixes = [names[: i + 1] for i in range(len(names))]
+            table = [(name, arrays[at] - 1 if at in arrays else None) for name, at in zip(names, prefixes, strict=True)]
             found_in_table = False
             depth = _common_prefix(table, parts)
             if depth == min(len(table), len(parts)) and depth > best_depth:
@@ -327,7 +456,7 @@ def find_line(text: str, key: str) -> int | None:
             continue
         assign = re.match(r'^("?[A-Za-z0-9_.\-"]+"?)\s*=', line)
         if assign and not found_in_table:
-            full = table + [p.strip('"') for p in assign.group(1).split(".")]
+            full = table + [(p.strip('"'), None) for p in assign.group(1).split(".")]
             depth = _common_prefix(full, parts)
             if depth > best_depth and depth > len(table) - 1 and _common_prefix(table, parts) == len(table):
                 best_line, best_depth = number, depth
@@ -335,10 +464,11 @@ def find_line(text: str, key: str) -> int | None:
     return best_line
 
 
-def _common_prefix(a: list[str], b: list[str]) -> int:
+def _common_prefix(a: list[_Step], b: list[_Step]) -> int:
+    """How many leading steps match: the same name, and the same index where both have one."""
     n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
+    for (name, index), (other, other_index) in zip(a, b, strict=False):
+        if name != other or (index is not None and other_index is not None and index != other_index):
             break
         n += 1
     return n
@@ -365,12 +495,19 @@ def _validate(model: type[ModelT], data: Any, prefix: str) -> ModelT:
         # A mistyped key also leaves the key it meant missing: name the typo, it is the fix.
         error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path, tables = _tables_along(model, loc)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = _unknown_key(str(loc[-1]), _keys_at(model, loc[:-1]))
+            _, tables = _tables_along(model, loc[:-1])
+            message = _unknown_key(str(loc[-1]), _fields_by_key(tables[0]) if tables else [])
         elif error["type"] == "missing":
             message = "required key is missing"
-        raise ConfigError(_error_key(loc, prefix), message) from None
+        elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):  # a tagged table's `type`
+            known = ", ".join(tag for table in tables for tag in _tags(table))
+            path.append("type")
+            tag = (error.get("ctx") or {}).get("tag")
+            message = f"unknown type {tag!r} (one of: {known})" if tag else f"required key is missing (one of: {known})"
+        raise ConfigError(_error_key(tuple(path), prefix), message) from None
 
 
 def _typed_tables(kind: str, tables: Any, registry: Registry[Any, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from shipper import tally
 from shipper.event import Event, Prepared, PreparerSpec, fill_in, tune_gc_for_events
 from shipper.parsing import Processor, build_processor
 from shipper.routing import Routing
+from shipper.transforms import build_transforms
 
 if TYPE_CHECKING:
     from shipper.config import RedactConfig, SourceConfig
@@ -44,22 +45,27 @@ FeedSetup = tuple[str, Any, str, Any, dict[str, Any] | None, list[tuple[Any, str
 
 
 class Feed:
-    """A feed as a worker holds it: its processor, extra fields, and its routing (per route the
-    `when` predicate and the preparer that encodes the logs)."""
+    """A feed as a worker holds it: its processor, extra fields, the source's transforms, and its
+    routing (per route the `when` predicate and the preparer that encodes the logs)."""
 
     def __init__(self, setup: bytes) -> None:
         source, config, host, redact, fields, routes = cast(FeedSetup, pickle.loads(setup))
         # Plain attribute trees with the models' field names: what the parsing code reads.
-        self.processor: Processor = build_processor(
-            source, cast("SourceConfig", config), host=host, redact=cast("RedactConfig", redact)
-        )
+        settings, redaction = cast("SourceConfig", config), cast("RedactConfig", redact)
+        self.processor: Processor = build_processor(source, settings, host=host, redact=redaction)
         self.extra = fields
+        self.transforms = build_transforms(source, settings.transforms, redaction)
         self.routing = Routing.build(routes)
 
     def parsed(self, events: list[Event]) -> tuple[int, int, list[Routed]]:
+        """What the agent gets of a parsed chunk (as `LineFeed._hand_on` does it there): bytes the
+        processor holds, events parsed, and per route the prepared logs of its share."""
         fill_in(events, self.extra)
+        count = len(events)
+        if self.transforms is not None:
+            events = self.transforms(events)
         routed = [(index, *cast(Prepared, share)) for index, share in self.routing.split(events)]
-        return self.processor.held_bytes, len(events), routed
+        return self.processor.held_bytes, count, routed
 
 
 class _Server:

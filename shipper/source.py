@@ -30,6 +30,7 @@ from shipper.encoding import sanitized
 from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in, memory_size
 from shipper.parsing import Processor, build_processor
 from shipper.routing import Routing, Share
+from shipper.transforms import Transforms, build_transforms
 from shipper.workers import Parsed, RemoteParser, SinkRoute, WorkerPool, feed_setup
 
 
@@ -104,6 +105,7 @@ class LineFeed:
         self.tracker = tracker
         self.fields = fields
         self.processor: Processor | None = None
+        self.transforms: Transforms | None = None
         self.routing: Routing | None = None
         self.remote: RemoteParser | None = None
         if context.workers is not None:
@@ -112,6 +114,7 @@ class LineFeed:
             self.remote = context.workers.parser(setup)
         else:
             self.processor = build_processor(context.name, context.config, host=context.host, redact=context.redact)
+            self.transforms = build_transforms(context.name, context.config.transforms, context.redact)
             self.routing = Routing.build([(route.when, route.sink, route.preparer) for route in context.routes])
         self.max_line = context.config.max_line_bytes
         self.position: int | None = None
@@ -267,11 +270,14 @@ class LineFeed:
         return None if self.position is None else self.position - self.held_bytes
 
     async def _hand_on(self, events: list[Event], ack: Ack) -> None:
-        """Events parsed here, with the feed's fields, routed and prepared (as a worker does) under `ack`."""
+        """Events parsed here, with the feed's fields, transformed, routed and prepared (as a worker
+        does: `parse_worker.Feed.parsed`) under `ack`."""
         if events:
             assert self.routing is not None
             fill_in(events, self.fields)
             self._received.inc(len(events))
+            if self.transforms is not None:
+                events = self.transforms(events)
             for index, share in self.routing.split(events):
                 await self._put(index, share, ack)
 

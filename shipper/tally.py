@@ -1,8 +1,8 @@
 """Counters that code running in a parse worker increments, without a metrics library.
 
 Importing prometheus_client costs a process ~9 MiB (its HTTP and WSGI helpers come with it), more
-than a parse worker's whole parsing state. So the counters that parsing, redaction and a sink's
-per-event encoding increment are plain tallies here: a worker reports their totals to the agent
+than a parse worker's whole parsing state. So the counters that parsing, redaction, transforms and a
+sink's per-event encoding increment are plain tallies here: a worker reports their totals to the agent
 (shipper/workers.py), and the agent exposes them on /metrics through a collector
 (shipper/metrics.py) under the same names, types and labels as any other counter.
 
@@ -56,8 +56,21 @@ redactions = Tally("shipper_redactions", "Values replaced by [REDACTED], by rule
 parse_fallbacks = Tally(
     "shipper_parse_fallbacks", "Lines kept as text because they did not parse as expected.", ("source", "reason")
 )
+events_filtered = Tally(
+    "shipper_events_filtered",
+    "Events a source's transforms left out on purpose (reason: drop, sample), by the transform's position in "
+    "the source's transforms list.",
+    ("source", "transform", "reason"),
+)
 
-TALLIES: tuple[Tally, ...] = (parse_fallbacks, redactions, events_truncated, events_restamped, events_dropped)
+TALLIES: tuple[Tally, ...] = (
+    parse_fallbacks,
+    redactions,
+    events_truncated,
+    events_restamped,
+    events_dropped,
+    events_filtered,
+)
 
 
 def totals() -> Totals:

@@ -5,8 +5,8 @@ Python process uses one core. With `agent.parse_workers` above 0 (the default `a
 second CPU is usable), each line feed of a source whose sinks all have a preparer (`Sink.preparer`:
 per-event encoding, e.g. the Datadog log object) has its `Processor` in a worker process
 (shipper/parse_worker.py). The feed sends it chunks of complete lines; the worker parses them,
-routes the events by the sinks' `when` rules and runs each sink's preparer, so what comes back is
-bytes. The agent frames those into requests and sends them.
+applies the source's transforms, routes the events by the sinks' `when` rules and runs each sink's
+preparer, so what comes back is bytes. The agent frames those into requests and sends them.
 Sources feeding other sinks parse in the agent: sending parsed fields back costs about what parsing
 does (measured: a worker that only parsed made the Datadog bench slower, 73k-92k vs ~100k/s).
 
