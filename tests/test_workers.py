@@ -13,6 +13,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -46,6 +47,10 @@ def datadog_sink() -> DatadogSink:
     sink = build_sink("dd", config.sinks["dd"])
     assert isinstance(sink, DatadogSink)
     return sink
+
+
+def utc_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def logs_of(sink: DatadogSink, events: list[Event]) -> list[dict[str, Any]]:
@@ -108,14 +113,21 @@ def test_a_feed_set_up_in_a_worker_parses_filters_and_encodes_as_the_agent_does(
     }
     config = config_from_dict(table, environ={})
     sink = build_sink("dd", config.sinks["dd"])
+    # Timed five minutes ago, so that Datadog's window (18 h old .. 2 h ahead) takes them as written on
+    # any date: a re-stamp to "now" would happen at a slightly different instant on each side.
+    second = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    ms = int(second.timestamp()) * 1000 + 241
+    paris = second.astimezone(ZoneInfo("Europe/Paris"))
+    meridiem = "AM" if paris.hour < 12 else "PM"
+    nest_time = f"{paris.month}/{paris.day}/{paris.year}, {paris.hour % 12 or 12}:{paris:%M:%S} {meridiem}"  # en-US
     lines = [
-        b'{"level":40,"time":1795394836241,"pid":1,"hostname":"h","user":{"token":"t0k"},"msg":"keep ORD-123"}',
-        b'{"level":30,"time":1795394836241,"pid":1,"hostname":"h","msg":"keep, but info"}',
-        b"[Nest] 19  - 11/23/2026, 1:47:16 AM   ERROR [Boot] keep the crash",
+        b'{"level":40,"time":%d,"pid":1,"hostname":"h","user":{"token":"t0k"},"msg":"keep ORD-123"}' % ms,
+        b'{"level":30,"time":%d,"pid":1,"hostname":"h","msg":"keep, but info"}' % ms,
+        b"[Nest] 19  - %s   ERROR [Boot] keep the crash" % nest_time.encode(),
         b"Error: boom",
         b"    at one (a.js:1:1)",
         b"    at two (b.js:2:2)",
-        b'{"level":50,"time":1795394836241,"pid":1,"hostname":"h","msg":"dropped by the filter"}',
+        b'{"level":50,"time":%d,"pid":1,"hostname":"h","msg":"dropped by the filter"}' % ms,
     ]
     route = workers.SinkRoute("dd", config.sinks["dd"].when, sink.preparer(), None)  # type: ignore[arg-type]
     setup = workers.feed_setup(
@@ -137,7 +149,10 @@ def test_a_feed_set_up_in_a_worker_parses_filters_and_encodes_as_the_agent_does(
     assert [log["message"].splitlines()[0] for log in in_worker] == ["keep [REDACTED]", "keep the crash"]
     assert in_worker[0]["user"]["token"] == "[REDACTED]"
     assert in_worker[1]["err"]["stack"] == "Error: boom\n    at one (a.js:1:1)"  # cut at multiline.max_lines = 3
-    assert in_worker[1]["timestamp"] == "2026-11-23T00:47:16.000Z"  # 1:47 AM in Europe/Paris
+    # Paris time read in Paris; the pino records of that second above it are at .241, so the Nest event
+    # (one-second time) lands just after them, not before.
+    assert [log["timestamp"] for log in in_worker] == [utc_iso(ms), utc_iso(ms + 1)]
+    assert not any("shipper.original_timestamp" in log for log in in_worker)  # nothing re-stamped
 
 
 def test_a_parse_worker_loads_no_config_models_metrics_library_or_asyncio() -> None:
