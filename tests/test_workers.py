@@ -29,10 +29,12 @@ from sinks.datadog import DatadogSink
 from tests.conftest import CORPUS, Shipper, free_port, needs_corpus
 from tests.fakes.datadog_intake import DatadogIntake
 from tests.procutil import (
+    RECENT_MS,
     ShipperProcess,
     check_delivery,
     delivered_ids,
     line_id,
+    moved_to_recent,
     pino_lines,
     wait_for,
     write_config,
@@ -64,7 +66,7 @@ def test_logs_prepared_in_a_worker_are_the_logs_encoded_in_the_agent() -> None:
     sinks = {"out": {"type": "console", "inputs": ["api"]}}
     config = config_from_dict({"sources": {"api": {"type": "stdin"}}, "sinks": sinks}, environ={})
     processor = build_processor("api", config.sources["api"], host="h", redact=config.redact)
-    lines = (CORPUS / "fastify-pino.ndjson").read_bytes().split(b"\n")[:-1]
+    lines = moved_to_recent((CORPUS / "fastify-pino.ndjson").read_bytes()).split(b"\n")[:-1]
     events = processor.feed(lines, "stdout", time.time())
     old = (datetime.now(UTC) - timedelta(hours=30)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     events[5].fields["timestamp"] = old
@@ -82,6 +84,7 @@ def test_logs_prepared_in_a_worker_are_the_logs_encoded_in_the_agent() -> None:
     assert len(in_worker) == len(events) > 2800
     assert [stable(log) for log in in_worker] == [stable(log) for log in in_agent]
     assert in_worker[5]["shipper.original_timestamp"] == old and in_worker[9]["shipper.truncated"] is True
+    assert [i for i, log in enumerate(in_worker) if "shipper.original_timestamp" in log] == [5]
 
 
 def test_a_batch_mixing_prepared_and_unprepared_events_keeps_its_order() -> None:
@@ -342,7 +345,7 @@ def test_a_wrapped_process_through_a_worker_keeps_both_streams_and_its_exit_code
     stderr stays one event), everything is delivered, and shipper exits with the child's code."""
     child = (
         "import json, sys\n"
-        "for i in range(2000): print(json.dumps({'level': 30, 'time': 1795394836366 + i, 'msg': f'line {i}'}))\n"
+        f"for i in range(2000): print(json.dumps({{'level': 30, 'time': {RECENT_MS} + i, 'msg': f'line {{i}}'}}))\n"
         "print('Error: boom\\n    at main (/srv/app/main.js:1:1)', file=sys.stderr)\n"
         "sys.exit(3)\n"
     )
