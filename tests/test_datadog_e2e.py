@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from shipper.parsing.clock import epoch_ms
-from tests.conftest import CORPUS, REPO, Shipper, needs_corpus
+from tests.conftest import CORPUS, REPO, Shipper, clock_env, needs_corpus
 from tests.fakes.datadog_intake import DatadogIntake
 from tests.fakes.forward_proxy import ForwardProxy
 from tests.procutil import ShipperProcess, line_id, moved_to_recent, pino_lines, wait_for
@@ -151,7 +151,7 @@ def test_two_megabyte_line_arrives_truncated_never_oversized(tmp_path: Path, wor
 def check(config: Path) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "shipper", "check", "--config", str(config)],
-        capture_output=True, cwd=REPO, env={**ENV, "PATH": "/usr/bin:/bin"}, timeout=60, check=False,
+        capture_output=True, cwd=REPO, env={**clock_env(), **ENV, "PATH": "/usr/bin:/bin"}, timeout=60, check=False,
     )  # fmt: skip
 
 
