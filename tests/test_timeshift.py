@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import os
 import queue
 import shutil
@@ -76,3 +78,25 @@ def test_sleeps_and_timed_waits_take_their_time() -> None:
     thread.start()
     thread.join(10)
     assert in_thread and 0.04 < in_thread[0] < 5
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def test_a_timed_wait_on_a_monotonic_condition_variable_waits() -> None:
+    """How CPython's GIL waits for its 5 ms switch interval. libfaketime returns from it at once (so
+    every waiting thread took the GIL back immediately: a loaded machine crawled); the shim must not."""
+    libc = ctypes.CDLL(None)
+    attr, cond, mutex = (ctypes.create_string_buffer(128) for _ in range(3))  # larger than glibc's types
+    assert libc.pthread_condattr_init(attr) == 0
+    assert libc.pthread_condattr_setclock(attr, time.CLOCK_MONOTONIC) == 0
+    assert libc.pthread_cond_init(cond, attr) == 0 and libc.pthread_mutex_init(mutex, None) == 0
+    deadline = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 50_000_000
+    timeout = _Timespec(deadline // 1_000_000_000, deadline % 1_000_000_000)
+    assert libc.pthread_mutex_lock(mutex) == 0
+    started = time.monotonic()
+    result = libc.pthread_cond_timedwait(cond, mutex, ctypes.byref(timeout))
+    waited = time.monotonic() - started
+    libc.pthread_mutex_unlock(mutex)
+    assert result == errno.ETIMEDOUT and 0.045 < waited < 5, (result, waited)
