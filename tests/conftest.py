@@ -23,6 +23,36 @@ needs_corpus = pytest.mark.skipif(
 )
 
 
+# tests/timeshift/run-shifted runs the suite with the wall clock moved N days ahead, so that no test
+# depends on today's date. It exports these two variables; a session that claims to be shifted but whose
+# clock is not (libfaketime not loaded, a wrong offset) must fail rather than pass as an ordinary run.
+SHIFT_DAYS = os.environ.get("SHIPPER_TEST_CLOCK_SHIFT_DAYS")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if SHIFT_DAYS is None:
+        return
+    real_start = float(os.environ["SHIPPER_TEST_REAL_START"])
+    ahead = time.time() - real_start - int(SHIFT_DAYS) * 86400
+    if not -60 <= ahead <= 3600:
+        raise pytest.UsageError(
+            f"SHIPPER_TEST_CLOCK_SHIFT_DAYS={SHIFT_DAYS} but the clock is {ahead:+.0f}s off that shift"
+            " (run the suite through tests/timeshift/run-shifted)"
+        )
+
+
+def pytest_report_header() -> str | None:
+    if SHIFT_DAYS is None:
+        return None
+    return f"clock moved {SHIFT_DAYS} days ahead by libfaketime: now {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+
+
+def clock_env() -> dict[str, str]:
+    """The variables that move the clock, for a child started with an environment of its own."""
+    names = ("LD_PRELOAD", "SHIPPER_TEST_CLOCK_SHIFT_DAYS", "SHIPPER_TEST_REAL_START")
+    return {k: v for k, v in os.environ.items() if k in names or k.startswith("FAKETIME")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

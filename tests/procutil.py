@@ -24,12 +24,31 @@ REPO = Path(__file__).resolve().parents[1]
 _ID = re.compile(r"^line (\d+)$")
 
 
+# Epoch ms ten minutes before the test session started: recent on any date for every rule that judges
+# a time against "now" (Datadog indexes logs 18 h old .. 2 h ahead, else shipper re-stamps them), and
+# fixed for the session, so the same ids always make the same bytes.
+RECENT_MS = (int(time.time()) - 600) * 1000 + 366
+
+
 def pino_lines(ids: Iterable[int]) -> bytes:
-    """Fastify/pino-shaped JSON lines whose message carries the line's id."""
+    """Fastify/pino-shaped JSON lines whose message carries the line's id, timed `RECENT_MS` + id ms."""
     return b"".join(
-        orjson.dumps({"level": 30, "time": 1795394836366 + i, "pid": 4242, "hostname": "test", "msg": f"line {i}"})
+        orjson.dumps({"level": 30, "time": RECENT_MS + i, "pid": 4242, "hostname": "test", "msg": f"line {i}"})
         + b"\n"
         for i in ids
+    )
+
+
+_PINO_TIME = re.compile(rb'"time":(\d+)')
+
+
+def moved_to_recent(data: bytes) -> bytes:
+    """Captured pino lines (the corpus) moved in time as a whole, so that the newest is at `RECENT_MS`:
+    only each line's `time` changes, the gaps between lines are kept."""
+    lines = data.split(b"\n")
+    shift = RECENT_MS - max(int(m.group(1)) for line in lines if (m := _PINO_TIME.search(line)))
+    return b"\n".join(
+        _PINO_TIME.sub(lambda m: b'"time":%d' % (int(m.group(1)) + shift), line, count=1) for line in lines
     )
 
 

@@ -13,6 +13,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -28,10 +29,12 @@ from sinks.datadog import DatadogSink
 from tests.conftest import CORPUS, Shipper, free_port, needs_corpus
 from tests.fakes.datadog_intake import DatadogIntake
 from tests.procutil import (
+    RECENT_MS,
     ShipperProcess,
     check_delivery,
     delivered_ids,
     line_id,
+    moved_to_recent,
     pino_lines,
     wait_for,
     write_config,
@@ -48,6 +51,10 @@ def datadog_sink() -> DatadogSink:
     return sink
 
 
+def utc_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def logs_of(sink: DatadogSink, events: list[Event]) -> list[dict[str, Any]]:
     return [log for request in sink.encode(events) for log in orjson.loads(request.body)]
 
@@ -59,7 +66,7 @@ def test_logs_prepared_in_a_worker_are_the_logs_encoded_in_the_agent() -> None:
     sinks = {"out": {"type": "console", "inputs": ["api"]}}
     config = config_from_dict({"sources": {"api": {"type": "stdin"}}, "sinks": sinks}, environ={})
     processor = build_processor("api", config.sources["api"], host="h", redact=config.redact)
-    lines = (CORPUS / "fastify-pino.ndjson").read_bytes().split(b"\n")[:-1]
+    lines = moved_to_recent((CORPUS / "fastify-pino.ndjson").read_bytes()).split(b"\n")[:-1]
     events = processor.feed(lines, "stdout", time.time())
     old = (datetime.now(UTC) - timedelta(hours=30)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     events[5].fields["timestamp"] = old
@@ -77,6 +84,7 @@ def test_logs_prepared_in_a_worker_are_the_logs_encoded_in_the_agent() -> None:
     assert len(in_worker) == len(events) > 2800
     assert [stable(log) for log in in_worker] == [stable(log) for log in in_agent]
     assert in_worker[5]["shipper.original_timestamp"] == old and in_worker[9]["shipper.truncated"] is True
+    assert [i for i, log in enumerate(in_worker) if "shipper.original_timestamp" in log] == [5]
 
 
 def test_a_batch_mixing_prepared_and_unprepared_events_keeps_its_order() -> None:
@@ -108,14 +116,21 @@ def test_a_feed_set_up_in_a_worker_parses_filters_and_encodes_as_the_agent_does(
     }
     config = config_from_dict(table, environ={})
     sink = build_sink("dd", config.sinks["dd"])
+    # Timed five minutes ago, so that Datadog's window (18 h old .. 2 h ahead) takes them as written on
+    # any date: a re-stamp to "now" would happen at a slightly different instant on each side.
+    second = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    ms = int(second.timestamp()) * 1000 + 241
+    paris = second.astimezone(ZoneInfo("Europe/Paris"))
+    meridiem = "AM" if paris.hour < 12 else "PM"
+    nest_time = f"{paris.month}/{paris.day}/{paris.year}, {paris.hour % 12 or 12}:{paris:%M:%S} {meridiem}"  # en-US
     lines = [
-        b'{"level":40,"time":1795394836241,"pid":1,"hostname":"h","user":{"token":"t0k"},"msg":"keep ORD-123"}',
-        b'{"level":30,"time":1795394836241,"pid":1,"hostname":"h","msg":"keep, but info"}',
-        b"[Nest] 19  - 11/23/2026, 1:47:16 AM   ERROR [Boot] keep the crash",
+        b'{"level":40,"time":%d,"pid":1,"hostname":"h","user":{"token":"t0k"},"msg":"keep ORD-123"}' % ms,
+        b'{"level":30,"time":%d,"pid":1,"hostname":"h","msg":"keep, but info"}' % ms,
+        b"[Nest] 19  - %s   ERROR [Boot] keep the crash" % nest_time.encode(),
         b"Error: boom",
         b"    at one (a.js:1:1)",
         b"    at two (b.js:2:2)",
-        b'{"level":50,"time":1795394836241,"pid":1,"hostname":"h","msg":"dropped by the filter"}',
+        b'{"level":50,"time":%d,"pid":1,"hostname":"h","msg":"dropped by the filter"}' % ms,
     ]
     route = workers.SinkRoute("dd", config.sinks["dd"].when, sink.preparer(), None)  # type: ignore[arg-type]
     setup = workers.feed_setup(
@@ -137,7 +152,10 @@ def test_a_feed_set_up_in_a_worker_parses_filters_and_encodes_as_the_agent_does(
     assert [log["message"].splitlines()[0] for log in in_worker] == ["keep [REDACTED]", "keep the crash"]
     assert in_worker[0]["user"]["token"] == "[REDACTED]"
     assert in_worker[1]["err"]["stack"] == "Error: boom\n    at one (a.js:1:1)"  # cut at multiline.max_lines = 3
-    assert in_worker[1]["timestamp"] == "2026-11-23T00:47:16.000Z"  # 1:47 AM in Europe/Paris
+    # Paris time read in Paris; the pino records of that second above it are at .241, so the Nest event
+    # (one-second time) lands just after them, not before.
+    assert [log["timestamp"] for log in in_worker] == [utc_iso(ms), utc_iso(ms + 1)]
+    assert not any("shipper.original_timestamp" in log for log in in_worker)  # nothing re-stamped
 
 
 def test_a_parse_worker_loads_no_config_models_metrics_library_or_asyncio() -> None:
@@ -341,7 +359,7 @@ def test_a_wrapped_process_through_a_worker_keeps_both_streams_and_its_exit_code
     stderr stays one event), everything is delivered, and shipper exits with the child's code."""
     child = (
         "import json, sys\n"
-        "for i in range(2000): print(json.dumps({'level': 30, 'time': 1795394836366 + i, 'msg': f'line {i}'}))\n"
+        f"for i in range(2000): print(json.dumps({{'level': 30, 'time': {RECENT_MS} + i, 'msg': f'line {{i}}'}}))\n"
         "print('Error: boom\\n    at main (/srv/app/main.js:1:1)', file=sys.stderr)\n"
         "sys.exit(3)\n"
     )
