@@ -1,10 +1,11 @@
 """Every path through delivery releases each ack exactly once, or stops the agent loudly.
 
 A fake sink answers each request from the behaviours of the events in it (deliver, retry, turn
-unhealthy, raise, ask for a split, reject, drop some, fail to encode) and keeps a ledger of how
-each event was resolved. Chunks with their own acks from a real AckTracker go through a real
-Channel and SinkDriver; the checkpoint must only ever move over resolved chunks, always reach the
-end, and the driver's metrics must count each event exactly once.
+unhealthy, raise, ask for a split, reject, fail to encode, or a partial answer: accept some, reject
+some for good, ask for some again) and keeps a ledger of how each event was resolved. Chunks with
+their own acks from a real AckTracker go through a real Channel and SinkDriver; the checkpoint must
+only ever move over resolved chunks, always reach the end, and the driver's metrics must count each
+event exactly once.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from shipper.channel import Channel, Part
 from shipper.config import SinkConfig
 from shipper.driver import SinkDriver
 from shipper.event import Event
-from shipper.sink import BatchLimits, Outcome, Request, Sink
+from shipper.sink import BatchLimits, Outcome, Rejection, Request, Sink
 
 # How a request holding an event is answered. The transient ones (retry, unhealthy, raise) are
 # answered that many times before the event lets the request through; `poison` makes `encode`
 # raise for any list of at most that many events holding it (so on the split path too); `bug`
 # makes `send` return what no sink may (a bug the driver cannot classify), outside the property.
+# In a request otherwise delivered, `invalid` is rejected by index and `resend` is asked for again
+# that many times: a partial answer, mixing per-event results in one request.
 Behaviour = tuple[str, int]
 TRANSIENT = ("retry", "unhealthy", "raise")
 DROP_REASONS = ("encode_error", "payload_too_large", "http_400", "invalid")
@@ -52,6 +55,7 @@ class FakeSink(Sink):
         super().__init__("fake", FakeConfig(inputs=["app"], concurrency=concurrency, retry=retry))
         self.behaviour = behaviour
         self.answers_left = {i: n for i, (kind, n) in behaviour.items() if kind in TRANSIENT}
+        self.resends_left = {i: n for i, (kind, n) in behaviour.items() if kind == "resend"}
         self.ledger: dict[int, list[str]] = defaultdict(list)  # event id -> how it was resolved
         self.sends = 0
 
@@ -89,10 +93,14 @@ class FakeSink(Sink):
         if "reject" in kinds:
             self._resolve(ids, "http_400")
             return Outcome("reject", reason="http_400")
-        invalid = [i for i in ids if self.behaviour[i][0] == "partial"]
-        self._resolve(invalid, "invalid")
-        self._resolve([i for i in ids if i not in invalid], "sent")
-        return Outcome("delivered", dropped={"invalid": len(invalid)} if invalid else {})
+        invalid = [n for n, i in enumerate(ids) if self.behaviour[i][0] == "invalid"]
+        resend = [n for n, i in enumerate(ids) if self.resends_left.get(i)]
+        for n in resend:
+            self.resends_left[ids[n]] -= 1
+        self._resolve([ids[n] for n in invalid], "invalid")
+        self._resolve([i for n, i in enumerate(ids) if n not in invalid and n not in resend], "sent")
+        rejected = [Rejection(n, "invalid", f"event {ids[n]} is invalid") for n in invalid]
+        return Outcome("delivered", reason="http_429" if resend else "", rejected=rejected, resend=resend)
 
 
 def ident(event: Event) -> int:
@@ -168,7 +176,8 @@ transient = st.tuples(st.sampled_from(TRANSIENT), st.integers(1, 3))
 behaviours = st.one_of(
     st.just(("ok", 0)),
     transient,
-    st.tuples(st.sampled_from(["split", "huge", "reject", "partial"]), st.just(0)),
+    st.tuples(st.sampled_from(["split", "huge", "reject", "invalid"]), st.just(0)),
+    st.tuples(st.just("resend"), st.integers(1, 3)),
     st.tuples(st.just("poison"), st.integers(1, 4)),  # 4: the whole batch; less: only once split
 )
 chunk_lists = st.lists(st.lists(behaviours, min_size=1, max_size=5), min_size=1, max_size=6)
