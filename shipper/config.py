@@ -35,6 +35,18 @@ class Strict(BaseModel):
         """Checks that need the machine, not just the file (paths); raise ConfigError naming `key`."""
 
 
+def check_writable(path: Path, key: str) -> None:
+    """That shipper can create and append to the file at `path` (missing directories included),
+    else a ConfigError naming `key`."""
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent  # missing directories are created below the first existing one
+    if not directory.is_dir():
+        raise ConfigError(key, f"cannot write {str(path)!r}: {str(directory)!r} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"cannot write {str(path)!r}: {str(directory)!r} is not writable")
+
+
 def time_zone(name: str) -> ZoneInfo:
     """The zone an IANA name such as "Europe/Berlin" names; ValueError saying so otherwise."""
     try:
