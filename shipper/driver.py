@@ -37,6 +37,7 @@ from tenacity import (
 from shipper import metrics
 from shipper.acks import Ack
 from shipper.channel import Channel, Part
+from shipper.deadletter import DeadLetters, Dropped
 from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.health import SinkHealth
@@ -49,7 +50,6 @@ MAX_HONOURED_RETRY_AFTER = 900.0
 MAX_DOUBLINGS = 32  # the backoff stops growing long before: this only keeps 2**n a float
 
 Todo = list[Event] | Request  # an item of a batch's to-do list: events to encode, or a request to send
-Dropped = tuple[Event, str, str]  # an event given up on, with a reason (a metric label) and the detail
 
 
 class _RetryLater(Exception):
@@ -91,9 +91,16 @@ def batch_limits(sink: Sink) -> tuple[int, int, float]:
 
 
 class SinkDriver:
-    def __init__(self, sink: Sink, channel: Channel, on_failure: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        channel: Channel,
+        on_failure: Callable[[], None] | None = None,
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
         self.sink = sink
         self.channel = channel
+        self.dead_letters = dead_letters  # where events refused for good are parked, when configured
         self.max_events, self.max_bytes, self.batch_timeout = batch_limits(sink)
         self.health = SinkHealth(sink.name, sink.config.unhealthy_after)
         self.inflight: set[Batch] = set()  # batches being delivered, or cut off by cancellation
@@ -128,6 +135,8 @@ class SinkDriver:
             if self._tasks:
                 await asyncio.wait(set(self._tasks))
             await self.sink.stop()
+            if self.dead_letters is not None:
+                await self.dead_letters.close()
 
     async def _batch_loop(self) -> None:
         """Cut batches by what they weigh encoded (`Part.wire`), up to the batch goal, never over
@@ -221,6 +230,8 @@ class SinkDriver:
                 batch.todo.extendleft(reversed(after))
                 if pause:  # events to send again wait here, in the to-do list: cut off, they count as unsent
                     await asyncio.sleep(pause)
+            if self.dead_letters is not None:  # what the batch parked is on disk before its checkpoint moves
+                await self.dead_letters.settled()
             self.inflight.discard(batch)
             for ack, units in batch.acks:
                 ack.done(units)
@@ -351,6 +362,9 @@ class SinkDriver:
             )
 
     def _discard(self, dropped: Sequence[Dropped]) -> None:
-        """Count events given up on, by reason: they are resolved, never retried."""
+        """Count events given up on, by reason, and park them in the dead-letter file when there is
+        one: they are resolved, never retried."""
         for reason, count in Counter(reason for _, reason, _ in dropped).items():
             metrics.events_dropped.labels(self.sink.name, reason).inc(count)
+        if self.dead_letters is not None:
+            self.dead_letters.park(dropped)

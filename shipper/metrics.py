@@ -110,3 +110,15 @@ passthrough_dropped = Counter(
     ["source", "stream"],
     registry=registry,
 )
+dead_letters = Counter(
+    "shipper_dead_letters",
+    "Events a destination refused for good, written to the sink's dead-letter file, by drop reason.",
+    ["sink", "reason"],
+    registry=registry,
+)
+dead_letter_errors = Counter(
+    "shipper_dead_letter_errors",
+    "Dropped events that could not be written to the sink's dead-letter file (still counted as dropped).",
+    ["sink"],
+    registry=registry,
+)

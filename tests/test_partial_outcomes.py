@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Literal
 
 import orjson
@@ -19,7 +20,8 @@ import pytest
 from shipper import metrics
 from shipper.acks import AckTracker
 from shipper.channel import Channel, Part
-from shipper.config import SinkConfig
+from shipper.config import DeadLetterConfig, SinkConfig
+from shipper.deadletter import KEY, DeadLetters
 from shipper.driver import SinkDriver
 from shipper.encoding import json_array
 from shipper.event import Encoded, Event
@@ -136,3 +138,17 @@ async def test_a_partial_outcome_naming_an_event_outside_its_request_holds_the_b
 def test_only_a_delivered_outcome_names_events() -> None:
     with pytest.raises(ValueError, match="only a delivered outcome"):
         Outcome("retry", rejected=[Rejection(0, "too_old")])
+
+
+async def test_events_rejected_one_by_one_are_parked_with_their_own_reason_and_detail(tmp_path: Path) -> None:
+    sink = PartialSink("partial-parked", busy_times=1)
+    path = tmp_path / "partial.ndjson"
+    driver = SinkDriver(
+        sink, Channel(sink.name, 1 << 30, "block"), dead_letters=DeadLetters(sink.name, DeadLetterConfig(path=path))
+    )
+    await deliver(driver, [logs(range(8))])
+    letters = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [(letter["id"], letter[KEY]["reason"], letter[KEY]["detail"]) for letter in letters] == [
+        (1, "too_old", "entry 1 has timestamp too old"),
+        (5, "too_old", "entry 5 has timestamp too old"),
+    ]
