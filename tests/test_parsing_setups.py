@@ -176,11 +176,19 @@ def test_cloud_logging_severity_and_timestamp(name: str) -> None:
         ("lvl", "error", "error"),
         ("levelname", "WARNING", "warn"),
         ("levelname", "CRITICAL", "fatal"),
+        ("status", "error", "error"),  # a Datadog log object (a Datadog sink's dead letter)
+        ("status", "emergency", "fatal"),
+        ("status", "done", "info"),  # not a level word: no level stated
     ],
 )
 def test_level_fields_other_tools_write(key: str, word: str, level: str) -> None:
     (event,) = parse([orjson.dumps({key: word, "message": "m"})])
     assert event.fields["level"] == level and event.fields[key] == word
+
+
+def test_a_numeric_status_is_no_level() -> None:
+    (event,) = parse([b'{"status":500,"message":"m"}'])
+    assert event.fields["level"] == "info" and event.fields["status"] == 500
 
 
 def test_ecs_log_level_dotted_or_nested() -> None:
