@@ -37,6 +37,7 @@ from tenacity import (
 from shipper import metrics
 from shipper.acks import Ack
 from shipper.channel import Channel, Part
+from shipper.concurrency import AdaptiveLimit
 from shipper.deadletter import DeadLetters, Dropped
 from shipper.errors import ConfigError
 from shipper.event import Event
@@ -106,7 +107,7 @@ class SinkDriver:
         self.inflight: set[Batch] = set()  # batches being delivered, or cut off by cancellation
         self.failed: list[Event] = []  # what batches killed by a bug left undelivered
         self._on_failure = on_failure  # the agent stops when a delivery dies of a bug
-        self._slots = asyncio.Semaphore(sink.config.concurrency)
+        self._limit = AdaptiveLimit(sink.config.concurrency)  # requests in flight, adapted to the answers
         self._tasks: set[asyncio.Task[None]] = set()
         name = sink.name
         self._sent = metrics.events_sent.labels(name)
@@ -118,6 +119,7 @@ class SinkDriver:
         metrics.inflight_events.labels(name).set_function(lambda: self.inflight_events)
         metrics.sink_healthy.labels(name).set_function(lambda: self.health.healthy)
         metrics.sink_last_success.labels(name).set_function(lambda: self.health.last_success or 0)
+        metrics.concurrency_limit.labels(name).set_function(lambda: self._limit.limit)
         self._problems = RateLimitedLog(log, interval=60.0)
 
     async def run(self) -> None:
@@ -211,7 +213,7 @@ class SinkDriver:
         return queued + [event for batch in self.inflight for event in batch.unresolved()]
 
     async def _dispatch(self, events: list[Event], acks: list[tuple[Ack, int]]) -> None:
-        await self._slots.acquire()
+        await self._limit.acquire()
         batch = Batch(acks, deque([events]))
         self.inflight.add(batch)
         task = asyncio.create_task(self._deliver(batch))
@@ -246,7 +248,7 @@ class SinkDriver:
             if self._on_failure is not None:
                 self._on_failure()
         finally:
-            self._slots.release()
+            self._limit.release()
 
     def _encode(self, events: list[Event]) -> list[Todo]:
         """The sink's requests for `events`. An encoder that raises has a bug that would fail the same
@@ -292,16 +294,21 @@ class SinkDriver:
         return [], 0.0
 
     async def _attempt(self, request: Request) -> Outcome:
+        """One send, its outcome and round-trip time told to the concurrency limit: retries happen
+        inside a slot, so the limit reacts to every attempt, not only a request's last."""
+        token = self._limit.begin()
         started = time.perf_counter()
         try:
-            return await self.sink.send(request)
+            outcome = await self.sink.send(request)
         except (OSError, TimeoutError) as exc:
-            return Outcome("retry", reason="connection", detail=type(exc).__name__)
+            outcome = Outcome("retry", reason="connection", detail=type(exc).__name__)
         except Exception as exc:  # a bug must not lose data: keep it and retry, loudly
             log.exception("sink send failed unexpectedly", extra={"sink": self.sink.name})
-            return Outcome("retry", reason="internal_error", detail=type(exc).__name__)
-        finally:
-            self._latency.observe(time.perf_counter() - started)
+            outcome = Outcome("retry", reason="internal_error", detail=type(exc).__name__)
+        rtt = time.perf_counter() - started
+        self._latency.observe(rtt)
+        self._limit.record(token, outcome, rtt)
+        return outcome
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

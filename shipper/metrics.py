@@ -73,6 +73,12 @@ send_duration = Histogram(
     registry=registry,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+concurrency_limit = Gauge(
+    "shipper_sink_concurrency_limit",
+    "Requests the sink may have in flight now: adapted between 1 and its configured concurrency.",
+    ["sink"],
+    registry=registry,
+)
 sink_healthy = Gauge(
     "shipper_sink_healthy",
     "0 when the sink is failing: sends failed for unhealthy_after with no success, or the destination "
