@@ -373,5 +373,5 @@ class SinkDriver:
         one: they are resolved, never retried."""
         for reason, count in Counter(reason for _, reason, _ in dropped).items():
             metrics.events_dropped.labels(self.sink.name, reason).inc(count)
-        if self.dead_letters is not None:
+        if self.dead_letters is not None and dropped:
             self.dead_letters.park(dropped)
