@@ -265,3 +265,13 @@ def test_dead_letter_errors_name_the_key(tmp_path: Path, agent: str, sinks: str,
     text = config_text(tmp_path, base=TWO_SINKS).replace('state_dir = "', agent + 'state_dir = "')
     error = error_of(text + sinks.replace("{state}", str(tmp_path)))
     assert error.key == key and words in error.message, error
+
+
+def test_a_dead_letter_path_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(tmp_path, f'dead_letter = {{ path = "{blocker}/dead.ndjson" }}\n'))
+    result = validate(path)
+    assert result.returncode == 2
+    assert f"{path}:11: sinks.out.dead_letter.path: cannot write" in result.stderr, result.stderr
