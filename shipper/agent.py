@@ -19,7 +19,8 @@ from collections.abc import Iterable
 
 from shipper import metrics, systemd
 from shipper.channel import Channel
-from shipper.config import Config, config_warnings
+from shipper.config import Config, config_warnings, dead_letter_config
+from shipper.deadletter import DeadLetters
 from shipper.driver import SinkDriver
 from shipper.event import Event
 from shipper.source import Source, SourceContext
@@ -55,7 +56,9 @@ class Agent:
         for name, sink_config in config.sinks.items():
             channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)
             sink = build_sink(name, sink_config)
-            self.drivers[name] = SinkDriver(sink, channel, on_failure=self._failed)
+            dead_letter = dead_letter_config(config, name)
+            dead_letters = DeadLetters(name, dead_letter) if dead_letter is not None else None
+            self.drivers[name] = SinkDriver(sink, channel, on_failure=self._failed, dead_letters=dead_letters)
             for source in sink_config.inputs:
                 routes.setdefault(source, []).append(SinkRoute(name, sink_config.when, sink.preparer(), channel))
         # Parse workers pay off only when what comes back is already encoded: they serve the

@@ -15,8 +15,10 @@ from typing import Any
 from shipper import __version__
 from shipper.config import (
     Config,
+    check_writable,
     config_from_dict,
     config_warnings,
+    dead_letter_config,
     find_line,
     load_config,
     resolve_path,
@@ -142,6 +144,9 @@ def preflight(config: Config) -> None:
         source.preflight(f"sources.{name}")
     for name, sink in config.sinks.items():
         sink.preflight(f"sinks.{name}")
+        dead_letter = dead_letter_config(config, name)
+        if dead_letter is not None and dead_letter.path is not None:
+            check_writable(dead_letter.path, f"sinks.{name}.dead_letter.path")
 
 
 def _run_agent(config: Config, command: list[str] | None = None) -> int:

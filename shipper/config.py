@@ -46,6 +46,18 @@ class Strict(BaseModel):
         """Checks that need the machine, not just the file (paths); raise ConfigError naming `key`."""
 
 
+def check_writable(path: Path, key: str) -> None:
+    """That shipper can create and append to the file at `path` (missing directories included),
+    else a ConfigError naming `key`."""
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent  # missing directories are created below the first existing one
+    if not directory.is_dir():
+        raise ConfigError(key, f"cannot write {str(path)!r}: {str(directory)!r} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"cannot write {str(path)!r}: {str(directory)!r} is not writable")
+
+
 def time_zone(name: str) -> ZoneInfo:
     """The zone an IANA name such as "Europe/Berlin" names; ValueError saying so otherwise."""
     try:
@@ -65,6 +77,16 @@ ZoneName = Annotated[str, AfterValidator(_zone_name)]  # an IANA time zone name,
 # ---------------------------------------------------------------- agent-wide tables
 
 
+class DeadLetterConfig(Strict):
+    """Where a sink parks the events its destination refused for good (shipper/deadletter.py): in
+    `[agent]` the default for every sink, in a sink its own settings over that default, key by key."""
+
+    enabled: bool = True
+    path: Path | None = None  # default: <state_dir>/dead_letter/<sink>.ndjson
+    max_bytes: Size = Field(default=64 * 1024 * 1024, gt=0)  # a file rotates past this size
+    max_files: int = Field(default=5, ge=1, le=1000)  # rotated files kept beside the live one
+
+
 class AgentConfig(Strict):
     state_dir: Path = Path("./state")
     shutdown_timeout: Duration = 30.0
@@ -75,6 +97,7 @@ class AgentConfig(Strict):
     # per usable CPU beyond the first (affinity and cgroup quota), at most 4, within a cgroup
     # memory limit (256 MiB for the first, 64 MiB more for each next one).
     parse_workers: int | str = "auto"
+    dead_letter: DeadLetterConfig | None = None  # off unless a table is given (here or in a sink)
 
     @field_validator("parse_workers", mode="before")
     @classmethod
@@ -278,6 +301,7 @@ class SinkConfig(Strict):
     # Failed sends with no success for this long turn the sink from degraded to failing
     # (shipper/health.py); a destination refusing shipper (401/403) fails it at once.
     unhealthy_after: Duration = 30.0
+    dead_letter: DeadLetterConfig | None = None
 
 
 class HttpSinkConfig(SinkConfig):
@@ -324,6 +348,40 @@ def _check_one_stdin(sources: dict[str, Any]) -> None:
             f"sources.{second}.type",
             f"sources.{first} already reads stdin; only one source can (two would split its lines between them)",
         )
+
+
+def dead_letter_config(config: Config, sink: str) -> DeadLetterConfig | None:
+    """The dead-letter settings of `sink`: its own table over `[agent]`'s, key by key, with the
+    path filled in; None when neither table is given or the result is disabled."""
+    default, own = config.agent.dead_letter, config.sinks[sink].dead_letter
+    if default is None and own is None:
+        return None
+    update = {key: getattr(own, key) for key in own.model_fields_set} if own is not None else {}
+    settings = (default or DeadLetterConfig()).model_copy(update=update)
+    if not settings.enabled:
+        return None
+    if settings.path is None:
+        settings = settings.model_copy(update={"path": config.agent.state_dir / "dead_letter" / f"{sink}.ndjson"})
+    return settings
+
+
+def _check_dead_letters(config: Config) -> None:
+    """One writer per dead-letter file: a path is a sink's own, never shared or set for all sinks."""
+    if config.agent.dead_letter is not None and config.agent.dead_letter.path is not None:
+        raise ConfigError(
+            "agent.dead_letter.path",
+            "set a path per sink (sinks.<name>.dead_letter.path); each sink's default is "
+            "<state_dir>/dead_letter/<sink>.ndjson",
+        )
+    writers: dict[Path, str] = {}
+    for name in config.sinks:
+        settings = dead_letter_config(config, name)
+        if settings is None or settings.path is None:
+            continue
+        path = Path(os.path.abspath(settings.path))
+        if path in writers:
+            raise ConfigError(f"sinks.{name}.dead_letter.path", f"sinks.{writers[path]} already writes {str(path)!r}")
+        writers[path] = name
 
 
 def config_warnings(config: Config) -> list[ConfigError]:
@@ -562,7 +620,9 @@ def config_from_dict(raw: dict[str, Any], path: Path | None = None, environ: dic
         _check_one_stdin(sources)
         _check_inputs(sources, sinks)
         base = {k: raw[k] for k in ("agent", "api", "redact") if k in raw}
-        return _validate(Config, {**base, "sources": sources, "sinks": sinks, "path": path}, "")
+        config = _validate(Config, {**base, "sources": sources, "sinks": sinks, "path": path}, "")
+        _check_dead_letters(config)
+        return config
     except ConfigError as exc:
         exc.path = str(path) if path else None
         raise

@@ -5,6 +5,10 @@ encode them, sends each request with a tenacity retry policy whose wait honours 
 Retry-After, splits on `split` outcomes down to single events, and releases the chunks' acks only
 when every request of the batch has been resolved (accepted, or dropped with a counted reason).
 
+A destination may accept part of a request: the events it refused for good are dropped (counted by
+reason), and only those it asks for again go back into the batch, as a new list to encode and send
+after the retry backoff.
+
 Every batch ends one of three ways: resolved (its acks released, once); cancelled at the shutdown
 deadline (its acks held, its unresolved events left in `inflight` for the agent to account for);
 or killed by a bug (its acks held, its unresolved events in `failed`, the agent told to stop):
@@ -15,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from bisect import bisect_right
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -27,13 +32,13 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_never,
-    wait_exponential,
-    wait_random,
 )
 
 from shipper import metrics
 from shipper.acks import Ack
 from shipper.channel import Channel, Part
+from shipper.concurrency import AdaptiveLimit
+from shipper.deadletter import DeadLetters, Dropped
 from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.health import SinkHealth
@@ -43,6 +48,9 @@ from shipper.sink import Outcome, Request, Sink
 log = logging.getLogger("shipper.driver")
 
 MAX_HONOURED_RETRY_AFTER = 900.0
+MAX_DOUBLINGS = 32  # the backoff stops growing long before: this only keeps 2**n a float
+
+Todo = list[Event] | Request  # an item of a batch's to-do list: events to encode, or a request to send
 
 
 class _RetryLater(Exception):
@@ -57,7 +65,8 @@ class Batch:
     send), so its events are exactly those neither sent nor dropped yet."""
 
     acks: Sequence[tuple[Ack, int]]
-    todo: deque[list[Event] | Request]
+    todo: deque[Todo]
+    resends: int = 0  # times a destination asked for part of this batch again: the backoff grows with it
 
     @property
     def nevents(self) -> int:
@@ -83,15 +92,22 @@ def batch_limits(sink: Sink) -> tuple[int, int, float]:
 
 
 class SinkDriver:
-    def __init__(self, sink: Sink, channel: Channel, on_failure: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        channel: Channel,
+        on_failure: Callable[[], None] | None = None,
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
         self.sink = sink
         self.channel = channel
+        self.dead_letters = dead_letters  # where events refused for good are parked, when configured
         self.max_events, self.max_bytes, self.batch_timeout = batch_limits(sink)
         self.health = SinkHealth(sink.name, sink.config.unhealthy_after)
         self.inflight: set[Batch] = set()  # batches being delivered, or cut off by cancellation
         self.failed: list[Event] = []  # what batches killed by a bug left undelivered
         self._on_failure = on_failure  # the agent stops when a delivery dies of a bug
-        self._slots = asyncio.Semaphore(sink.config.concurrency)
+        self._limit = AdaptiveLimit(sink.config.concurrency)  # requests in flight, adapted to the answers
         self._tasks: set[asyncio.Task[None]] = set()
         name = sink.name
         self._sent = metrics.events_sent.labels(name)
@@ -103,11 +119,8 @@ class SinkDriver:
         metrics.inflight_events.labels(name).set_function(lambda: self.inflight_events)
         metrics.sink_healthy.labels(name).set_function(lambda: self.health.healthy)
         metrics.sink_last_success.labels(name).set_function(lambda: self.health.last_success or 0)
+        metrics.concurrency_limit.labels(name).set_function(lambda: self._limit.limit)
         self._problems = RateLimitedLog(log, interval=60.0)
-        retry = sink.config.retry
-        self._backoff = wait_exponential(multiplier=retry.initial_backoff, max=retry.max_backoff) + wait_random(
-            0, retry.initial_backoff
-        )
 
     async def run(self) -> None:
         """Consume the channel until it is closed and drained, then wait for in-flight requests.
@@ -124,6 +137,8 @@ class SinkDriver:
             if self._tasks:
                 await asyncio.wait(set(self._tasks))
             await self.sink.stop()
+            if self.dead_letters is not None:
+                await self.dead_letters.close()
 
     async def _batch_loop(self) -> None:
         """Cut batches by what they weigh encoded (`Part.wire`), up to the batch goal, never over
@@ -198,7 +213,7 @@ class SinkDriver:
         return queued + [event for batch in self.inflight for event in batch.unresolved()]
 
     async def _dispatch(self, events: list[Event], acks: list[tuple[Ack, int]]) -> None:
-        await self._slots.acquire()
+        await self._limit.acquire()
         batch = Batch(acks, deque([events]))
         self.inflight.add(batch)
         task = asyncio.create_task(self._deliver(batch))
@@ -212,9 +227,13 @@ class SinkDriver:
         try:
             while batch.todo:
                 item = batch.todo[0]
-                after = await self._send(item) if isinstance(item, Request) else self._encode(item)
+                after, pause = await self._send(item, batch) if isinstance(item, Request) else (self._encode(item), 0.0)
                 batch.todo.popleft()  # resolved, or replaced by `after`, with no await in between
                 batch.todo.extendleft(reversed(after))
+                if pause:  # events to send again wait here, in the to-do list: cut off, they count as unsent
+                    await asyncio.sleep(pause)
+            if self.dead_letters is not None:  # what the batch parked is on disk before its checkpoint moves
+                await self.dead_letters.settled()
             self.inflight.discard(batch)
             for ack, units in batch.acks:
                 ack.done(units)
@@ -229,21 +248,22 @@ class SinkDriver:
             if self._on_failure is not None:
                 self._on_failure()
         finally:
-            self._slots.release()
+            self._limit.release()
 
-    def _encode(self, events: list[Event]) -> list[list[Event] | Request]:
+    def _encode(self, events: list[Event]) -> list[Todo]:
         """The sink's requests for `events`. An encoder that raises has a bug that would fail the same
         way on every retry: those events are dropped with a counted reason, never a stalled checkpoint."""
         try:
             return list(self.sink.encode(events))
-        except Exception:
+        except Exception as exc:
             log.exception("sink could not encode a batch; dropped", extra={"sink": self.sink.name})
-            metrics.events_dropped.labels(self.sink.name, "encode_error").inc(len(events))
+            self._discard([(event, "encode_error", f"{type(exc).__name__}: {exc}") for event in events])
             return []
 
-    async def _send(self, request: Request) -> list[list[Event] | Request]:
-        """Send until the destination decides, and count what it decided. What is left to do: the
-        halves of a request it found too large, to encode and send in its place."""
+    async def _send(self, request: Request, batch: Batch) -> tuple[list[Todo], float]:
+        """Send until the destination decides, and count what it decided. What is left to do in the
+        request's place: the halves of a request it found too large, or the events it asked for
+        again (to encode and send after a pause, the second value)."""
         outcome = Outcome("retry")
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(_RetryLater),
@@ -259,37 +279,51 @@ class SinkDriver:
                     raise _RetryLater(outcome)
         events = request.events
         if outcome.kind == "delivered":
-            self._delivered(request, outcome)
+            resend = self._delivered(request, outcome)
+            if resend:
+                batch.resends += 1
+                metrics.retries.labels(self.sink.name, outcome.reason or "resend").inc()
+                return [resend], self._pause(outcome, batch.resends)
         elif outcome.kind == "split" and len(events) > 1:
             metrics.retries.labels(self.sink.name, "split").inc()
             middle = len(events) // 2
-            return [events[:middle], events[middle:]]
-        elif outcome.kind == "split":
-            self._drop(events, outcome.reason or "too_large", outcome.detail)
+            return [events[:middle], events[middle:]], 0.0
         else:
-            self._drop(events, outcome.reason or "rejected", outcome.detail)
-        return []
+            default = "too_large" if outcome.kind == "split" else "rejected"
+            self._drop([(event, outcome.reason or default, outcome.detail) for event in events])
+        return [], 0.0
 
     async def _attempt(self, request: Request) -> Outcome:
+        """One send, its outcome and round-trip time told to the concurrency limit: retries happen
+        inside a slot, so the limit reacts to every attempt, not only a request's last."""
+        token = self._limit.begin()
         started = time.perf_counter()
         try:
-            return await self.sink.send(request)
+            outcome = await self.sink.send(request)
         except (OSError, TimeoutError) as exc:
-            return Outcome("retry", reason="connection", detail=type(exc).__name__)
+            outcome = Outcome("retry", reason="connection", detail=type(exc).__name__)
         except Exception as exc:  # a bug must not lose data: keep it and retry, loudly
             log.exception("sink send failed unexpectedly", extra={"sink": self.sink.name})
-            return Outcome("retry", reason="internal_error", detail=type(exc).__name__)
-        finally:
-            self._latency.observe(time.perf_counter() - started)
+            outcome = Outcome("retry", reason="internal_error", detail=type(exc).__name__)
+        rtt = time.perf_counter() - started
+        self._latency.observe(rtt)
+        self._limit.record(token, outcome, rtt)
+        return outcome
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        outcome = exc.outcome if isinstance(exc, _RetryLater) else Outcome("retry")
+        return self._pause(exc.outcome if isinstance(exc, _RetryLater) else Outcome("retry"), state.attempt_number)
+
+    def _pause(self, outcome: Outcome, attempt: int) -> float:
+        """How long to wait before sending again, the `attempt`-th time: what the destination said
+        (Retry-After), the longest backoff for a sink refused, else exponential backoff with jitter."""
         if outcome.retry_after is not None:
             return min(max(outcome.retry_after, 0.0), MAX_HONOURED_RETRY_AFTER)
+        retry = self.sink.config.retry
         if outcome.kind == "unhealthy":
-            return self.sink.config.retry.max_backoff
-        return float(self._backoff(state))
+            return retry.max_backoff
+        backoff = retry.initial_backoff * 2.0 ** min(attempt - 1, MAX_DOUBLINGS)
+        return min(backoff, retry.max_backoff) + random.uniform(0, retry.initial_backoff)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -307,28 +341,37 @@ class SinkDriver:
                 attempt=state.attempt_number,
             )
 
-    def _delivered(self, request: Request, outcome: Outcome) -> None:
-        dropped = sum(outcome.dropped.values())
-        self._sent.inc(len(request.events) - dropped)
+    def _delivered(self, request: Request, outcome: Outcome) -> list[Event]:
+        """Count what the destination accepted, drop what it refused for good, and return the events
+        it asked for again (in request order). A sink naming an event twice or outside the request
+        has a bug: raised, so the batch is held back and the agent stops."""
+        events = request.events
+        named = [rejection.index for rejection in outcome.rejected] + list(outcome.resend)
+        if len(set(named)) != len(named) or not all(0 <= index < len(events) for index in named):
+            raise ValueError(f"sink {self.sink.name} named events {named} of a request of {len(events)}")
+        self._sent.inc(len(events) - len(named))
         self._bytes.inc(len(request.wire if request.wire is not None else request.body))
-        for reason, count in outcome.dropped.items():
-            metrics.events_dropped.labels(self.sink.name, reason).inc(count)
-        if dropped:
-            self._problems.warning(
-                f"partial:{','.join(sorted(outcome.dropped))}",
-                "destination rejected some events",
+        if outcome.rejected:
+            self._drop([(events[reject.index], reject.reason, reject.detail) for reject in outcome.rejected])
+        return [events[index] for index in sorted(outcome.resend)]
+
+    def _drop(self, dropped: Sequence[Dropped]) -> None:
+        """Events the destination refused for good: counted, and said at most once a minute per reason."""
+        self._discard(dropped)
+        for reason, count in Counter(reason for _, reason, _ in dropped).items():
+            self._problems.error(
+                f"drop:{reason}",
+                "destination rejected events; dropped",
                 sink=self.sink.name,
-                dropped=outcome.dropped,
-                detail=outcome.detail,
+                reason=reason,
+                events=count,
+                detail=next(detail for _, why, detail in dropped if why == reason),
             )
 
-    def _drop(self, events: list[Event], reason: str, detail: str) -> None:
-        metrics.events_dropped.labels(self.sink.name, reason).inc(len(events))
-        self._problems.error(
-            f"drop:{reason}",
-            "destination rejected events; dropped",
-            sink=self.sink.name,
-            reason=reason,
-            events=len(events),
-            detail=detail,
-        )
+    def _discard(self, dropped: Sequence[Dropped]) -> None:
+        """Count events given up on, by reason, and park them in the dead-letter file when there is
+        one: they are resolved, never retried."""
+        for reason, count in Counter(reason for _, reason, _ in dropped).items():
+            metrics.events_dropped.labels(self.sink.name, reason).inc(count)
+        if self.dead_letters is not None and dropped:
+            self.dead_letters.park(dropped)

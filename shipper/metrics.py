@@ -73,6 +73,12 @@ send_duration = Histogram(
     registry=registry,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+concurrency_limit = Gauge(
+    "shipper_sink_concurrency_limit",
+    "Requests the sink may have in flight now: adapted between 1 and its configured concurrency.",
+    ["sink"],
+    registry=registry,
+)
 sink_healthy = Gauge(
     "shipper_sink_healthy",
     "0 when the sink is failing: sends failed for unhealthy_after with no success, or the destination "
@@ -108,5 +114,17 @@ passthrough_dropped = Counter(
     "shipper_passthrough_dropped_bytes",
     "Bytes of the wrapped process's output not copied to shipper's own stdout/stderr because it was blocked.",
     ["source", "stream"],
+    registry=registry,
+)
+dead_letters = Counter(
+    "shipper_dead_letters",
+    "Events a destination refused for good, written to the sink's dead-letter file, by drop reason.",
+    ["sink", "reason"],
+    registry=registry,
+)
+dead_letter_errors = Counter(
+    "shipper_dead_letter_errors",
+    "Dropped events that could not be written to the sink's dead-letter file (still counted as dropped).",
+    ["sink"],
     registry=registry,
 )

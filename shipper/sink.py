@@ -9,6 +9,7 @@ once, in `shipper.driver`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -21,11 +22,24 @@ OutcomeKind = Literal["delivered", "retry", "split", "reject", "unhealthy"]
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """One event of a request the destination refused for good: its index in `request.events`,
+    why (a metric label, such as `too_old`) and the destination's own words about it."""
+
+    index: int
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How a request ended.
 
-    - delivered: accepted; `dropped` counts events the destination rejected individually, by reason
-      (Loki's partial 400, CloudWatch's rejectedLogEventsInfo); those are not retried.
+    - delivered: accepted, except the events named by index into `request.events`:
+      `rejected` ones were refused for good (Loki's partial 400, CloudWatch's
+      rejectedLogEventsInfo, OTLP's partialSuccess): counted by reason, dead-lettered, never
+      retried; `resend` ones must be sent again (Loki's partial 429): only those are, after the
+      retry backoff or `retry_after` seconds. The rest were accepted.
     - retry: transient; try the same request again after backoff, or after `retry_after` seconds.
     - split: too large; re-encode each half of the request's events and send those.
     - reject: permanent for this data; drop every event with `reason`.
@@ -36,8 +50,13 @@ class Outcome:
     kind: OutcomeKind
     reason: str = ""
     retry_after: float | None = None
-    dropped: dict[str, int] = field(default_factory=dict)
     detail: str = ""
+    rejected: Sequence[Rejection] = ()
+    resend: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        if (self.rejected or self.resend) and self.kind != "delivered":
+            raise ValueError(f"only a delivered outcome names rejected or resent events, not {self.kind!r}")
 
 
 DELIVERED = Outcome("delivered")

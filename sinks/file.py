@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from shipper.config import SinkConfig
+from shipper.config import SinkConfig, check_writable
 from shipper.encoding import FIELDS_JSON, ndjson_body
-from shipper.errors import ConfigError
 from shipper.event import Event, PreparerSpec
+from shipper.rotating import RotatingFile
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request, Sink
 from shipper.units import Size
 
@@ -29,13 +29,7 @@ class FileConfig(SinkConfig):
     fsync: bool = False
 
     def preflight(self, key: str) -> None:
-        directory = self.path.parent
-        while not directory.exists() and directory != directory.parent:
-            directory = directory.parent  # the sink creates missing directories below the first existing one
-        if not directory.is_dir():
-            raise ConfigError(f"{key}.path", f"cannot write {str(self.path)!r}: {str(directory)!r} is not a directory")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise ConfigError(f"{key}.path", f"cannot write {str(self.path)!r}: {str(directory)!r} is not writable")
+        check_writable(self.path, f"{key}.path")
 
 
 class FileSink(Sink):
@@ -44,8 +38,7 @@ class FileSink(Sink):
 
     def __init__(self, name: str, config: FileConfig) -> None:
         super().__init__(name, config)
-        self._handle: IO[bytes] | None = None
-        self._size = 0
+        self._file = RotatingFile(config.path, config.max_size, config.max_files, config.fsync)
         self._lock = asyncio.Lock()
 
     def preparer(self) -> PreparerSpec:
@@ -56,16 +49,14 @@ class FileSink(Sink):
         return [Request(ndjson_body([event.raw for event in events]), events)]
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._open)
+        await asyncio.to_thread(self._file.open)
 
     async def stop(self) -> None:
-        if self._handle is not None:
-            await asyncio.to_thread(self._handle.close)
-            self._handle = None
+        await asyncio.to_thread(self._file.close)
 
     async def send(self, request: Request) -> Outcome:
         async with self._lock:  # one writer at a time keeps lines whole and rotation simple
-            await asyncio.to_thread(self._write, request.body)
+            await asyncio.to_thread(self._file.write, request.body)
         return DELIVERED
 
     async def check(self) -> CheckResult:
@@ -73,38 +64,6 @@ class FileSink(Sink):
         if os.access(directory, os.W_OK):
             return CheckResult(True, f"{directory} is writable")
         return CheckResult(False, f"{directory} is not writable")
-
-    def _open(self) -> None:
-        self.config.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.config.path, "ab")  # noqa: SIM115 - kept open across batches
-        self._size = self._handle.tell()
-
-    def _write(self, body: bytes) -> None:
-        if self._handle is None:
-            self._open()
-        elif self._size and self._size + len(body) > self.config.max_size:
-            self._rotate()
-        assert self._handle is not None
-        self._handle.write(body)
-        self._handle.flush()
-        if self.config.fsync:
-            os.fsync(self._handle.fileno())
-        self._size += len(body)
-
-    def _rotate(self) -> None:
-        """path -> path.1 -> path.2 ...; the oldest beyond `max_files` is removed."""
-        assert self._handle is not None
-        self._handle.close()
-        path = self.config.path
-        for index in range(self.config.max_files - 1, 0, -1):
-            older = path.with_name(f"{path.name}.{index}")
-            if older.exists():
-                os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
-        os.replace(path, path.with_name(f"{path.name}.1"))
-        oldest = path.with_name(f"{path.name}.{self.config.max_files + 1}")
-        if oldest.exists():
-            oldest.unlink()
-        self._open()
 
 
 REGISTRATION = (FileConfig, FileSink)

@@ -213,3 +213,65 @@ def test_unknown_keys_suggest_the_nearest_valid_one(tmp_path: Path, extra: str, 
     result = validate(path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"shipper: invalid configuration: {path}:{expected}"), result.stderr
+
+
+TWO_SINKS = BASE + '[sinks.other]\ntype = "file"\ninputs = ["api"]\npath = "{state}/other.ndjson"\n'
+
+
+def test_dead_letters_are_off_unless_asked_for_and_a_sink_overrides_the_agent_default_key_by_key(
+    tmp_path: Path,
+) -> None:
+    from shipper.config import dead_letter_config
+
+    assert dead_letter_config(parse_config(config_text(tmp_path), None, {}), "out") is None
+    text = config_text(tmp_path, base=TWO_SINKS).replace(
+        'state_dir = "', 'dead_letter = { max_bytes = "1MiB", max_files = 2 }\nstate_dir = "'
+    )
+    text += 'dead_letter = { max_files = 9, path = "{state}/dl/other.jsonl" }\n'.replace("{state}", str(tmp_path))
+    config = parse_config(text, None, {})
+    out, other = dead_letter_config(config, "out"), dead_letter_config(config, "other")
+    assert out is not None and other is not None
+    assert (out.path, out.max_bytes, out.max_files) == (tmp_path / "dead_letter" / "out.ndjson", 1 << 20, 2)
+    assert (other.path, other.max_bytes, other.max_files) == (tmp_path / "dl" / "other.jsonl", 1 << 20, 9)
+    off = parse_config(text.replace("max_files = 9,", "enabled = false, max_files = 9,"), None, {})
+    assert dead_letter_config(off, "other") is None and dead_letter_config(off, "out") is not None
+
+
+@pytest.mark.parametrize(
+    ("agent", "sinks", "key", "words"),
+    [
+        ('dead_letter = { path = "/tmp/all.ndjson" }\n', "", "agent.dead_letter.path", "per sink"),
+        (
+            "dead_letter = {}\n",
+            "dead_letter = { max_bytes = 0 }\n",
+            "sinks.other.dead_letter.max_bytes",
+            "greater than 0",
+        ),
+        (
+            "dead_letter = {}\n",
+            "dead_letter = { max_file = 3 }\n",
+            "sinks.other.dead_letter.max_file",
+            "did you mean max_files",
+        ),
+        (
+            "dead_letter = {}\n",
+            'dead_letter = { path = "{state}/dead_letter/out.ndjson" }\n',
+            "sinks.other.dead_letter.path",
+            "sinks.out",
+        ),
+    ],
+)
+def test_dead_letter_errors_name_the_key(tmp_path: Path, agent: str, sinks: str, key: str, words: str) -> None:
+    text = config_text(tmp_path, base=TWO_SINKS).replace('state_dir = "', agent + 'state_dir = "')
+    error = error_of(text + sinks.replace("{state}", str(tmp_path)))
+    assert error.key == key and words in error.message, error
+
+
+def test_a_dead_letter_path_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(tmp_path, f'dead_letter = {{ path = "{blocker}/dead.ndjson" }}\n'))
+    result = validate(path)
+    assert result.returncode == 2
+    assert f"{path}:11: sinks.out.dead_letter.path: cannot write" in result.stderr, result.stderr

@@ -1,10 +1,11 @@
 """Every path through delivery releases each ack exactly once, or stops the agent loudly.
 
 A fake sink answers each request from the behaviours of the events in it (deliver, retry, turn
-unhealthy, raise, ask for a split, reject, drop some, fail to encode) and keeps a ledger of how
-each event was resolved. Chunks with their own acks from a real AckTracker go through a real
-Channel and SinkDriver; the checkpoint must only ever move over resolved chunks, always reach the
-end, and the driver's metrics must count each event exactly once.
+unhealthy, raise, ask for a split, reject, fail to encode, or a partial answer: accept some, reject
+some for good, ask for some again) and keeps a ledger of how each event was resolved. Chunks with
+their own acks from a real AckTracker go through a real Channel and SinkDriver; the checkpoint must
+only ever move over resolved chunks, always reach the end, and the driver's metrics must count each
+event exactly once; each event dropped is in the dead-letter file once, with its reason.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,15 +28,18 @@ from hypothesis import strategies as st
 from shipper import metrics
 from shipper.acks import AckTracker
 from shipper.channel import Channel, Part
-from shipper.config import SinkConfig
+from shipper.config import DeadLetterConfig, SinkConfig
+from shipper.deadletter import KEY, DeadLetters
 from shipper.driver import SinkDriver
 from shipper.event import Event
-from shipper.sink import BatchLimits, Outcome, Request, Sink
+from shipper.sink import BatchLimits, Outcome, Rejection, Request, Sink
 
 # How a request holding an event is answered. The transient ones (retry, unhealthy, raise) are
 # answered that many times before the event lets the request through; `poison` makes `encode`
 # raise for any list of at most that many events holding it (so on the split path too); `bug`
 # makes `send` return what no sink may (a bug the driver cannot classify), outside the property.
+# In a request otherwise delivered, `invalid` is rejected by index and `resend` is asked for again
+# that many times: a partial answer, mixing per-event results in one request.
 Behaviour = tuple[str, int]
 TRANSIENT = ("retry", "unhealthy", "raise")
 DROP_REASONS = ("encode_error", "payload_too_large", "http_400", "invalid")
@@ -52,6 +58,7 @@ class FakeSink(Sink):
         super().__init__("fake", FakeConfig(inputs=["app"], concurrency=concurrency, retry=retry))
         self.behaviour = behaviour
         self.answers_left = {i: n for i, (kind, n) in behaviour.items() if kind in TRANSIENT}
+        self.resends_left = {i: n for i, (kind, n) in behaviour.items() if kind == "resend"}
         self.ledger: dict[int, list[str]] = defaultdict(list)  # event id -> how it was resolved
         self.sends = 0
 
@@ -89,10 +96,14 @@ class FakeSink(Sink):
         if "reject" in kinds:
             self._resolve(ids, "http_400")
             return Outcome("reject", reason="http_400")
-        invalid = [i for i in ids if self.behaviour[i][0] == "partial"]
-        self._resolve(invalid, "invalid")
-        self._resolve([i for i in ids if i not in invalid], "sent")
-        return Outcome("delivered", dropped={"invalid": len(invalid)} if invalid else {})
+        invalid = [n for n, i in enumerate(ids) if self.behaviour[i][0] == "invalid"]
+        resend = [n for n, i in enumerate(ids) if self.resends_left.get(i)]
+        for n in resend:
+            self.resends_left[ids[n]] -= 1
+        self._resolve([ids[n] for n in invalid], "invalid")
+        self._resolve([i for n, i in enumerate(ids) if n not in invalid and n not in resend], "sent")
+        rejected = [Rejection(n, "invalid", f"event {ids[n]} is invalid") for n in invalid]
+        return Outcome("delivered", reason="http_429" if resend else "", rejected=rejected, resend=resend)
 
 
 def ident(event: Event) -> int:
@@ -117,6 +128,7 @@ class Run:
 
     chunks: list[list[Behaviour]]
     concurrency: int = 2
+    dead_letter: Path | None = None  # the dead-letter file, when the sink has one
     sink: FakeSink = field(init=False)
     driver: SinkDriver = field(init=False)
     chunk_ids: list[list[int]] = field(default_factory=list)
@@ -131,7 +143,9 @@ class Run:
             behaviour.update(zip(ids, chunk, strict=True))
             self.chunk_ids.append(ids)
         self.sink = FakeSink(behaviour, self.concurrency)
-        self.driver = SinkDriver(self.sink, Channel(self.sink.name, 1 << 30, "block"), on_failure=self._failed)
+        dead_letters = DeadLetters("fake", DeadLetterConfig(path=self.dead_letter)) if self.dead_letter else None
+        channel = Channel(self.sink.name, 1 << 30, "block")
+        self.driver = SinkDriver(self.sink, channel, on_failure=self._failed, dead_letters=dead_letters)
 
     def _failed(self) -> None:
         self.failures += 1
@@ -146,7 +160,7 @@ class Run:
         """Queue every chunk, each with its own ack, as the router does."""
         tracker = AckTracker(self._committed)
         for position, ids in enumerate(self.chunk_ids, start=1):
-            events = [Event({"message": f"event {i}", "id": i}, b"x") for i in ids]
+            events = [Event({"message": f"event {i}", "id": i}, orjson.dumps({"id": i})) for i in ids]
             ack = tracker.open(position)
             ack.add(len(events))
             await self.driver.channel.put(Part(events, ack, sum(e.size for e in events)))
@@ -168,7 +182,8 @@ transient = st.tuples(st.sampled_from(TRANSIENT), st.integers(1, 3))
 behaviours = st.one_of(
     st.just(("ok", 0)),
     transient,
-    st.tuples(st.sampled_from(["split", "huge", "reject", "partial"]), st.just(0)),
+    st.tuples(st.sampled_from(["split", "huge", "reject", "invalid"]), st.just(0)),
+    st.tuples(st.just("resend"), st.integers(1, 3)),
     st.tuples(st.just("poison"), st.integers(1, 4)),  # 4: the whole batch; less: only once split
 )
 chunk_lists = st.lists(st.lists(behaviours, min_size=1, max_size=5), min_size=1, max_size=6)
@@ -179,15 +194,17 @@ chunk_lists = st.lists(st.lists(behaviours, min_size=1, max_size=5), min_size=1,
 def test_every_event_is_resolved_once_and_the_checkpoint_follows_only_resolved_chunks(
     chunks: list[list[Behaviour]], concurrency: int
 ) -> None:
-    run = Run(chunks, concurrency)
-    before = counts("fake")
+    with tempfile.TemporaryDirectory() as state:
+        run = Run(chunks, concurrency, Path(state) / "dead.ndjson")
+        before = counts("fake")
 
-    async def scenario() -> None:
-        await run.fill()
-        run.driver.channel.close()
-        await asyncio.wait_for(run.driver.run(), 20)
+        async def scenario() -> None:
+            await run.fill()
+            run.driver.channel.close()
+            await asyncio.wait_for(run.driver.run(), 20)
 
-    reported = run_loop(scenario)
+        reported = run_loop(scenario)
+        letters = run.dead_letter.read_bytes().splitlines() if run.dead_letter and run.dead_letter.exists() else []
     assert not reported, reported
     assert not run.violations
     assert run.commits == sorted(set(run.commits)) and run.commits[-1] == len(chunks)
@@ -196,6 +213,9 @@ def test_every_event_is_resolved_once_and_the_checkpoint_follows_only_resolved_c
     ledger = Counter(how for hows in run.sink.ledger.values() for how in hows)
     assert counts("fake") - before == ledger  # and counted once, sent or dropped with its reason
     assert run.failures == 0 and not run.driver.failed and not run.driver.inflight
+    parked = Counter((doc["id"], doc[KEY]["reason"]) for doc in map(orjson.loads, letters))
+    dropped = Counter((i, hows[0]) for i, hows in run.sink.ledger.items() if hows != ["sent"])
+    assert parked == dropped  # every event dropped is parked once, with its reason
 
 
 def test_a_bug_in_delivery_holds_the_checkpoint_and_reports_the_failure(caplog: pytest.LogCaptureFixture) -> None:

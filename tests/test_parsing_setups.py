@@ -183,6 +183,17 @@ def test_level_fields_other_tools_write(key: str, word: str, level: str) -> None
     assert event.fields["level"] == level and event.fields[key] == word
 
 
+def test_a_level_word_in_status_is_the_level_as_in_a_datadog_log_object() -> None:
+    """A Datadog sink's dead letters hold its log objects: read back, their `status` is the level.
+    An HTTP status or another word there states no level."""
+    events = parse([b'{"status":"error","message":"m"}', b'{"status":500,"message":"m"}', b'{"status":"done"}'])
+    assert [(event.fields["level"], event.fields["status"]) for event in events] == [
+        ("error", "error"),
+        ("info", 500),
+        ("info", "done"),
+    ]
+
+
 def test_ecs_log_level_dotted_or_nested() -> None:
     lines, events = capture("pino-ecs.ndjson")
     records = [orjson.loads(line) for line in lines]

@@ -40,8 +40,8 @@ LEVEL_BY_WORD: dict[str, str] = {
 NEST_VERBOSE = "trace"  # Nest's levels: verbose < debug < log < warn < error < fatal
 
 # Where other tools put the level word when there is no `level`: Cloud Logging, ECS (dotted key),
-# log15/logfmt style, Python's logging.
-LEVEL_KEYS = ("severity", "log.level", "lvl", "levelname")
+# log15/logfmt style, Python's logging, Datadog's log objects (a Datadog sink's dead letters).
+LEVEL_KEYS = ("severity", "log.level", "lvl", "levelname", "status")
 
 
 def level_field(record: dict[str, Any]) -> object:
