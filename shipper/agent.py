@@ -269,7 +269,8 @@ class Agent:
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
-            await asyncio.to_thread(self._save_checkpoints)
+            if any(context.checkpoints.dirty for context in self.contexts.values()):  # idle: no thread hop
+                await asyncio.to_thread(self._save_checkpoints)
 
     def _save_checkpoints(self) -> None:
         for context in self.contexts.values():

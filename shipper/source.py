@@ -123,6 +123,7 @@ class LineFeed:
         # held here then (None for a source without positions), and whether they consumed input
         # (a flush that emits nothing moves no checkpoint, as without workers); in input order.
         self._pending: deque[tuple[asyncio.Future[Parsed], int | None, bool]] = deque()
+        self._worker_holds = False  # the last reply said lines are held in an open multi-line group
         self._encoded_fields = {"source": context.name}  # what the agent reads of a prepared event
         self._lock = asyncio.Lock()
         self._received = metrics.events_received.labels(context.name)
@@ -203,6 +204,8 @@ class LineFeed:
                 if events:
                     await self._route(events)
             elif self.remote is not None:
+                if not (force or self._pending or self._worker_holds):
+                    return  # the worker holds nothing to time out: an idle feed costs no round trip
                 flushing = await self.remote.flush(time.time(), force, rests)
                 self._pending.append((flushing, self._unheld_position(), bool(rests)))
                 await self._route_parsed(keep=0)
@@ -223,6 +226,7 @@ class LineFeed:
             parsing, unheld, consumed = pending[0]
             held, count, routed = await parsing
             pending.popleft()
+            self._worker_holds = held > 0
             if not (count or consumed):  # a flush that emitted nothing: no position to acknowledge
                 continue
             ack = self.tracker.open(self._acked_position(unheld, held))
