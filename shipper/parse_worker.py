@@ -16,7 +16,6 @@ import pickle
 import signal
 import struct
 import sys
-import time
 import traceback
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 # its output on one side and out of its input on the other (~13% of a worker's time).
 FRAME = struct.Struct("<II")
 MARSHAL_VERSION = 4
-COUNTER_REPORT_INTERVAL = 0.25
 # Per route (an index into the feed's routes) what its preparer made: NDJSON and timestamps.
 Routed = tuple[int, bytes, list[Any] | None]
 # The same in a reply's message: the NDJSON's length in the body (routes in order) instead.
@@ -74,7 +72,7 @@ class _Server:
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.feeds: dict[int, Feed | Exception] = {}
-        self.last_report = 0.0
+        self.reported: tally.Totals = {}
 
     def handle(self, message: tuple[Any, ...], body: bytes) -> None:
         kind, feed_id = message[0], message[1]
@@ -96,17 +94,16 @@ class _Server:
             if kind == "feed":
                 _, _, stream, now, open_end = message
                 events = processor.feed(body.split(b"\n"), stream, now, open_end)
-                final = False
             else:
                 _, _, now, force, rests = message
                 events = [e for stream, rest in rests for e in processor.feed([rest], stream, now)]
                 events += processor.flush(now, force)
-                final = force
             held, count, routed = feed.parsed(events)
-            counters = None
-            clock = time.monotonic()
-            if final or clock - self.last_report >= COUNTER_REPORT_INTERVAL:
-                counters, self.last_report = tally.totals(), clock
+            # Totals ride on the first reply after they change (a few dozen cells: microseconds),
+            # so the agent's /metrics never waits for a later request that may not come.
+            totals = tally.totals()
+            counters = None if totals == self.reported else totals
+            self.reported = totals
             sizes: list[RoutedSizes] = [(index, len(lines), stamps) for index, lines, stamps in routed]
             ndjson = [lines for _, lines, _ in routed]
             reply: tuple[Any, ...] = ("ok", held, count, sizes, counters)
