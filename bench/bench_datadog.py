@@ -80,12 +80,12 @@ async def sink_only(data: Path, endpoint: str, lines: int, concurrency: int | No
     import asyncio
     import resource
 
-    from shipper.acks import AckTracker
-    from shipper.channel import Channel, Part
     from shipper.config import config_from_dict
-    from shipper.driver import SinkDriver
     from shipper.event import memory_size
     from shipper.parsing import build_processor
+    from shipper.pipeline.acks import AckTracker
+    from shipper.pipeline.channel import Channel, Part
+    from shipper.pipeline.driver import SinkDriver
     from sinks import build_sink
 
     table: dict[str, object] = {"type": "datadog", "inputs": ["api"], "api_key": KEY, "endpoint": endpoint}
@@ -96,7 +96,7 @@ async def sink_only(data: Path, endpoint: str, lines: int, concurrency: int | No
     with data.open("rb") as handle:
         head = [handle.readline().rstrip(b"\n") for _ in range(10_000)]
     processor = build_processor("api", config.sources["api"], host="bench", redact=config.redact)
-    events = processor.feed(head, "stdout", time.time())
+    events = processor.parse(head, "stdout", time.time())
     sink = build_sink("dd", config.sinks["dd"])
     channel = Channel("dd", 64 * 1024 * 1024, "block")
     driver = SinkDriver(sink, channel)

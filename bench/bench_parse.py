@@ -146,12 +146,12 @@ def measure(name: str, lines: list[bytes], rounds: int, chunk: int = 1000) -> fl
     events = 0
     for _ in range(rounds):
         processor = build_processor("api", config, host="agent", redact=RedactConfig())
-        feed: Callable[[list[bytes], str | None, float], list[object]] = processor.feed  # type: ignore[assignment]
+        parse: Callable[[list[bytes], str | None, float], list[object]] = processor.parse  # type: ignore[assignment]
         chunks = [lines[i : i + chunk] for i in range(0, len(lines), chunk)]
         started = time.process_time()
         events = 0
         for part in chunks:
-            events += len(feed(part, "stdout", 1_795_394_900.0))
+            events += len(parse(part, "stdout", 1_795_394_900.0))
         events += len(processor.flush(force=True))
         best = max(best, len(lines) / (time.process_time() - started))
     size = sum(map(len, lines)) / len(lines)

@@ -18,11 +18,11 @@ from collections import Counter
 from collections.abc import Iterable
 
 from shipper import metrics, systemd
-from shipper.channel import Channel
 from shipper.config import Config, config_warnings, dead_letter_config
-from shipper.deadletter import DeadLetters
-from shipper.driver import SinkDriver
 from shipper.event import Event
+from shipper.pipeline.channel import Channel
+from shipper.pipeline.deadletter import DeadLetters
+from shipper.pipeline.driver import SinkDriver
 from shipper.source import Source, SourceContext
 from shipper.workers import SinkRoute, WorkerPool, resolve_worker_count
 
@@ -51,7 +51,7 @@ class Agent:
         self._pipeline_failed = False
         self.started = False
         self.drivers: dict[str, SinkDriver] = {}
-        # Per source, the sinks it feeds in config order (shipper/routing.py routes by these).
+        # Per source, the sinks it feeds in config order (shipper/pipeline/routing.py routes by these).
         routes: dict[str, list[SinkRoute]] = {name: [] for name in config.sources}
         for name, sink_config in config.sinks.items():
             channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)

@@ -78,7 +78,7 @@ ZoneName = Annotated[str, AfterValidator(_zone_name)]  # an IANA time zone name,
 
 
 class DeadLetterConfig(Strict):
-    """Where a sink parks the events its destination refused for good (shipper/deadletter.py): in
+    """Where a sink parks the events its destination refused for good (shipper/pipeline/deadletter.py): in
     `[agent]` the default for every sink, in a sink its own settings over that default, key by key."""
 
     enabled: bool = True
@@ -266,7 +266,7 @@ class SourceConfig(Strict):
     timezone: ZoneName | None = None
     multiline: MultilineConfig = MultilineConfig()
     max_line_bytes: Size = 1024 * 1024
-    transforms: list[TransformConfig] = []  # applied in order to every event (shipper/transforms.py)
+    transforms: list[TransformConfig] = []  # applied in order to every event (shipper/pipeline/transforms.py)
 
 
 # ---------------------------------------------------------------- sinks

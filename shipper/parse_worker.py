@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from shipper import tally
 from shipper.event import Event, Prepared, PreparerSpec, fill_in, tune_gc_for_events
 from shipper.parsing import Processor, build_processor
-from shipper.routing import Routing
-from shipper.transforms import build_transforms
+from shipper.pipeline.routing import Routing
+from shipper.pipeline.transforms import build_transforms
 
 if TYPE_CHECKING:
     from shipper.config import RedactConfig, SourceConfig
@@ -42,7 +42,7 @@ RoutedSizes = tuple[int, int, list[Any] | None]
 FeedSetup = tuple[str, Any, str, Any, dict[str, Any] | None, list[tuple[Any, str, PreparerSpec]]]
 
 
-class Feed:
+class WorkerFeed:
     """A feed as a worker holds it: its processor, extra fields, the source's transforms, and its
     routing (per route the `when` predicate and the preparer that encodes the logs)."""
 
@@ -71,14 +71,14 @@ class _Server:
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
-        self.feeds: dict[int, Feed | Exception] = {}
+        self.feeds: dict[int, WorkerFeed | Exception] = {}
         self.reported: tally.Totals = {}
 
     def handle(self, message: tuple[Any, ...], body: bytes) -> None:
         kind, feed_id = message[0], message[1]
         if kind == "open":
             try:
-                self.feeds[feed_id] = Feed(body)
+                self.feeds[feed_id] = WorkerFeed(body)
             except Exception as exc:
                 self.feeds[feed_id] = exc
             return
@@ -91,12 +91,12 @@ class _Server:
             if isinstance(feed, Exception):
                 raise feed
             processor = feed.processor
-            if kind == "feed":
+            if kind == "parse":
                 _, _, stream, now, open_end = message
-                events = processor.feed(body.split(b"\n"), stream, now, open_end)
+                events = processor.parse(body.split(b"\n"), stream, now, open_end)
             else:
                 _, _, now, force, rests = message
-                events = [e for stream, rest in rests for e in processor.feed([rest], stream, now)]
+                events = [e for stream, rest in rests for e in processor.parse([rest], stream, now)]
                 events += processor.flush(now, force)
             held, count, routed = feed.parsed(events)
             # Totals ride on the first reply after they change (a few dozen cells: microseconds),

@@ -3,7 +3,7 @@
 A sink module stays small (DESIGN.md): its config model, a pure `encode(events) -> requests` that
 respects the destination's limits, an async `send(request) -> Outcome`, and an optional `check()`
 for `shipper check`. Batching, retries, splitting, concurrency, acknowledgements and metrics live
-once, in `shipper.driver`.
+once, in `shipper.pipeline.driver`.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Sink(ABC):
 
     def preparer(self) -> PreparerSpec | None:
         """This sink's per-event encoding, run where the events are parsed (a parse worker, or the
-        agent: shipper/routing.py): which `Preparer` class to build there, and with what. The
+        agent: shipper/pipeline/routing.py): which `Preparer` class to build there, and with what. The
         sink's `encode` then gets `Encoded` events and only frames them into requests. None: the
         sink encodes from `fields` in `encode`. A preparer counts its per-event changes
         (truncations, re-stamps)."""
@@ -129,7 +129,7 @@ class Sink(ABC):
         if all(event.__class__ is Encoded for event in events):
             return events
         if self._own_preparer is None:
-            from shipper.routing import build_preparer
+            from shipper.pipeline.routing import build_preparer
 
             spec = self.preparer()
             if spec is None:

@@ -1,37 +1,24 @@
-"""The source side of the pipeline: the interface a source implements, and the line feed it uses.
+"""The source side of the pipeline: the interface a source implements, and what the agent gives it.
 
-A source turns the outside world into chunks of lines plus a position (a file offset, a cursor).
-`LineFeed` does the generic rest once: splitting chunks into lines, parsing and normalizing,
-routing to sinks, and opening one ack per chunk whose position accounts for bytes still held (a
-partial last line, an unfinished multi-line event), so a checkpoint never covers data that has not
-been delivered.
+A source turns the outside world into chunks of lines plus a position (a file offset), or records
+plus a position of its own (a cursor), and pushes them into feeds (shipper/pipeline/feed.py) that
+its `SourceContext` opens. It never knows about sinks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-import msgspec
-import orjson
-
-from shipper import metrics
-from shipper.acks import Ack, AckTracker
-from shipper.channel import Part
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RedactConfig, SourceConfig
-from shipper.encoding import sanitized
-from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in, memory_size
-from shipper.parsing import Processor, build_processor
-from shipper.routing import Routing, Share
-from shipper.transforms import Transforms, build_transforms
-from shipper.workers import Parsed, RemoteParser, SinkRoute, WorkerPool, feed_setup
+from shipper.pipeline.acks import AckTracker
+from shipper.pipeline.feed import LineFeed, RecordFeed
+from shipper.workers import SinkRoute, WorkerPool
 
 
 class SourceContext:
@@ -88,273 +75,6 @@ class SourceContext:
         self.feeds.remove(feed)
         if feed.remote is not None:
             feed.remote.close()
-
-
-class LineFeed:
-    """Chunks of bytes in, routed events out, with acks ordered by position. With parse workers,
-    up to IN_FLIGHT chunks are parsed there while earlier ones are routed here."""
-
-    IN_FLIGHT = 3
-    # Lines parsed (and routed) at a time. A chunk is bounded in bytes, but events cost ~1 KiB
-    # each however short their line: 1 MiB of 2-byte lines parsed at once would be ~500 MiB of
-    # events, far past any sink's buffer, before the first could wait for room.
-    PIECE_LINES = 8192
-
-    def __init__(self, context: SourceContext, tracker: AckTracker, fields: dict[str, Any] | None = None) -> None:
-        self.context = context
-        self.tracker = tracker
-        self.fields = fields
-        self.processor: Processor | None = None
-        self.transforms: Transforms | None = None
-        self.routing: Routing | None = None
-        self.remote: RemoteParser | None = None
-        if context.workers is not None:
-            name, config, routes = context.name, context.config, context.routes
-            setup = feed_setup(name, config, host=context.host, redact=context.redact, fields=fields, routes=routes)
-            self.remote = context.workers.parser(setup)
-        else:
-            self.processor = build_processor(context.name, context.config, host=context.host, redact=context.redact)
-            self.transforms = build_transforms(context.name, context.config.transforms, context.redact)
-            self.routing = Routing.build([(route.when, route.sink, route.preparer) for route in context.routes])
-        self.max_line = context.config.max_line_bytes
-        self.position: int | None = None
-        self._partial: dict[str | None, bytes] = {}
-        # Chunks a worker is parsing: their reply, the position after them minus the partial lines
-        # held here then (None for a source without positions), and whether they consumed input
-        # (a flush that emits nothing moves no checkpoint, as without workers); in input order.
-        self._pending: deque[tuple[asyncio.Future[Parsed], int | None, bool]] = deque()
-        self._worker_holds = False  # the last reply said lines are held in an open multi-line group
-        self._encoded_fields = {"source": context.name}  # what the agent reads of a prepared event
-        self._lock = asyncio.Lock()
-        self._received = metrics.events_received.labels(context.name)
-        self._bytes = metrics.bytes_received.labels(context.name)
-
-    @property
-    def held_bytes(self) -> int:
-        """Input bytes not yet emitted as events: partial lines, open multi-line groups (local)."""
-        held = self._partial_bytes()
-        return held + self.processor.held_bytes if self.processor is not None else held
-
-    def _partial_bytes(self) -> int:
-        return sum(len(p) for p in self._partial.values())
-
-    async def push(self, data: bytes, stream: str | None = None, end_offset: int | None = None) -> None:
-        """Feed raw bytes read from `stream`; `end_offset` is the source position after them.
-
-        The processor cuts lines longer than `max_line_bytes` into pieces. One still streaming in
-        is not held whole: once the partial line grows past `max_line_bytes`, its start goes to be
-        parsed as an open-ended line (`Processor.feed(open_end=True)`) and at most
-        `max_line_bytes` of it stays here."""
-        self._bytes.inc(len(data))
-        partial = self._partial.pop(stream, b"")
-        if partial:
-            data = partial + data
-        body: bytes | None = None  # for a worker: the lines as one slice
-        lines: list[bytes] = []
-        if self.remote is not None:
-            cut = data.rfind(b"\n")
-            rest = data[cut + 1 :]
-            body = data[:cut] if cut >= 0 else None
-        else:
-            lines = data.split(b"\n")
-            rest = lines.pop()
-        head = b""
-        if len(rest) > self.max_line:  # a long line still streaming in: its start goes now
-            keep = (len(rest) - 1) % self.max_line + 1
-            head, rest = rest[:-keep], rest[-keep:]
-            if self.remote is None:
-                lines.append(head)
-            else:
-                body = head if body is None else data[: len(data) - keep]
-        if rest:
-            self._partial[stream] = rest
-        async with self._lock:
-            if end_offset is not None:
-                self.position = end_offset
-            now = time.time()
-            if self.processor is not None:
-                await self._parse_here(self.processor, lines, stream, now, bool(head))
-            elif body is not None and self.remote is not None:
-                unheld = self._unheld_position()
-                for piece, after in _pieces(body, self.PIECE_LINES):
-                    parsing = await self.remote.feed(piece, stream, now, bool(head) and after == len(body))
-                    # The position right after this piece's lines (their newline included).
-                    position = None if unheld is None else unheld - (len(body) - after)
-                    self._pending.append((parsing, position, True))
-                    await self._route_parsed(keep=self.IN_FLIGHT)
-        # Let the sinks encode and send what this chunk added before the next one is parsed. A
-        # source whose reads complete at once (a file in the page cache) would otherwise fill its
-        # sinks' buffers to the bound before any driver ran: memory at the bound all the time,
-        # and batches sent in bursts.
-        await asyncio.sleep(0)
-
-    async def flush(self, force: bool = False) -> None:
-        """Emit multi-line events idle past their timeout; with `force`, everything held. With a
-        parse worker, also route every chunk it is still parsing."""
-        async with self._lock:
-            rests: list[tuple[str | None, bytes]] = []
-            if force:
-                rests = list(self._partial.items())
-                self._partial.clear()
-            if self.processor is not None:
-                now = time.time()
-                for stream, rest in rests:
-                    await self._route(self.processor.feed([rest], stream, now))
-                events = self.processor.flush(now, force)
-                if events:
-                    await self._route(events)
-            elif self.remote is not None:
-                if not (force or self._pending or self._worker_holds):
-                    return  # the worker holds nothing to time out: an idle feed costs no round trip
-                flushing = await self.remote.flush(time.time(), force, rests)
-                self._pending.append((flushing, self._unheld_position(), bool(rests)))
-                await self._route_parsed(keep=0)
-
-    def _acked_position(self, unheld: Any, held: int) -> Any:
-        """The position a parsed chunk's ack commits: the source position after it, less the
-        bytes the worker still holds in open multi-line groups."""
-        return None if unheld is None else unheld - held
-
-    def _unheld_position(self) -> int | None:
-        return None if self.position is None else self.position - self._partial_bytes()
-
-    async def _route_parsed(self, keep: int) -> None:
-        """Route what the worker finished, in input order; wait for the oldest chunk while more
-        than `keep` are in flight."""
-        pending = self._pending
-        while pending and (len(pending) > keep or pending[0][0].done()):
-            parsing, unheld, consumed = pending[0]
-            held, count, routed = await parsing
-            pending.popleft()
-            self._worker_holds = held > 0
-            if not (count or consumed):  # a flush that emitted nothing: no position to acknowledge
-                continue
-            ack = self.tracker.open(self._acked_position(unheld, held))
-            if count:
-                self._received.inc(count)
-            for index, lines, stamps in routed:
-                await self._put(index, (lines, stamps), ack)
-            ack.done()
-
-    async def _put(self, index: int, share: Share, ack: Ack) -> None:
-        """One route's share of a chunk into its sink's channel, under `ack`: prepared logs (their
-        memory is their bytes; their wire size, the NDJSON's), or events for a sink without a
-        preparer (estimated)."""
-        if isinstance(share, list):
-            events = share
-            part = Part(events, ack, memory_size(events))
-        else:
-            lines = share[0]
-            events = encoded_events(share, self._encoded_fields)
-            part = Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events), len(lines))
-        ack.add(len(events))
-        await self.context.routes[index].channel.put(part)
-
-    async def _parse_here(
-        self, processor: Processor, lines: list[bytes], stream: str | None, now: float, open_end: bool
-    ) -> None:
-        """Parse and route a chunk's lines in pieces of PIECE_LINES, under one ack whose position
-        is set once the last piece is parsed (what the processor still holds is known then).
-        `open_end`: the last line is the start of a long line (see `push`)."""
-        ack = self.tracker.open(None)
-        for start in range(0, len(lines), self.PIECE_LINES):
-            end = start + self.PIECE_LINES
-            events = processor.feed(lines[start:end], stream, now, open_end and end >= len(lines))
-            await self._hand_on(events, ack)
-        ack.position = self._local_position()
-        ack.done()
-
-    async def _route(self, events: list[Event]) -> None:
-        ack = self.tracker.open(self._local_position())
-        await self._hand_on(events, ack)
-        ack.done()
-
-    def _local_position(self) -> int | None:
-        """The source position minus every byte not yet emitted as an event (parsing here)."""
-        return None if self.position is None else self.position - self.held_bytes
-
-    async def _hand_on(self, events: list[Event], ack: Ack) -> None:
-        """Events parsed here, with the feed's fields, transformed, routed and prepared (as a worker
-        does: `parse_worker.Feed.parsed`) under `ack`."""
-        if events:
-            assert self.routing is not None
-            fill_in(events, self.fields)
-            self._received.inc(len(events))
-            if self.transforms is not None:
-                events = self.transforms(events)
-            for index, share in self.routing.split(events):
-                await self._put(index, share, ack)
-
-
-class RecordFeed(LineFeed):
-    """Records a source already parsed (a JSON object per log, with its own time: a poller's rows,
-    a receiver's batch), each push acknowledged at an opaque position of the source's own (a
-    cursor, a row id) that commits, like a file offset, only after delivery and only over a
-    contiguous range. The records go through the same path as JSON lines (normalization,
-    transforms, redaction, routing, each sink's preparer; in a parse worker when the source has
-    one), so a record source gets exactly what a line source gets; no record is ever held back
-    as part of a multi-line group."""
-
-    async def push_records(self, records: list[dict[str, Any]], position: Any) -> None:
-        """Feed `records`; `position` is where the source resumes once they are all delivered."""
-        if not records:
-            return
-        lines = record_lines(records)
-        self._bytes.inc(sum(map(len, lines)) + len(lines))
-        async with self._lock:
-            now = time.time()
-            before, self.position = self.position, position
-            pieces = range(0, len(lines), self.PIECE_LINES)
-            for start in pieces:
-                # Every piece but the last commits no further than the previous push did.
-                at = position if start == pieces[-1] else before
-                piece = lines[start : start + self.PIECE_LINES]
-                if self.processor is not None:
-                    ack = self.tracker.open(at)
-                    await self._hand_on(self.processor.feed(piece, None, now), ack)
-                    ack.done()
-                elif self.remote is not None:
-                    self._pending.append((await self.remote.feed(b"\n".join(piece), None, now), at, True))
-                    await self._route_parsed(keep=self.IN_FLIGHT)
-        await asyncio.sleep(0)
-
-    def _acked_position(self, unheld: Any, held: int) -> Any:
-        return unheld  # a record is never held: what was pushed is what was parsed
-
-    def _unheld_position(self) -> Any:
-        return self.position
-
-    def _local_position(self) -> Any:
-        return self.position
-
-
-def record_lines(records: list[dict[str, Any]]) -> list[bytes]:
-    """Each record as one line of JSON; a value JSON cannot carry is replaced (never raised)."""
-    try:
-        return _record_encoder.encode_lines(records).split(b"\n")[:-1]
-    except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
-        return [orjson.dumps(sanitized(record)) for record in records]
-
-
-def _pieces(body: bytes, lines: int) -> Iterator[tuple[bytes, int]]:
-    """`body` (lines joined by newlines) in pieces of at most `lines` lines, each with the offset
-    in `body` where it ends; the whole body, without a copy, when it is short enough."""
-    if body.count(b"\n") < lines:
-        yield body, len(body)
-        return
-    start = 0
-    while start <= len(body):
-        end = start
-        for _ in range(lines):
-            end = body.find(b"\n", end) + 1
-            if end == 0:
-                end = len(body) + 1
-                break
-        yield body[start : end - 1], end - 1
-        start = end
-
-
-_record_encoder = msgspec.json.Encoder()
 
 
 class Source(ABC):

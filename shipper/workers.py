@@ -21,8 +21,8 @@ our own child; marshal is 5-10x faster than pickle here), then a raw body. Messa
   when, sink name and preparer spec): build a processor, route predicates and preparers; no
   reply. An error is kept and answered on that feed's next request, so replies stay in request
   order.
-- ("feed", feed, stream, now, open_end) (lines joined by newlines, all complete but the last one
-  with `open_end`: the start of a line longer than `max_line_bytes`, see `Processor.feed`).
+- ("parse", feed, stream, now, open_end) (lines joined by newlines, all complete but the last one
+  with `open_end`: the start of a line longer than `max_line_bytes`, see `Processor.parse`).
 - ("flush", feed, now, force, rests): parse the partial lines `rests` [(stream, bytes)], then emit
   idle (or, with force, all) multi-line groups.
   Both reply ("ok", held_bytes, event count, [(route, NDJSON length, timestamps)], counters)
@@ -56,10 +56,10 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, SecretStr
 
 from shipper import tally
-from shipper.channel import Channel
 from shipper.config import RedactConfig, SourceConfig, WhenConfig
 from shipper.event import PreparerSpec
 from shipper.parse_worker import FRAME, MARSHAL_VERSION, FeedSetup, Routed, RoutedSizes
+from shipper.pipeline.channel import Channel
 
 log = logging.getLogger("shipper.workers")
 
@@ -186,8 +186,10 @@ class RemoteParser:
         self.worker = worker
         self.feed_id = feed_id
 
-    async def feed(self, body: bytes, stream: str | None, now: float, open_end: bool = False) -> asyncio.Future[Parsed]:
-        return await self.worker.request(("feed", self.feed_id, stream, now, open_end), body)
+    async def parse(
+        self, body: bytes, stream: str | None, now: float, open_end: bool = False
+    ) -> asyncio.Future[Parsed]:
+        return await self.worker.request(("parse", self.feed_id, stream, now, open_end), body)
 
     async def flush(self, now: float, force: bool, rests: list[tuple[str | None, bytes]]) -> asyncio.Future[Parsed]:
         return await self.worker.request(("flush", self.feed_id, now, force, rests))

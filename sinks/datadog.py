@@ -4,7 +4,7 @@ The config, the intake's URL and key, how Datadog's answers are classified, and 
 Encoding lives in sinks/datadog_logs.py (`LogEncoder`): a parse worker runs its per-event part
 where events are parsed (shipper/workers.py), and its framing makes the requests of at most 1,000
 entries and 5,000,000 uncompressed bytes. Batching, retries, splitting and acknowledgements stay in
-`shipper.driver`.
+`shipper.pipeline.driver`.
 """
 
 from __future__ import annotations

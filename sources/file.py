@@ -43,7 +43,8 @@ from shipper.config import RedactConfig, SourceConfig
 from shipper.errors import ConfigError
 from shipper.log import RateLimitedLog
 from shipper.parsing import Processor, build_processor
-from shipper.source import LineFeed, Source, SourceContext
+from shipper.pipeline.feed import LineFeed
+from shipper.source import Source, SourceContext
 from shipper.units import Duration, Size
 
 log = logging.getLogger("shipper.sources.file")
@@ -205,7 +206,7 @@ def _event_starts(data: bytes, begin: int, processor: Processor) -> list[int]:
     position, now, starts = begin + skip, time.time(), []
     for line in lines:
         held = processor.held_bytes
-        emitted = len(processor.feed([line], None, now))
+        emitted = len(processor.parse([line], None, now))
         holds = processor.held_bytes
         # Nothing open: the line starts an event (unless it is a dropped blank line). A group open:
         # the line starts one when it ended that group by not belonging to it.

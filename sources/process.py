@@ -39,7 +39,8 @@ from shipper import metrics
 from shipper.config import SourceConfig
 from shipper.errors import ConfigError
 from shipper.log import RateLimitedLog
-from shipper.source import LineFeed, Source, SourceContext
+from shipper.pipeline.feed import LineFeed
+from shipper.source import Source, SourceContext
 from shipper.units import Duration, Size
 
 log = logging.getLogger("shipper.sources.process")

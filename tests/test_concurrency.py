@@ -11,12 +11,12 @@ import orjson
 from aiohttp import web
 
 from shipper import metrics
-from shipper.acks import AckTracker
-from shipper.channel import Channel, Part
-from shipper.concurrency import AdaptiveLimit
 from shipper.config import config_from_dict
-from shipper.driver import SinkDriver
 from shipper.event import Event
+from shipper.pipeline.acks import AckTracker
+from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.concurrency import AdaptiveLimit
+from shipper.pipeline.driver import SinkDriver
 from shipper.sink import Outcome
 from sinks import build_sink
 

@@ -15,13 +15,13 @@ import orjson
 import pytest
 
 from shipper import metrics
-from shipper.acks import AckTracker
-from shipper.channel import Channel, Part
 from shipper.config import config_from_dict
-from shipper.driver import SinkDriver
 from shipper.errors import ConfigError
 from shipper.event import Encoded, Event, encoded_events
 from shipper.parsing.clock import epoch_ms
+from shipper.pipeline.acks import AckTracker
+from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.driver import SinkDriver
 from shipper.sink import Request
 from sinks import build_sink
 from sinks.datadog import DatadogConfig, DatadogSink

@@ -14,13 +14,13 @@ import orjson
 import pytest
 
 from shipper import metrics
-from shipper.acks import AckTracker
-from shipper.channel import Channel, Part
 from shipper.config import DeadLetterConfig, config_from_dict
-from shipper.deadletter import KEY, DeadLetters
-from shipper.driver import SinkDriver
 from shipper.event import Encoded, Event
 from shipper.health import iso
+from shipper.pipeline.acks import AckTracker
+from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.deadletter import KEY, DeadLetters
+from shipper.pipeline.driver import SinkDriver
 from sinks import build_sink
 from tests.conftest import run_shipper
 from tests.fakes.collector import Collector

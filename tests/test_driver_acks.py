@@ -26,12 +26,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper import metrics
-from shipper.acks import AckTracker
-from shipper.channel import Channel, Part
 from shipper.config import DeadLetterConfig, SinkConfig
-from shipper.deadletter import KEY, DeadLetters
-from shipper.driver import SinkDriver
 from shipper.event import Event
+from shipper.pipeline.acks import AckTracker
+from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.deadletter import KEY, DeadLetters
+from shipper.pipeline.driver import SinkDriver
 from shipper.sink import BatchLimits, Outcome, Rejection, Request, Sink
 
 # How a request holding an event is answered. The transient ones (retry, unhealthy, raise) are

@@ -41,7 +41,7 @@ def processor(timezone: str = "UTC") -> Processor:
 
 def parse(lines: list[bytes], received: float, timezone: str = "UTC") -> list[Event]:
     proc = processor(timezone)
-    return proc.feed(lines, None, received) + proc.flush(received, force=True)
+    return proc.parse(lines, None, received) + proc.flush(received, force=True)
 
 
 def ms_of(event: Event) -> int:
@@ -230,8 +230,8 @@ async def test_a_parse_worker_keeps_the_stream_clock_across_requests_as_the_agen
         logs: list[dict[str, Any]] = []
         for index, chunk in enumerate(chunks):
             received = now + index * 0.5
-            in_agent += agent.feed(chunk, None, received)
-            _, _, routed = await (await remote.feed(b"\n".join(chunk), None, received))
+            in_agent += agent.parse(chunk, None, received)
+            _, _, routed = await (await remote.parse(b"\n".join(chunk), None, received))
             logs += [orjson.loads(line) for _, ndjson, _ in routed for line in ndjson.splitlines()]
         _, _, routed = await (await remote.flush(now + len(chunks), True, []))
         logs += [orjson.loads(line) for _, ndjson, _ in routed for line in ndjson.splitlines()]
@@ -277,8 +277,8 @@ def test_timeless_lines_of_a_replay_read_after_a_pause_keep_their_neighbours_tim
     now = time.time()
     written = int((now - 3 * 3600) * 1000)
     proc = processor()
-    first = proc.feed([orjson.dumps({"level": 30, "time": written, "pid": 1, "hostname": "h", "msg": "a"})], None, now)
-    later = proc.feed([b"plain text from console.log", b'{"msg": "a record without a time"}'], None, now + 120)
+    first = proc.parse([orjson.dumps({"level": 30, "time": written, "pid": 1, "hostname": "h", "msg": "a"})], None, now)
+    later = proc.parse([b"plain text from console.log", b'{"msg": "a record without a time"}'], None, now + 120)
     later += proc.flush(now + 120, force=True)
     assert [e.fields["timestamp"] for e in first + later] == [iso(written)] * 3
     assert [e.fields.get(TIME_ESTIMATED) for e in first + later] == [None, True, True]
@@ -291,9 +291,9 @@ def test_timeless_lines_of_a_live_stream_take_their_receive_time() -> None:
     now = time.time()
     written = int(now * 1000) + 1000
     pino = orjson.dumps({"level": 30, "time": written, "pid": 1, "hostname": "h", "msg": "a"})
-    alone, _ = proc.feed([b"starting up"], None, now) + proc.feed([pino], None, now + 1.02)
+    alone, _ = proc.parse([b"starting up"], None, now) + proc.parse([pino], None, now + 1.02)
     assert alone.fields["timestamp"] == iso(int(now * 1000)) and alone.fields[TIME_ESTIMATED] is True
-    proc.feed([b"a console.log line three seconds later"], None, now + 4.02)
+    proc.parse([b"a console.log line three seconds later"], None, now + 4.02)
     (later,) = proc.flush(now + 5, force=True)
     assert written + 2900 <= ms_of(later) <= (now + 4.02) * 1000
     assert later.fields[TIME_ESTIMATED] is True

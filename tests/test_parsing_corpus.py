@@ -39,7 +39,7 @@ def lines_of(path: Path) -> list[bytes]:
 def parse(lines: list[bytes], timezone: str = "UTC", fmt: str = "auto", stream: str | None = "stdout") -> list[Event]:
     config = SourceConfig(type="file", timezone=timezone, format=fmt)  # type: ignore[arg-type]
     processor = build_processor("api", config, host="agent-host", redact=RedactConfig())
-    events = processor.feed(lines, stream, RECEIVED) + processor.flush(force=True)
+    events = processor.parse(lines, stream, RECEIVED) + processor.flush(force=True)
     assert processor.held_bytes == 0
     return events
 

@@ -30,7 +30,7 @@ def processor(**options: object) -> Processor:
 
 def run(lines: list[bytes], **options: object) -> list[Event]:
     proc = processor(**options)
-    events = proc.feed(lines, None, RECEIVED) + proc.flush(force=True)
+    events = proc.parse(lines, None, RECEIVED) + proc.flush(force=True)
     assert proc.held_bytes == 0
     return events
 
@@ -92,7 +92,7 @@ def test_nest_levels_and_context_free_line() -> None:
 def test_pretty_time_of_day_takes_the_receive_date_and_wraps_midnight() -> None:
     received = datetime(2026, 11, 24, 0, 0, 1, tzinfo=UTC).timestamp()
     proc = processor(timezone="UTC")
-    events = proc.feed(
+    events = proc.parse(
         [b"[23:59:59.900] INFO (12): before midnight", b"[00:00:00.250] INFO (12): after midnight"], None, received
     )
     events += proc.flush(force=True)
@@ -146,7 +146,7 @@ def test_configured_service_and_agent_host() -> None:
     proc = build_processor(
         "api", SourceConfig(type="file", service="payments"), host="agent-host", redact=RedactConfig()
     )
-    (event,) = proc.feed([b'{"level":"log","timestamp":1795394871612,"message":"m","context":"C"}'], "stderr", 0.0)
+    (event,) = proc.parse([b'{"level":"log","timestamp":1795394871612,"message":"m","context":"C"}'], "stderr", 0.0)
     assert event.fields["service"] == "payments" and event.fields["source"] == "api"
     assert event.fields["host"] == "agent-host" and event.fields["stream"] == "stderr"
 
@@ -244,15 +244,15 @@ def test_huge_lines() -> None:
 
 def test_flush_timeout_and_silence() -> None:
     proc = processor(timezone="UTC")
-    assert proc.feed(ERROR_BLOCK, "stderr", 100.0) == []
+    assert proc.parse(ERROR_BLOCK, "stderr", 100.0) == []
     held = sum(len(line) + 1 for line in ERROR_BLOCK)
     assert proc.held_bytes == held
     assert proc.flush(100.5) == []
     (event,) = proc.flush(101.0)
     assert event.raw == b"\n".join(ERROR_BLOCK) and proc.held_bytes == 0
     # A continuation arriving after the timeout belongs to nothing: the group was closed first.
-    assert proc.feed(ERROR_BLOCK[:1], "stderr", 200.0) == []
-    (closed,) = proc.feed(ERROR_BLOCK[1:2], "stderr", 205.0)
+    assert proc.parse(ERROR_BLOCK[:1], "stderr", 200.0) == []
+    (closed,) = proc.parse(ERROR_BLOCK[1:2], "stderr", 205.0)
     assert closed.raw == ERROR_BLOCK[0]
     (orphan,) = proc.flush(force=True)
     assert orphan.raw == ERROR_BLOCK[1] and orphan.fields["level"] == "info"
@@ -274,9 +274,9 @@ def test_multiline_caps_split_without_losing_bytes() -> None:
 def test_streams_keep_separate_groups_on_one_processor() -> None:
     """Nest writes ERROR and its stack to stderr and LOG to stdout; reads may interleave."""
     proc = processor(timezone="UTC")
-    out = proc.feed(ERROR_BLOCK[:2], "stderr", RECEIVED)
-    out += proc.feed([b"[Nest] 7  - 11/23/2026, 12:47:50 AM     LOG [App] meanwhile"], "stdout", RECEIVED)
-    out += proc.feed(ERROR_BLOCK[2:], "stderr", RECEIVED)
+    out = proc.parse(ERROR_BLOCK[:2], "stderr", RECEIVED)
+    out += proc.parse([b"[Nest] 7  - 11/23/2026, 12:47:50 AM     LOG [App] meanwhile"], "stdout", RECEIVED)
+    out += proc.parse(ERROR_BLOCK[2:], "stderr", RECEIVED)
     assert out == []
     assert proc.held_bytes == sum(len(line) + 1 for line in ERROR_BLOCK) + 60
     out = proc.flush(force=True)

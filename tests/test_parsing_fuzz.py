@@ -97,7 +97,7 @@ def test_any_lines_are_kept_and_held_bytes_is_exact(batches: list[list[bytes]], 
     checkpoints: list[tuple[int, int, float, int]] = []
     start = dropped_so_far()
     for batch in batches:
-        events += processor.feed(batch, None, RECEIVED)
+        events += processor.parse(batch, None, RECEIVED)
         inputs += batch
         checkpoints.append((len(inputs), len(events), dropped_so_far() - start, processor.held_bytes))
     events += processor.flush(force=True)
@@ -122,9 +122,9 @@ def feed_like_a_source(processor: Processor, data: bytes, cuts: list[int]) -> li
         lines = (partial + chunk).split(b"\n")
         partial = lines.pop()
         if lines:
-            events += processor.feed(lines, None, RECEIVED)
+            events += processor.parse(lines, None, RECEIVED)
     if partial:
-        events += processor.feed([partial], None, RECEIVED)
+        events += processor.parse([partial], None, RECEIVED)
     return events + processor.flush(force=True)
 
 
@@ -188,9 +188,9 @@ def test_interleaved_streams_match_separate_processors(pattern: list[bool], line
     want: dict[str, list[Event]] = {"stdout": [], "stderr": []}
     for index, data in enumerate(lines):
         stream = "stderr" if pattern[index % len(pattern)] else "stdout"
-        for event in shared.feed([data], stream, RECEIVED):
+        for event in shared.parse([data], stream, RECEIVED):
             got[event.fields["stream"]].append(event)
-        want[stream] += per_stream[stream].feed([data], stream, RECEIVED)
+        want[stream] += per_stream[stream].parse([data], stream, RECEIVED)
     for event in shared.flush(force=True):
         got[event.fields["stream"]].append(event)
     for stream, proc in per_stream.items():
@@ -221,11 +221,11 @@ WORKER_FEED_SETUP = workers.feed_setup(
 def test_a_parse_worker_makes_one_valid_datadog_log_of_every_event(batches: list[list[bytes]]) -> None:
     """What a worker answers for any input: per event exactly one log, valid JSON, an object,
     within max_event_bytes. An exception there would stop the agent, so nothing may raise."""
-    feed = parse_worker.Feed(WORKER_FEED_SETUP)
+    feed = parse_worker.WorkerFeed(WORKER_FEED_SETUP)
     count = 0
     logs: list[bytes] = []
     for batch in [*batches, None]:
-        events = feed.processor.flush(RECEIVED, True) if batch is None else feed.processor.feed(batch, None, RECEIVED)
+        events = feed.processor.flush(RECEIVED, True) if batch is None else feed.processor.parse(batch, None, RECEIVED)
         _held, emitted, routed = feed.parsed(events)
         count += emitted
         for _route, ndjson, stamps in routed:

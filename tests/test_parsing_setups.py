@@ -36,7 +36,7 @@ STACK_HEAD = "Error: database connection lost\n    at boom ("
 def parse(lines: list[bytes], **options: Any) -> list[Event]:
     config = SourceConfig(type="file", timezone="UTC", **options)
     processor = build_processor("api", config, host="agent-host", redact=RedactConfig())
-    events = processor.feed(lines, "stdout", RECEIVED) + processor.flush(force=True)
+    events = processor.parse(lines, "stdout", RECEIVED) + processor.flush(force=True)
     assert processor.held_bytes == 0
     return events
 
@@ -296,14 +296,14 @@ def test_a_parse_worker_reads_the_setups_as_the_agent_does() -> None:
     sink = build_sink("dd", config.sinks["dd"])
     route = workers.SinkRoute("dd", None, sink.preparer(), None)  # type: ignore[arg-type]
     lines = [line for path in sorted(CAPTURES.glob("*.[ln]*")) for line in lines_of(path)]
-    feed = parse_worker.Feed(
+    feed = parse_worker.WorkerFeed(
         workers.feed_setup("api", config.sources["api"], host="h", redact=config.redact, fields=None, routes=[route])
     )
     _held, _count, [(_index, ndjson, _stamps)] = feed.parsed(
-        [*feed.processor.feed(lines, "stdout", RECEIVED), *feed.processor.flush(RECEIVED, True)]
+        [*feed.processor.parse(lines, "stdout", RECEIVED), *feed.processor.flush(RECEIVED, True)]
     )
     processor = build_processor("api", config.sources["api"], host="h", redact=config.redact)
-    events = [*processor.feed(lines, "stdout", RECEIVED), *processor.flush(RECEIVED, True)]
+    events = [*processor.parse(lines, "stdout", RECEIVED), *processor.flush(RECEIVED, True)]
     in_agent = [log for request in sink.encode(events) for log in orjson.loads(request.body)]
     in_worker = [orjson.loads(line) for line in ndjson.splitlines()]
     assert len(in_worker) == len(events) > 60

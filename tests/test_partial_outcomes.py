@@ -18,13 +18,13 @@ import orjson
 import pytest
 
 from shipper import metrics
-from shipper.acks import AckTracker
-from shipper.channel import Channel, Part
 from shipper.config import DeadLetterConfig, SinkConfig
-from shipper.deadletter import KEY, DeadLetters
-from shipper.driver import SinkDriver
 from shipper.encoding import json_array
 from shipper.event import Encoded, Event
+from shipper.pipeline.acks import AckTracker
+from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.deadletter import KEY, DeadLetters
+from shipper.pipeline.driver import SinkDriver
 from shipper.sink import BatchLimits, Outcome, Rejection, Request, Sink
 
 

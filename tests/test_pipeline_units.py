@@ -14,15 +14,16 @@ import orjson
 import pytest
 
 from shipper import metrics
-from shipper.acks import AckTracker
-from shipper.channel import Channel, Part
 from shipper.config import SinkConfig, WhenConfig, config_from_dict
-from shipper.driver import SinkDriver
 from shipper.event import Event, memory_size
 from shipper.parsing import build_processor
-from shipper.routing import Routing
+from shipper.pipeline.acks import AckTracker
+from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.driver import SinkDriver
+from shipper.pipeline.feed import LineFeed
+from shipper.pipeline.routing import Routing
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
-from shipper.source import LineFeed, SourceContext
+from shipper.source import SourceContext
 from shipper.when import compile_when
 from shipper.workers import SinkRoute, WorkerPool
 from sinks import build_sink
@@ -314,8 +315,8 @@ async def test_a_failing_batch_holds_back_the_checkpoint_of_later_ones() -> None
 
 
 def test_batch_limits_above_destination_limits_are_config_errors() -> None:
-    from shipper.driver import batch_limits
     from shipper.errors import ConfigError
+    from shipper.pipeline.driver import batch_limits
 
     sink = ScriptedSink(lambda r: DELIVERED)
     sink.config = ScriptedConfig(inputs=["x"], batch={"max_events": 11})
@@ -438,7 +439,7 @@ def test_the_memory_estimate_of_parsed_events_is_close_to_their_real_size() -> N
         try:
             before = tracemalloc.get_traced_memory()[0]
             lines = data.split(b"\n")[:-1]  # the raw lines the events keep are part of their cost
-            events = processor.feed(lines, "stdout", time.time()) + processor.flush(force=True)
+            events = processor.parse(lines, "stdout", time.time()) + processor.flush(force=True)
             del lines
             gc.collect()
             actual = tracemalloc.get_traced_memory()[0] - before

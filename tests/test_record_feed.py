@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from shipper.agent import Agent
-from shipper.channel import Channel, Part
 from shipper.config import config_from_dict
+from shipper.pipeline.channel import Channel, Part
 from shipper.source import SourceContext
 from shipper.workers import SinkRoute, WorkerPool
 from sinks import build_sink

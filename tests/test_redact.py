@@ -44,7 +44,7 @@ SECRETS = [
 def parse(lines: list[bytes], redact: RedactConfig | None = None, **options: Any) -> list[Event]:
     config = SourceConfig(type="file", timezone="UTC", **options)
     processor = build_processor("api", config, host="agent", redact=redact or RedactConfig())
-    return processor.feed(lines, "stdout", RECEIVED) + processor.flush(force=True)
+    return processor.parse(lines, "stdout", RECEIVED) + processor.flush(force=True)
 
 
 def count(rule: str) -> float:

@@ -15,10 +15,11 @@ import orjson
 import pytest
 
 from shipper import metrics
-from shipper.channel import Channel
 from shipper.config import config_from_dict
 from shipper.event import Event
-from shipper.source import LineFeed, SourceContext
+from shipper.pipeline.channel import Channel
+from shipper.pipeline.feed import LineFeed
+from shipper.source import SourceContext
 from shipper.workers import SinkRoute, WorkerPool
 from sinks import build_sink
 

@@ -11,13 +11,13 @@ import orjson
 import pytest
 
 from shipper import tally
-from shipper.channel import Channel, Part
 from shipper.config import config_from_dict, parse_config
 from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.parsing import build_processor
+from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.transforms import build_transforms
 from shipper.source import SourceContext
-from shipper.transforms import build_transforms
 from shipper.workers import SinkRoute, WorkerPool
 from sinks import build_sink
 
@@ -45,7 +45,7 @@ def transformed(
     """`lines` parsed and transformed as one chunk, as a feed does."""
     config = config_for(transforms, redact)
     source = config.sources["api"]
-    events = build_processor("api", source, host="h", redact=config.redact).feed(lines, "stdout", TIME / 1000)
+    events = build_processor("api", source, host="h", redact=config.redact).parse(lines, "stdout", TIME / 1000)
     chain = build_transforms("api", source.transforms, config.redact)
     assert chain is not None
     return chain(events)

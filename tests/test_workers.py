@@ -18,11 +18,12 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from shipper import parse_worker, routing, workers
+from shipper import parse_worker, workers
 from shipper.config import config_from_dict
 from shipper.errors import ConfigError
 from shipper.event import Encoded, Event, encoded_events
 from shipper.parsing import build_processor
+from shipper.pipeline import routing
 from shipper.when import compile_when
 from sinks import build_sink
 from sinks.datadog import DatadogSink
@@ -67,7 +68,7 @@ def test_logs_prepared_in_a_worker_are_the_logs_encoded_in_the_agent() -> None:
     config = config_from_dict({"sources": {"api": {"type": "stdin"}}, "sinks": sinks}, environ={})
     processor = build_processor("api", config.sources["api"], host="h", redact=config.redact)
     lines = moved_to_recent((CORPUS / "fastify-pino.ndjson").read_bytes()).split(b"\n")[:-1]
-    events = processor.feed(lines, "stdout", time.time())
+    events = processor.parse(lines, "stdout", time.time())
     old = (datetime.now(UTC) - timedelta(hours=30)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     events[5].fields["timestamp"] = old
     events[9].fields["message"] = "x" * 1_500_000
@@ -136,16 +137,16 @@ def test_a_feed_set_up_in_a_worker_parses_filters_and_encodes_as_the_agent_does(
     setup = workers.feed_setup(
         "api", config.sources["api"], host="h", redact=config.redact, fields=None, routes=[route]
     )
-    feed = parse_worker.Feed(setup)
+    feed = parse_worker.WorkerFeed(setup)
     now = time.time()
-    held, count, routed = feed.parsed([*feed.processor.feed(lines, "stdout", now), *feed.processor.flush(now, True)])
+    held, count, routed = feed.parsed([*feed.processor.parse(lines, "stdout", now), *feed.processor.flush(now, True)])
     [(index, ndjson, _stamps)] = routed
     in_worker = [orjson.loads(line) for line in ndjson.splitlines()]
 
     processor = build_processor("api", config.sources["api"], host="h", redact=config.redact)
     when = compile_when(config.sinks["dd"].when)
     assert when is not None
-    events = [e for e in [*processor.feed(lines, "stdout", now), *processor.flush(now, True)] if when(e)]
+    events = [e for e in [*processor.parse(lines, "stdout", now), *processor.flush(now, True)] if when(e)]
     in_agent = [log for request in sink.encode(events) for log in orjson.loads(request.body)]
     assert (held, index) == (0, 0) and count > len(in_worker)
     assert in_worker == in_agent
@@ -163,7 +164,7 @@ def test_a_parse_worker_loads_no_config_models_metrics_library_or_asyncio() -> N
     pydantic, prometheus_client, asyncio (and TLS with it) or aiohttp."""
     heavy = ("pydantic", "prometheus_client", "asyncio", "ssl", "aiohttp")
     code = (
-        "import sys, shipper.parse_worker as w, shipper.routing as r\n"
+        "import sys, shipper.parse_worker as w, shipper.pipeline.routing as r\n"
         "r.build_preparer('dd', ('sinks.datadog_logs:LogEncoder', {'source': 'nodejs', 'service': None,"
         " 'tags': [], 'max_event_bytes': 1000000, 'out_of_range': 'restamp'}))\n"
         "r.build_preparer('out', ('shipper.encoding:FieldsJson', {}))\n"

@@ -257,7 +257,7 @@ class Processor:
             for reason in ("unrecognized", "invalid_json", "empty", "bad_timestamp", "line_too_long")
         }
 
-    def feed(self, lines: list[bytes], stream: str | None, received_at: float, open_end: bool = False) -> list[Event]:
+    def parse(self, lines: list[bytes], stream: str | None, received_at: float, open_end: bool = False) -> list[Event]:
         """Parse lines (no terminators) read from `stream` at `received_at` (epoch seconds). The
         lines are complete, except the last one with `open_end`: the start of a line longer than
         `max_line_bytes` whose end is still to come (the next call's first line goes on with it)."""
@@ -425,11 +425,11 @@ class Processor:
             ends = not (open_end and index == last)
             if state.cut or len(line) > self._max_line or not ends:
                 if start < index:
-                    out += self.feed(lines[start:index], stream, received_at)
+                    out += self.parse(lines[start:index], stream, received_at)
                 out += self._pieces(line, state, received_at, ends)
                 start = index + 1
         if start <= last:
-            out += self.feed(lines[start:], stream, received_at)
+            out += self.parse(lines[start:], stream, received_at)
         return out
 
     def _pieces(self, line: bytes, state: _Stream, received_at: float, ends: bool) -> list[Event]:

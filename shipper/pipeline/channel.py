@@ -15,8 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from shipper import metrics
-from shipper.acks import Ack
 from shipper.event import Event
+from shipper.pipeline.acks import Ack
 
 log = logging.getLogger("shipper.channel")
 

@@ -35,14 +35,14 @@ from tenacity import (
 )
 
 from shipper import metrics
-from shipper.acks import Ack
-from shipper.channel import Channel, Part
-from shipper.concurrency import AdaptiveLimit
-from shipper.deadletter import DeadLetters, Dropped
 from shipper.errors import ConfigError
 from shipper.event import Event
 from shipper.health import SinkHealth
 from shipper.log import RateLimitedLog
+from shipper.pipeline.acks import Ack
+from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.concurrency import AdaptiveLimit
+from shipper.pipeline.deadletter import DeadLetters, Dropped
 from shipper.sink import Outcome, Request, Sink
 
 log = logging.getLogger("shipper.driver")
