@@ -225,7 +225,8 @@ def _tail(args: argparse.Namespace) -> int:
         sink["when"] = when
     with tempfile.TemporaryDirectory(prefix="shipper-tail-") as state:
         doc = {
-            "agent": {"state_dir": state, "log_level": "info" if args.verbose else "warn"},
+            # A terminal reads far slower than one core parses: no worker process to start.
+            "agent": {"state_dir": state, "log_level": "info" if args.verbose else "warn", "parse_workers": 0},
             "redact": {"enabled": not args.no_redact},
             "sources": {"tail": source},
             "sinks": {"out": sink},
