@@ -113,8 +113,8 @@ class Agent:
             self._failed()
 
     def _failed(self) -> None:
-        """Part of the pipeline died (a sink's driver or one of its deliveries, a parse worker,
-        housekeeping): stop, and exit 1 (the checkpoints hold, so a restart resends what was not
+        """Part of the pipeline died (a source, a sink's driver or one of its deliveries, a parse
+        worker, housekeeping): stop, and exit 1 (the checkpoints hold, so a restart resends what was not
         delivered)."""
         self._pipeline_failed = True
         self.request_stop()
@@ -142,6 +142,8 @@ class Agent:
         for task in driver_tasks.values():  # a dead driver would leave its sources blocked on a full channel
             task.add_done_callback(self._task_ended)
         source_tasks = {name: asyncio.create_task(s.run(), name=f"source:{name}") for name, s in self.sources.items()}
+        for task in source_tasks.values():  # the others running on must not hide a dead one
+            task.add_done_callback(self._task_ended)
         housekeeping = [
             asyncio.create_task(self._flush_loop(), name="flush"),
             asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
@@ -171,7 +173,6 @@ class Agent:
 
         if not await self._within(source_tasks.values(), deadline, by_signal, "sources"):
             await self._cancel(source_tasks.values())
-        failed = self._report_failures(source_tasks)
         for context in self.contexts.values():
             for feed in list(context.feeds):
                 with contextlib.suppress(Exception):
@@ -182,7 +183,7 @@ class Agent:
         if not drained:
             await self._cancel(driver_tasks.values())  # their batches stay unacknowledged, to account for
         lost = self._abandon(cut_off=not drained)
-        failed = failed or self._pipeline_failed
+        failed = self._pipeline_failed
         if self.workers is not None:
             await self.workers.close()
         for task in housekeeping:
@@ -254,10 +255,6 @@ class Agent:
                 extra={"sink": sink, "source": source, "lost": count},
             )
         return lost
-
-    def _report_failures(self, tasks: dict[str, asyncio.Task[None]]) -> bool:
-        """Log every task that died of an exception; True when one did."""
-        return any([_died(name, task) for name, task in tasks.items()])  # a list: log every one
 
     async def _flush_loop(self) -> None:
         while True:

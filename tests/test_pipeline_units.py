@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -377,6 +378,38 @@ async def test_agent_exits_non_zero_when_a_source_dies(tmp_path: Path) -> None:
 
     agent.sources["api"].run = broken  # type: ignore[method-assign]
     assert await asyncio.wait_for(agent.run(), 10) == EXIT_FAILED
+
+
+async def test_a_source_that_dies_while_another_runs_stops_the_agent_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file source that keeps running must not hide a dead one: the agent logs it, stops (the
+    checkpoints hold) and exits 1 for the supervisor to restart it, instead of running on without it."""
+    from shipper.agent import EXIT_FAILED, Agent
+    from shipper.config import parse_config
+
+    (tmp_path / "app.log").write_bytes(b"")
+    config = parse_config(
+        f'[agent]\nstate_dir = "{tmp_path}"\n'
+        f'[sources.api]\ntype = "file"\ninclude = ["{tmp_path}/app.log"]\n[sources.other]\ntype = "stdin"\n'
+        f'[sinks.out]\ntype = "file"\ninputs = ["api", "other"]\npath = "{tmp_path}/out.ndjson"\n',
+        None,
+        {},
+    )
+    agent = Agent(config)
+    died = asyncio.Event()
+
+    async def broken_later() -> None:
+        await asyncio.sleep(0.2)
+        died.set()
+        raise RuntimeError("source bug")
+
+    agent.sources["other"].run = broken_later  # type: ignore[method-assign]
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, "shipper.agent"):
+        assert await asyncio.wait_for(agent.run(), 10) == EXIT_FAILED
+    assert died.is_set() and time.monotonic() - started < 5  # the file source did not keep it running
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == ["task failed"]
 
 
 # ------------------------------------------------------------------------------- line feed
