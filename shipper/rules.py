@@ -66,37 +66,72 @@ class WindowRule:
         self._dropped = tally.events_dropped.labels(sink, "out_of_range")
         self._notices = RateLimitedLog(log, interval=60.0)
 
+    def outside(self, stamps: list[Any], now_ms: int) -> list[int]:
+        """Indexes of the timestamps outside the window. The common list, all canonical UTC strings
+        inside it, costs two C-level scans; a replay of old logs, one comparison each."""
+        oldest, newest = self.window.bounds(now_ms)
+        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
+        try:
+            first, last = min(stamps), max(stamps)  # canonical UTC strings sort in time order
+            if first.__class__ is str and last.__class__ is str and len(first) == len(last) == 24:
+                if oldest_iso <= first and last <= newest_iso:
+                    return []
+                if last < oldest_iso or first > newest_iso:
+                    return list(range(len(stamps)))  # every one: a replayed backlog
+        except (TypeError, ValueError):  # mixed types, an event without a timestamp
+            pass
+        return [
+            index
+            for index, stamp in enumerate(stamps)
+            if stamp is not None and self._outside(stamp, oldest, newest, oldest_iso, newest_iso)
+        ]
+
     def fit(self, events: list[Event], now: float | None = None) -> list[Event]:
         """`events` with those outside the window re-stamped (replaced by new events, so that
-        encoding them again neither re-stamps nor counts them twice) or dropped, and counted.
-        The common list, all canonical UTC strings inside the window, costs two C-level scans."""
+        encoding them again neither re-stamps nor counts them twice) or dropped, and counted."""
         if not events:
             return events
         now_ms = int((time.time() if now is None else now) * 1000)
-        oldest, newest = self.window.bounds(now_ms)
-        oldest_iso, newest_iso = format_ms(oldest), format_ms(newest)
         stamps: list[Any] = [event.fields.get("timestamp") for event in events]
-        try:
-            first, last = min(stamps), max(stamps)  # canonical UTC strings sort in time order
-            if first.__class__ is str and last.__class__ is str and oldest_iso <= first and last <= newest_iso:
-                return events
-        except (TypeError, ValueError):  # mixed types, an event without a timestamp
-            pass
+        outside = self.outside(stamps, now_ms)
+        if not outside:
+            return events
         now_iso = format_ms(now_ms)
-        kept: list[Event] = []
-        outside = 0
-        for event, stamp in zip(events, stamps, strict=True):
-            if stamp is None or not self._outside(stamp, oldest, newest, oldest_iso, newest_iso):
-                kept.append(event)
-                continue
-            outside += 1
-            if not self.drop:
-                fields = event.fields
-                original = fields.get(ORIGINAL_TIMESTAMP, stamp)
-                kept.append(Event({**fields, "timestamp": now_iso, ORIGINAL_TIMESTAMP: original}, event.raw))
-        if outside:
-            self.count(outside)
-        return kept
+        kept = list(events)
+        for index in outside:
+            fields = events[index].fields
+            original = fields.get(ORIGINAL_TIMESTAMP, stamps[index])
+            kept[index] = Event({**fields, "timestamp": now_iso, ORIGINAL_TIMESTAMP: original}, events[index].raw)
+        self.count(len(outside))
+        return self._kept(kept, outside)
+
+    def fit_objects(
+        self, events: list[Event], docs: list[Doc], now: float | None = None
+    ) -> tuple[list[Event], list[Doc]]:
+        """The same rule for a preparer, on the objects it built from `events` (one each, changed
+        in place: a preparer's events are not kept, so they need no new copies). Returns the
+        events and objects kept."""
+        if not events:
+            return events, docs
+        now_ms = int((time.time() if now is None else now) * 1000)
+        stamps: list[Any] = [event.fields.get("timestamp") for event in events]
+        outside = self.outside(stamps, now_ms)
+        if not outside:
+            return events, docs
+        now_iso = format_ms(now_ms)
+        for index in outside:
+            doc = docs[index]
+            doc[ORIGINAL_TIMESTAMP] = events[index].fields.get(ORIGINAL_TIMESTAMP, stamps[index])
+            doc["timestamp"] = now_iso
+        self.count(len(outside))
+        return self._kept(events, outside), self._kept(docs, outside)
+
+    def _kept(self, items: list[Any], outside: list[int]) -> list[Any]:
+        """`items` without those outside the window when they are dropped."""
+        if not self.drop:
+            return items
+        gone = set(outside)
+        return [item for index, item in enumerate(items) if index not in gone]
 
     @staticmethod
     def _outside(stamp: Any, oldest: int, newest: int, oldest_iso: str, newest_iso: str) -> bool:

@@ -190,7 +190,7 @@ class LogEncoder:
         parse worker when there is one, so the agent only frames the logs into requests. One
         msgspec `encode_lines` call for the chunk; log by log only when some log is too big or
         holds a value JSON cannot carry."""
-        events, docs, stamps = self._docs(events)
+        events, docs, stamps = self._docs(events, in_place=True)
         try:
             lines: bytes | None = _LINES.encode_lines(docs)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
@@ -229,11 +229,16 @@ class LogEncoder:
                 prepared += [event] if encoded else encoded_events(self.prepare([event]), event.fields)
         return [_framed(run) for run in runs(prepared, MAX_ENTRIES, MAX_REQUEST_BYTES)]
 
-    def _docs(self, events: list[Event]) -> tuple[list[Event], list[Doc], list[Any]]:
+    def _docs(self, events: list[Event], in_place: bool = False) -> tuple[list[Event], list[Doc], list[Any]]:
         """The Datadog log objects of `events` (out-of-window ones re-stamped or dropped, and
-        counted: `WindowRule`) and their timestamps as sent."""
-        events = self.window.fit(events)
-        docs = [self.to_doc(event.fields) for event in events]
+        counted: `WindowRule`) and their timestamps as sent. `in_place`: re-stamp the log objects
+        only (a preparer keeps no events); else the events too, so a split's re-encoding of them
+        neither re-stamps nor counts them again."""
+        if in_place:
+            events, docs = self.window.fit_objects(events, [self.to_doc(event.fields) for event in events])
+        else:
+            events = self.window.fit(events)
+            docs = [self.to_doc(event.fields) for event in events]
         return events, docs, [doc.get("timestamp") for doc in docs]
 
     def _each_encoded(self, events: list[Event], docs: list[Doc]) -> list[tuple[bytes, Any]]:
@@ -246,6 +251,9 @@ class LogEncoder:
             except orjson.JSONEncodeError:
                 body = b""
             if not body or len(body) > limit:
+                if ORIGINAL_TIMESTAMP in doc and "timestamp" in doc and ORIGINAL_TIMESTAMP not in event.fields:
+                    restamped = {"timestamp": doc["timestamp"], ORIGINAL_TIMESTAMP: doc[ORIGINAL_TIMESTAMP]}
+                    event = Event({**event.fields, **restamped}, event.raw)  # re-stamped in place only
                 _, doc = self.size.fit(event, doc)
                 body = _encoded(doc)
             out.append((body, doc.get("timestamp")))

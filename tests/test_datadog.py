@@ -307,6 +307,35 @@ def test_out_of_range_timestamps_are_restamped_and_counted() -> None:
     assert metric("shipper_events_restamped_total", sink=sink.name) == before + 2
 
 
+@pytest.mark.parametrize("out_of_range", ["restamp", "drop"])
+def test_prepared_logs_get_the_window_rule_too_an_oversized_old_one_included(out_of_range: str) -> None:
+    """Where events are parsed (a worker) the preparer re-stamps in the log objects it built: the
+    same logs as the agent's own encoding, an old log that is also too big both truncated and
+    re-stamped, each counted once."""
+    sink = make_sink(out_of_range=out_of_range)
+    old = now_iso(-timedelta(days=3))
+    batch = [event(0, timestamp=old), event(1), event(2, timestamp=old, stack="s" * 1_200_000)]
+    preparer = sink.encoder
+    before = {
+        name: metric(f"shipper_events_{name}_total", sink=sink.name, **labels)
+        for name, labels in (("restamped", {}), ("truncated", {}), ("dropped", {"reason": "out_of_range"}))
+    }
+    lines, stamps = preparer.prepare(batch)
+    logs = [orjson.loads(line) for line in lines.splitlines()]
+    if out_of_range == "drop":
+        assert [log["message"] for log in logs] == ["message 1"]
+        assert metric("shipper_events_dropped_total", sink=sink.name, reason="out_of_range") == before["dropped"] + 2
+        return
+    assert [log["message"] for log in logs] == ["message 0", "message 1", "message 2"]
+    now_ms = time.time() * 1000
+    for log in (logs[0], logs[2]):
+        assert abs((epoch_ms(log["timestamp"]) or 0) - now_ms) < 5_000 and log["shipper.original_timestamp"] == old
+    assert logs[2]["shipper.truncated"] is True and len(lines.splitlines()[2]) <= 1_000_000
+    assert stamps is not None and stamps[1] == batch[1].fields["timestamp"]
+    assert metric("shipper_events_restamped_total", sink=sink.name) == before["restamped"] + 2
+    assert metric("shipper_events_truncated_total", sink=sink.name) == before["truncated"] + 1
+
+
 def test_out_of_range_timestamps_dropped_when_configured() -> None:
     sink = make_sink(out_of_range="drop")
     (request,) = sink.encode([event(0, timestamp=now_iso(-timedelta(days=2))), event(1)])

@@ -99,3 +99,20 @@ def test_values_json_cannot_carry_are_replaced_and_flagged() -> None:
     assert fitted.fields["shipper.sanitized"] is True and odd.fields.get("shipper.sanitized") is None
     decoded = orjson.loads(orjson.dumps(doc))
     assert decoded["shipper.sanitized"] is True and decoded["big"] == str(2**80) and decoded["3"] == "int key"
+
+
+@pytest.mark.parametrize("mode", ["restamp", "drop"])
+def test_a_preparer_applies_the_window_to_its_objects_as_the_events_rule_does(mode: str) -> None:
+    """A preparer keeps no events: the rule changes the objects it built in place, and they equal
+    what fitting the events first would have built; a replay of nothing but old logs included."""
+    by_events = WindowRule(f"rules-objects-{mode}", DATADOG, mode)  # type: ignore[arg-type]
+    by_objects = WindowRule(f"rules-objects-{mode}-2", DATADOG, mode)  # type: ignore[arg-type]
+    mixed = [event(timedelta(days=2), i=0), event(timedelta(0), i=1), event(-timedelta(hours=3), i=2)]
+    replay = [event(timedelta(days=30, seconds=i), i=i) for i in range(4)]
+    for events in (mixed, replay):
+        now = datetime.now(UTC).timestamp()
+        expected = [e.fields for e in by_events.fit(events, now=now)]
+        kept, docs = by_objects.fit_objects(events, [dict(e.fields) for e in events], now=now)
+        assert docs == expected
+        assert [e.fields["i"] for e in kept] == [d["i"] for d in docs]
+        assert all(ORIGINAL_TIMESTAMP not in e.fields for e in events)  # the events are left as they were
