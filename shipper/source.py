@@ -12,13 +12,16 @@ import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RedactConfig, SourceConfig
 from shipper.pipeline.acks import AckTracker
 from shipper.pipeline.feed import LineFeed, RecordFeed
 from shipper.workers import SinkRoute, WorkerPool
+
+
+FeedT = TypeVar("FeedT", bound=LineFeed)
 
 
 class SourceContext:
@@ -56,9 +59,7 @@ class SourceContext:
         fields: dict[str, Any] | None = None,
     ) -> LineFeed:
         """A feed for one input stream; `fields` are added to each of its events (e.g. the file path)."""
-        feed = LineFeed(self, AckTracker(on_commit, committed), fields)
-        self.feeds.append(feed)
-        return feed
+        return self._opened(LineFeed(self, AckTracker(on_commit, committed), fields))
 
     def open_record_feed(
         self,
@@ -67,7 +68,9 @@ class SourceContext:
         fields: dict[str, Any] | None = None,
     ) -> RecordFeed:
         """A feed of records this source parsed itself, acknowledged at positions of its own."""
-        feed = RecordFeed(self, AckTracker(on_commit, committed), fields)
+        return self._opened(RecordFeed(self, AckTracker(on_commit, committed), fields))
+
+    def _opened(self, feed: FeedT) -> FeedT:
         self.feeds.append(feed)
         return feed
 

@@ -17,12 +17,12 @@ from shipper import metrics
 from shipper.config import DeadLetterConfig, config_from_dict
 from shipper.event import Encoded, Event
 from shipper.health import iso
-from shipper.pipeline.acks import AckTracker
-from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.channel import Channel
 from shipper.pipeline.deadletter import KEY, DeadLetters
 from shipper.pipeline.driver import SinkDriver
 from sinks import build_sink
 from tests.conftest import run_shipper
+from tests.driving import deliver
 from tests.fakes.collector import Collector
 from tests.procutil import ShipperProcess, wait_for
 
@@ -43,18 +43,6 @@ def app_event(i: int) -> Event:
         "order": {"id": i, "lines": [1, 2]},
     }
     return Event(fields, orjson.dumps(fields))
-
-
-async def ship(driver: SinkDriver, events: list[Event]) -> list[int]:
-    """`events` through the driver as one chunk; the checkpoints committed."""
-    commits: list[int] = []
-    ack = AckTracker(commits.append).open(1)
-    ack.add(len(events))
-    await driver.channel.put(Part(events, ack, sum(e.size for e in events)))
-    ack.done()
-    driver.channel.close()
-    await asyncio.wait_for(driver.run(), 20)
-    return commits
 
 
 def http_driver(name: str, url: str, dead_letter: Path) -> SinkDriver:
@@ -97,7 +85,7 @@ def test_events_a_collector_refuses_are_parked_with_the_reason_and_the_checkpoin
     parked = sample("shipper_dead_letters_total", sink="refused", reason="http_400")
     dropped = sample("shipper_events_dropped_total", sink="refused", reason="http_400")
     try:
-        commits = asyncio.run(ship(http_driver("refused", collector.url, path), [app_event(i) for i in range(3)]))
+        commits = asyncio.run(deliver(http_driver("refused", collector.url, path), [[app_event(i) for i in range(3)]]))
     finally:
         collector.stop()
     assert commits == [1] and collector.requests == 1  # refused for good: never retried
@@ -142,7 +130,7 @@ async def test_a_dead_letter_write_that_fails_is_counted_and_logged_and_delivery
     dropped = sample("shipper_events_dropped_total", sink="unwritable", reason="http_400")
     try:
         with caplog.at_level(logging.ERROR, "shipper.deadletter"):
-            commits = await ship(http_driver("unwritable", collector.url, path), [app_event(i) for i in range(2)])
+            commits = await deliver(http_driver("unwritable", collector.url, path), [[app_event(i) for i in range(2)]])
     finally:
         collector.stop()
     assert commits == [1]

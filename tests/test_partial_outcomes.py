@@ -8,7 +8,6 @@ AckTracker, Channel and SinkDriver.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,11 +20,11 @@ from shipper import metrics
 from shipper.config import DeadLetterConfig, SinkConfig
 from shipper.encoding import json_array
 from shipper.event import Encoded, Event
-from shipper.pipeline.acks import AckTracker
-from shipper.pipeline.channel import Channel, Part
+from shipper.pipeline.channel import Channel
 from shipper.pipeline.deadletter import KEY, DeadLetters
 from shipper.pipeline.driver import SinkDriver
 from shipper.sink import BatchLimits, Outcome, Rejection, Request, Sink
+from tests.driving import deliver
 
 
 class PartialConfig(SinkConfig):
@@ -73,20 +72,6 @@ def logs(ids: range) -> list[Event]:
 
 def sample(name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def deliver(driver: SinkDriver, chunks: list[list[Event]]) -> list[int]:
-    """Each chunk through the driver with its own ack; the checkpoints committed, in order."""
-    commits: list[int] = []
-    tracker = AckTracker(commits.append)
-    for position, events in enumerate(chunks, start=1):
-        ack = tracker.open(position)
-        ack.add(len(events))
-        await driver.channel.put(Part(events, ack, sum(e.size for e in events)))
-        ack.done()
-    driver.channel.close()
-    await asyncio.wait_for(driver.run(), 20)
-    return commits
 
 
 async def test_accepted_and_resent_events_arrive_once_the_rejected_are_counted_and_the_checkpoint_ends() -> None:
