@@ -20,7 +20,6 @@ from shipper.pipeline.acks import AckTracker
 from shipper.pipeline.feed import LineFeed, RecordFeed
 from shipper.workers import SinkRoute, WorkerPool
 
-
 FeedT = TypeVar("FeedT", bound=LineFeed)
 
 
