@@ -300,3 +300,25 @@ def test_checkpoints_of_deleted_files_are_forgotten(tmp_path: Path, logs: Path) 
         assert shipper.stop() == 0
     finally:
         shipper.ensure_stopped()
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["page-cache", "evicted"])
+async def test_reads_give_the_same_bytes_from_the_page_cache_or_the_disk(tmp_path: Path, cached: bool) -> None:
+    """A chunk in the page cache is read at once; one that is not (evicted here) is read in a
+    thread so the loop never waits for the disk: the bytes are the same either way, short read at
+    the end of the file included."""
+    from sources.file import _pread
+
+    path = tmp_path / "app.log"
+    data = os.urandom(300_000)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if not cached:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert await _pread(fd, 256 * 1024, 0) == data[: 256 * 1024]
+        assert await _pread(fd, 256 * 1024, 256 * 1024) == data[256 * 1024 :]
+        assert await _pread(fd, 256 * 1024, len(data)) == b""
+    finally:
+        os.close(fd)
