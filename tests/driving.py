@@ -1,13 +1,21 @@
-"""Driving a sink driver in tests: chunks of events in, the checkpoints committed out."""
+"""Driving the pipeline in tests: a sink driver (chunks in, checkpoints out), a parse worker, a
+source context feeding one sink."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
+from shipper.config import Config
 from shipper.event import Event
 from shipper.pipeline.acks import AckTracker
-from shipper.pipeline.channel import Part
+from shipper.pipeline.channel import Channel, Part
 from shipper.pipeline.driver import SinkDriver
+from shipper.sink import Sink
+from shipper.source import SourceContext
+from shipper.workers import SinkRoute, WorkerPool
 
 
 async def deliver(driver: SinkDriver, chunks: list[list[Event]]) -> list[int]:
@@ -23,3 +31,24 @@ async def deliver(driver: SinkDriver, chunks: list[list[Event]]) -> list[int]:
     driver.channel.close()
     await asyncio.wait_for(driver.run(), 20)
     return commits
+
+
+@asynccontextmanager
+async def parse_worker() -> AsyncIterator[WorkerPool]:
+    """One started parse worker, ended when the block ends (also when it fails)."""
+    pool = WorkerPool(1, "info", "json", lambda: None)
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def one_sink_context(
+    config: Config, source: str, sink: Sink, channel: Channel, state_dir: Path, workers: WorkerPool | None = None
+) -> SourceContext:
+    """The context of `source` feeding only `sink` (its preparer and `channel`), parsed in `workers` if given."""
+    return SourceContext(
+        source, config.sources[source], routes=[SinkRoute(sink.name, None, sink.preparer(), channel)], host="h",
+        redact=config.redact, state_dir=state_dir, stopping=asyncio.Event(), workers=workers,
+    )  # fmt: skip

@@ -26,9 +26,10 @@ from shipper.pipeline.routing import Routing
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
 from shipper.source import SourceContext
 from shipper.when import compile_when
-from shipper.workers import SinkRoute, WorkerPool
+from shipper.workers import SinkRoute
 from sinks import build_sink
 from tests.conftest import CORPUS, needs_corpus
+from tests.driving import one_sink_context, parse_worker
 
 
 def event(message: str, level: str = "info", **fields: object) -> Event:
@@ -519,15 +520,9 @@ async def test_pieces_parsed_in_a_worker_move_the_checkpoint_to_their_exact_line
     config = config_from_dict(table, environ={})
     sink = build_sink("dd", config.sinks["dd"])
     channel = Channel("dd", 1 << 30, "block")
-    pool = WorkerPool(1, "info", "json", lambda: None)
-    await pool.start()
-    try:
-        context = SourceContext(
-            "app", config.sources["app"], host="h", redact=config.redact, state_dir=tmp_path,
-            stopping=asyncio.Event(), workers=pool, routes=[SinkRoute("dd", None, sink.preparer(), channel)],
-        )  # fmt: skip
+    async with parse_worker() as pool:
         commits: list[int] = []
-        feed = context.open_feed(on_commit=commits.append)
+        feed = one_sink_context(config, "app", sink, channel, tmp_path, pool).open_feed(on_commit=commits.append)
         feed.PIECE_LINES = 7  # type: ignore[misc]
         data = b"".join(b'{"level":30,"time":1795394836241,"msg":"%s"}\n' % (b"m" * (i % 13)) for i in range(100))
         offset = 0
@@ -545,5 +540,3 @@ async def test_pieces_parsed_in_a_worker_move_the_checkpoint_to_their_exact_line
         assert delivered == 100
         assert commits == sorted(set(commits)) and set(commits) <= line_ends
         assert len(commits) > 4 and commits[-1] == len(data)
-    finally:
-        await pool.close()

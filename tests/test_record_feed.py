@@ -13,9 +13,10 @@ from shipper.agent import Agent
 from shipper.config import config_from_dict
 from shipper.pipeline.channel import Channel, Part
 from shipper.source import SourceContext
-from shipper.workers import SinkRoute, WorkerPool
+from shipper.workers import WorkerPool
 from sinks import build_sink
 from sources import REGISTRY as SOURCES
+from tests.driving import one_sink_context, parse_worker
 from tests.record_source import page_records
 
 
@@ -25,11 +26,7 @@ def context_for(tmp_path: Path, channel: Channel, workers: WorkerPool | None) ->
         "sinks": {"out": {"type": "file", "inputs": ["polled"], "path": str(tmp_path / "unused")}},
     }
     config = config_from_dict(table, environ={})
-    sink = build_sink("out", config.sinks["out"])
-    return SourceContext(
-        "polled", config.sources["polled"], routes=[SinkRoute("out", None, sink.preparer(), channel)], host="h",
-        redact=config.redact, state_dir=tmp_path, stopping=asyncio.Event(), workers=workers,
-    )  # fmt: skip
+    return one_sink_context(config, "polled", build_sink("out", config.sinks["out"]), channel, tmp_path, workers)
 
 
 async def parts_of(channel: Channel) -> list[Part]:
@@ -61,12 +58,8 @@ async def pushed(tmp_path: Path, workers: WorkerPool | None) -> tuple[list[Part]
 
 async def test_records_through_a_worker_and_in_the_agent_give_the_same_logs(tmp_path: Path) -> None:
     in_agent, _ = await pushed(tmp_path, None)
-    pool = WorkerPool(1, "info", "json", lambda: None)
-    await pool.start()
-    try:
+    async with parse_worker() as pool:
         in_worker, _ = await pushed(tmp_path, pool)
-    finally:
-        await pool.close()
     assert logs(in_worker) == logs(in_agent)
     got = logs(in_agent)
     assert [log["id"] for log in got] == [f"{page}-{index}" for page in range(3) for index in range(4)]
@@ -82,14 +75,11 @@ async def test_records_through_a_worker_and_in_the_agent_give_the_same_logs(tmp_
 async def test_the_cursor_moves_only_after_delivery_and_only_over_a_contiguous_range(
     tmp_path: Path, with_worker: bool
 ) -> None:
-    pool = WorkerPool(1, "info", "json", lambda: None) if with_worker else None
-    if pool is not None:
-        await pool.start()
-    try:
-        parts, commits = await pushed(tmp_path, pool)
-    finally:
-        if pool is not None:
-            await pool.close()
+    if with_worker:
+        async with parse_worker() as pool:
+            parts, commits = await pushed(tmp_path, pool)
+    else:
+        parts, commits = await pushed(tmp_path, None)
     assert len(parts) == 3 and commits == []  # nothing delivered: nothing committed
     parts[1].ack.done(len(parts[1].events))
     assert commits == []  # a later page delivered never moves the cursor past an earlier one

@@ -20,8 +20,9 @@ from shipper.event import Event
 from shipper.pipeline.channel import Channel
 from shipper.pipeline.feed import LineFeed
 from shipper.source import SourceContext
-from shipper.workers import SinkRoute, WorkerPool
+from shipper.workers import SinkRoute
 from sinks import build_sink
+from tests.driving import one_sink_context, parse_worker
 
 FRAGMENT = "shipper.fragment"
 MAX = 1000  # max_line_bytes in these tests: a "long" line is a few KiB
@@ -148,20 +149,12 @@ async def test_a_long_line_parsed_in_a_worker_is_cut_the_same_way(
     config = config_from_dict(config_table({"type": "datadog", "inputs": ["app"], "api_key": "k" * 32}), environ={})
     sink = build_sink("out", config.sinks["out"])
     channel = Channel("out", 1 << 30, "block")
-    pool = WorkerPool(1, "info", "json", lambda: None)
-    await pool.start()
-    try:
-        context = SourceContext(
-            "app", config.sources["app"], host="h", redact=config.redact, state_dir=tmp_path,
-            stopping=asyncio.Event(), workers=pool, routes=[SinkRoute("out", None, sink.preparer(), channel)],
-        )  # fmt: skip
-        feed = context.open_feed()
+    async with parse_worker() as pool:
+        feed = one_sink_context(config, "app", sink, channel, tmp_path, pool).open_feed()
         await feed.push(SHORT + b"\n" + LONG + b"\n")
         await push_in_reads(feed, LONG + b"\n" + LONG)  # the same line twice more, streaming in
         await feed.flush(force=True)
         logs = [orjson.loads(event.raw) for event in await drain(channel)]
-    finally:
-        await pool.close()
     assert logs[0]["message"] == "ok" and FRAGMENT not in logs[0]
     whole, streamed, unterminated = logs[1:5], logs[5:9], logs[9:]
     check_pieces(whole, LONG, known=0)

@@ -20,6 +20,7 @@ from shipper.pipeline.transforms import build_transforms
 from shipper.source import SourceContext
 from shipper.workers import SinkRoute, WorkerPool
 from sinks import build_sink
+from tests.driving import parse_worker
 
 TIME = 1_795_394_836_366  # 2026-11-23: a fixed time, so nothing depends on today's date
 PINO_LEVELS = {"debug": 20, "info": 30, "warn": 40, "error": 50}
@@ -219,12 +220,8 @@ async def test_a_parse_worker_transforms_as_the_agent_does(tmp_path: Path) -> No
     start = counted_since([0, 0])
     in_agent = await delivered(tmp_path, None)
     by_agent, start = counted_since(start), counted_since([0, 0])
-    pool = WorkerPool(1, "info", "json", lambda: None)
-    await pool.start()
-    try:
+    async with parse_worker() as pool:
         in_worker = await delivered(tmp_path, pool)
-    finally:
-        await pool.close()
     assert in_worker == in_agent
     # What the worker left out reaches the agent's tallies (so /metrics), as many as the agent's own.
     assert counted_since(start) == by_agent
