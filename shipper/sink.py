@@ -135,12 +135,13 @@ class Sink(ABC):
             if spec is None:
                 raise TypeError(f"sink {self.name} has no preparer")
             self._own_preparer = build_preparer(self.name, spec)
+        preparer = self._own_preparer
         out: list[Event] = []
         for event in events:
             if event.__class__ is Encoded:
                 out.append(event)
                 continue
-            lines, stamps = self._own_preparer.prepare([event])
+            lines, stamps = preparer.prepare([event])
             if lines:  # a preparer may drop an event (and counts it)
                 out.append(Encoded(event.fields, lines[:-1], stamps[0] if stamps else None))
         return out

@@ -157,7 +157,7 @@ class DatadogSink(HttpSink):
         return f"{LogEncoder.__module__}:{LogEncoder.__name__}", self._encoding
 
     def encode(self, events: list[Event]) -> list[Request]:
-        return self.encoder.encode(events)
+        return self.encoder.encode(self.encoded(events))
 
     # ------------------------------------------------------------ sending
 

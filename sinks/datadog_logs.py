@@ -22,7 +22,7 @@ import msgspec
 import orjson
 
 from shipper.encoding import json_array, runs
-from shipper.event import Encoded, Event, Prepared, encoded_events
+from shipper.event import Encoded, Event, Prepared
 from shipper.parsing.clock import epoch_ms, format_ms
 from shipper.rules import ORIGINAL_TIMESTAMP, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
@@ -190,7 +190,7 @@ class LogEncoder:
         parse worker when there is one, so the agent only frames the logs into requests. One
         msgspec `encode_lines` call for the chunk; log by log only when some log is too big or
         holds a value JSON cannot carry."""
-        events, docs, stamps = self._docs(events, in_place=True)
+        events, docs, stamps = self._docs(events)
         try:
             lines: bytes | None = _LINES.encode_lines(docs)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
@@ -203,42 +203,15 @@ class LogEncoder:
         return lines, stamps
 
     def encode(self, events: list[Event]) -> list[Request]:
-        """Requests of at most 1,000 logs and 5,000,000 bytes.
+        """Prepared logs (`Encoded`) framed into requests of at most 1,000 logs and 5,000,000
+        bytes. Nothing is encoded here, so a split's halves are only framed again and nothing is
+        ever re-stamped or counted twice."""
+        return [_framed(run) for run in runs(events, MAX_ENTRIES, MAX_REQUEST_BYTES)] if events else []
 
-        Events parsed in this process are encoded here with one orjson call for the whole request
-        (the common batch: no log can pass `max_event_bytes` when the whole body does not);
-        anything else is encoded log by log. Prepared logs (and so a split's halves, re-encoded)
-        are only framed, which is why nothing is ever counted twice."""
-        if not events:
-            return []
-        prepared: list[Event] = events
-        if all(event.__class__ is not Encoded for event in events):
-            events, docs, stamps = self._docs(events)
-            try:
-                body: bytes | None = orjson.dumps(docs)
-            except orjson.JSONEncodeError:
-                body = None
-            if body is not None and len(events) <= MAX_ENTRIES and len(body) <= self._whole_body_limit:
-                return [Request(body, events, {"oldest_ms": _oldest_ms(stamps)})] if events else []
-            fitted = self._each_encoded(events, docs)
-            prepared = [Encoded(e.fields, raw, stamp) for e, (raw, stamp) in zip(events, fitted, strict=True)]
-        elif any(event.__class__ is not Encoded for event in events):  # mixed (rare): one by one
-            prepared = []
-            for event in events:
-                encoded = event.__class__ is Encoded
-                prepared += [event] if encoded else encoded_events(self.prepare([event]), event.fields)
-        return [_framed(run) for run in runs(prepared, MAX_ENTRIES, MAX_REQUEST_BYTES)]
-
-    def _docs(self, events: list[Event], in_place: bool = False) -> tuple[list[Event], list[Doc], list[Any]]:
-        """The Datadog log objects of `events` (out-of-window ones re-stamped or dropped, and
-        counted: `WindowRule`) and their timestamps as sent. `in_place`: re-stamp the log objects
-        only (a preparer keeps no events); else the events too, so a split's re-encoding of them
-        neither re-stamps nor counts them again."""
-        if in_place:
-            events, docs = self.window.fit_objects(events, [self.to_doc(event.fields) for event in events])
-        else:
-            events = self.window.fit(events)
-            docs = [self.to_doc(event.fields) for event in events]
+    def _docs(self, events: list[Event]) -> tuple[list[Event], list[Doc], list[Any]]:
+        """The Datadog log objects of `events` (out-of-window ones re-stamped in them, or dropped,
+        and counted: `WindowRule`) and their timestamps as sent."""
+        events, docs = self.window.fit_objects(events, [self.to_doc(event.fields) for event in events])
         return events, docs, [doc.get("timestamp") for doc in docs]
 
     def _each_encoded(self, events: list[Event], docs: list[Doc]) -> list[tuple[bytes, Any]]:
