@@ -15,7 +15,7 @@ import socket
 import tomllib
 from datetime import date, time
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -291,6 +291,10 @@ class RetryConfig(Strict):
 class SinkConfig(Strict):
     """Options every sink has; a sink type subclasses it with its own."""
 
+    # Keys holding secrets that may only be given as `${VAR}` or `${file:PATH}`, never written out
+    # in the config file (which ends up in backups, images and version control).
+    by_reference_only: ClassVar[tuple[str, ...]] = ()
+
     type: str
     inputs: list[str] = Field(min_length=1)
     when: WhenConfig | None = None
@@ -337,6 +341,15 @@ def _check_inputs(sources: dict[str, Any], sinks: dict[str, Any]) -> None:
             if source not in sources:
                 known = ", ".join(sorted(sources)) or "none"
                 raise ConfigError(f"sinks.{name}.inputs[{index}]", f"no source named {source!r} (sources: {known})")
+
+
+def _check_by_reference(written: dict[str, Any], sinks: dict[str, Any]) -> None:
+    """Secrets a sink takes only by reference (`SinkConfig.by_reference_only`) were not written out."""
+    for name, sink in sinks.items():
+        for key in sink.by_reference_only:
+            value = written[name].get(key)
+            if isinstance(value, str) and "${" not in value:
+                raise ConfigError(f"sinks.{name}.{key}", "give this secret as ${VAR} or ${file:PATH}, not in the file")
 
 
 def _check_one_stdin(sources: dict[str, Any]) -> None:
@@ -610,9 +623,11 @@ def config_from_dict(raw: dict[str, Any], path: Path | None = None, environ: dic
         for key in raw:  # first: `[sink.x]` for `[sinks.x]` is the real mistake, not "no sinks"
             if key not in TOP_LEVEL_KEYS:
                 raise ConfigError(key, _unknown_key(key, TOP_LEVEL_KEYS))
+        written = raw
         raw = _interpolate_tree(dict(raw), "", os.environ if environ is None else environ)
         sources = _typed_tables("sources", raw.pop("sources", {}), SOURCES)
         sinks = _typed_tables("sinks", raw.pop("sinks", {}), SINKS)
+        _check_by_reference(written.get("sinks", {}), sinks)
         if not sources:
             raise ConfigError("sources", "at least one source is required")
         if not sinks:

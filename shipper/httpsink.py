@@ -113,12 +113,17 @@ class HttpSink(Sink):
         """Credentials for every request; never logged."""
         return {}
 
+    def tls(self) -> ssl.SSLContext | bool:
+        """How HTTPS destinations are verified: True is the system's trusted CAs; a sink with its own
+        CA bundle (or verification turned off for a test endpoint) returns its context, or False."""
+        return True
+
     async def start(self) -> None:
         import aiohttp
 
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
-            connector=aiohttp.TCPConnector(limit=self.config.concurrency * 2),
+            connector=aiohttp.TCPConnector(limit=self.config.concurrency * 2, ssl=self.tls()),
             auto_decompress=False,
             trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as curl and the Datadog Agent read them
         )

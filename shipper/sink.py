@@ -96,6 +96,9 @@ class Sink(ABC):
     """A destination. Subclasses set `limits` and implement `encode` and `send`."""
 
     limits: ClassVar[BatchLimits] = BatchLimits(max_events=1000, max_bytes=1024 * 1024)
+    # Outcome reasons of this destination that mean it is overloaded, beyond the shared ones
+    # (429, 503, timeouts, throttling: shipper/pipeline/concurrency.py): they lower the concurrency.
+    overload_reasons: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, config: SinkConfig) -> None:
         self.name = name

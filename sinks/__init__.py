@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 REGISTRY: Registry[SinkConfig, Sink] = Registry(
     {
+        "cloudwatch": "sinks.cloudwatch",
         "console": "sinks.console",
         "datadog": "sinks.datadog",
         "file": "sinks.file",

@@ -122,3 +122,14 @@ def collector() -> Iterator[object]:
     server = Collector().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(request: pytest.FixtureRequest) -> str:
+    """moto's server (CloudWatch Logs, STS) on loopback for the whole session: its base URL.
+    Tests put a `tests.fakes.cloudwatch.CloudWatchFront` in front of it."""
+    from tests.fakes.cloudwatch import moto_url, start_moto
+
+    server = start_moto()
+    request.addfinalizer(server.stop)
+    return moto_url(server)

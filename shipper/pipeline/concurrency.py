@@ -6,7 +6,8 @@ A sink starts at its configured maximum, so a healthy destination sees what it a
 driver reports every send attempt (retries too: a batch retries while holding its slot), and:
 
 - Back off: an answer with a Retry-After, or one whose reason says the destination is overloaded
-  (429, 503, a timeout, throttling), halves the limit at once (never below 1).
+  (429, 503, a timeout, throttling, and what a sink adds in `Sink.overload_reasons`: CloudWatch
+  counts its connection failures), halves the limit at once (never below 1).
 - Latency: attempts are judged in windows of `limit` completed attempts, about one round trip of
   every request in flight. A window whose mean round-trip time is more than twice the baseline
   (an exponentially weighted average of past windows' means) and at least 50 ms above it means
@@ -32,16 +33,14 @@ LATENCY_FLOOR = 0.05  # ...when also this many seconds above it
 BASELINE_WEIGHT = 0.3  # of the newest window's mean in the baseline
 
 
-def backs_off(outcome: Outcome) -> bool:
-    """Whether an answer asks us to send less: a Retry-After, or an overloaded destination."""
-    return outcome.retry_after is not None or outcome.reason in BACK_OFF_REASONS
-
-
 class AdaptiveLimit:
-    """Slots for one sink's requests in flight, their number adapted to the destination's answers."""
+    """Slots for one sink's requests in flight, their number adapted to the destination's answers.
+    `overloaded`: the reasons that mean the destination is overloaded beyond the shared ones (a
+    sink's `Sink.overload_reasons`)."""
 
-    def __init__(self, maximum: int) -> None:
+    def __init__(self, maximum: int, overloaded: frozenset[str] = frozenset()) -> None:
         self.maximum = maximum
+        self.overloaded = BACK_OFF_REASONS | overloaded
         self.limit = maximum
         self.in_flight = 0
         self._freed = asyncio.Event()
@@ -71,7 +70,7 @@ class AdaptiveLimit:
         """One attempt's outcome and round-trip time (seconds), begun at `token`."""
         if token != self._epoch:
             return
-        if backs_off(outcome):
+        if self.backs_off(outcome):
             self._decrease()
             return
         self._count += 1
@@ -87,6 +86,10 @@ class AdaptiveLimit:
             self._change(self.limit + 1)
         else:
             self._new_window()
+
+    def backs_off(self, outcome: Outcome) -> bool:
+        """Whether an answer asks us to send less: a Retry-After, or an overloaded destination."""
+        return outcome.retry_after is not None or outcome.reason in self.overloaded
 
     def _decrease(self) -> None:
         self._change(max(1, int(self.limit * DECREASE)))

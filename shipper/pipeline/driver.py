@@ -107,7 +107,7 @@ class SinkDriver:
         self.inflight: set[Batch] = set()  # batches being delivered, or cut off by cancellation
         self.failed: list[Event] = []  # what batches killed by a bug left undelivered
         self._on_failure = on_failure  # the agent stops when a delivery dies of a bug
-        self._limit = AdaptiveLimit(sink.config.concurrency)  # requests in flight, adapted to the answers
+        self._limit = AdaptiveLimit(sink.config.concurrency, sink.overload_reasons)  # adapted to the answers
         self._tasks: set[asyncio.Task[None]] = set()
         name = sink.name
         self._sent = metrics.events_sent.labels(name)

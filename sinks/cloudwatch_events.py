@@ -1,0 +1,262 @@
+"""CloudWatch Logs log events: each event as PutLogEvents takes it, and framed into calls.
+
+Apart from the sink (sinks/cloudwatch.py) because a parse worker runs `LogEvents.prepare` where
+events are parsed, and this module imports neither config models (pydantic), nor an HTTP client,
+nor boto3: a worker that loads only what it runs stays small.
+
+Each event becomes one `{"timestamp": <epoch ms>, "message": "<the event as compact JSON>"}`
+object (with `message = "raw"`, the line it was read from), encoded on one line. Its stamp is
+`(epoch ms, log stream name)`: the agent reads both when it frames calls (sorted by time, grouped
+by stream), and the stream's name, templated from the event's fields (`"{host}/{source}"`), is
+rendered here, where the fields are, so the agent never decodes a prepared event again.
+
+The per-event rules (shipper/rules.py) apply here with CloudWatch's limits: an event's message
+at most `max_event_bytes` counted as CloudWatch counts it (UTF-8 bytes + 26), cut down and flagged
+beyond; timestamps outside what CloudWatch accepts (older than 14 days, or than the group's
+retention when shipper sets it; more than 2 h ahead) re-stamped or dropped, counted.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from bisect import bisect_left, bisect_right
+from itertools import accumulate
+from typing import Any, Literal, cast
+
+import msgspec
+import orjson
+
+from shipper.encoding import json_array
+from shipper.event import Encoded, Event, Prepared
+from shipper.parsing.clock import epoch_ms
+from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
+from shipper.sink import Request
+from shipper.when import field_value
+
+MAX_CALL_EVENTS = 10_000  # per PutLogEvents call
+MAX_CALL_BYTES = 1_048_576  # per call: the sum of each message's UTF-8 bytes plus EVENT_OVERHEAD
+EVENT_OVERHEAD = 26  # bytes CloudWatch adds to each message when it counts a call's size
+MAX_EVENT_BYTES = 1_000_000  # per event, overhead included: "1 MB" read as 10^6, safe either way
+MAX_SPAN_MS = 24 * 3600 * 1000  # between the oldest and newest event of one call
+
+# CloudWatch refuses events older than 14 days (or than the group's retention) or more than 2 h
+# ahead. The margins absorb clock skew and the time a call can spend queued and retried after
+# its events were prepared: what still ages out meanwhile comes back as rejectedLogEventsInfo,
+# counted by reason.
+MAX_AGE_DAYS = 14
+AGE_MARGIN_MS = 3600 * 1000
+MAX_AHEAD_MS = 2 * 3600 * 1000 - 5 * 60 * 1000
+
+STREAM_NAME_CHARS = 512
+PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+MISSING = "unknown"  # a template field an event does not have
+_FORBIDDEN = re.compile(r"[:*]")  # never in a log stream name
+_STREAM_CACHE_SIZE = 4096
+
+Message = Literal["json", "raw"]
+
+
+class _LogEvent(msgspec.Struct):
+    """One entry of PutLogEvents' `logEvents`, in its order of keys."""
+
+    timestamp: int
+    message: str
+
+
+_LINES = msgspec.json.Encoder()
+_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError)
+
+
+def stream_name(text: str) -> str:
+    """A valid log stream name from rendered text: no `:` or `*`, 1 to 512 characters."""
+    return _FORBIDDEN.sub("_", text)[:STREAM_NAME_CHARS] or MISSING
+
+
+def window(retention_days: int | None) -> TimeWindow:
+    """The timestamps CloudWatch keeps: 14 days old at most, or the group's retention when shorter."""
+    days = min(MAX_AGE_DAYS, retention_days or MAX_AGE_DAYS)
+    text = f"CloudWatch's window ({days} days old .. 2 h ahead)"
+    return TimeWindow(days * 86_400_000 - AGE_MARGIN_MS, MAX_AHEAD_MS, text)
+
+
+class LogEvents:
+    """One CloudWatch sink's per-event encoding, run where events are parsed; its counters."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        log_stream: str,
+        message: Message,
+        max_event_bytes: int,
+        out_of_range: OutOfRange,
+        retention_days: int | None,
+    ) -> None:
+        self.name = name
+        self.raw = message == "raw"
+        self.window = WindowRule(name, window(retention_days), out_of_range)
+        # The message's JSON is the event's fields as they are (its size is the message's size).
+        self.size = SizeRule(name, max_event_bytes - EVENT_OVERHEAD, dict)
+        self._template = log_stream
+        self._paths = PLACEHOLDER.findall(log_stream)
+        self._fixed_stream = None if self._paths else stream_name(log_stream)
+        self._streams: dict[Any, str] = {}
+        self._second: tuple[str, int] = ("", 0)  # the last canonical timestamp's second, in epoch ms
+
+    # ------------------------------------------------------------ per event
+
+    def prepare(self, events: list[Event]) -> Prepared:
+        """The events' log events, one per line, and their stamps `(epoch ms, stream name)`."""
+        now = time.time()
+        now_ms = int(now * 1000)
+        events, docs = self._in_window(events, now)
+        messages = self._messages(events, docs)
+        entries: list[_LogEvent] = []
+        stamps: list[tuple[int, str]] = []
+        fixed = self._fixed_stream
+        for doc, message in zip(docs, messages, strict=True):
+            ms = self._epoch_ms(doc.get("timestamp"), now_ms)
+            entries.append(_LogEvent(ms, message))
+            stamps.append((ms, fixed or self._stream(doc)))
+        return _LINES.encode_lines(entries), stamps
+
+    def _in_window(self, events: list[Event], now: float) -> tuple[list[Event], list[Doc]]:
+        """The events kept and the fields their messages are made of: their own, or a copy
+        re-stamped to now where a timestamp is outside CloudWatch's window (`WindowRule`)."""
+        docs = [event.fields for event in events]
+        outside = self.window.outside([doc.get("timestamp") for doc in docs], int(now * 1000))
+        if not outside:
+            return events, docs
+        for index in outside:  # events are shared with other sinks: re-stamp copies
+            docs[index] = dict(docs[index])
+        return self.window.fit_objects(events, docs, now)
+
+    def _messages(self, events: list[Event], docs: list[Doc]) -> list[str]:
+        """Each event's message: its line as read (`raw`), or its fields as compact JSON; one
+        msgspec call for the list, event by event only when one is too big or not encodable."""
+        if self.raw:
+            return [self._raw_message(event, doc) for event, doc in zip(events, docs, strict=True)]
+        limit = self.size.limit
+        try:
+            lines = _LINES.encode_lines(docs).split(b"\n")
+            lines.pop()
+        except _ENCODE_ERRORS:
+            lines = [b""] * len(docs)
+        return [
+            line.decode() if 0 < len(line) <= limit else self._fitted(event, doc)
+            for event, doc, line in zip(events, docs, lines, strict=True)
+        ]
+
+    def _raw_message(self, event: Event, doc: Doc) -> str:
+        """The line as read: kept when it fits and is not blank (a message is never empty); else
+        the event's fields, cut down to fit and flagged."""
+        raw = event.raw
+        if 0 < len(raw) <= self.size.limit and not raw.isspace():
+            return raw.decode("utf-8", "replace")
+        return self._fitted(event, doc)
+
+    def _fitted(self, event: Event, doc: Doc) -> str:
+        """The fields as JSON within the size limit, values JSON cannot carry replaced: flagged, counted."""
+        _, fitted = self.size.fit(Event(doc, event.raw), doc)
+        return orjson.dumps(fitted).decode()
+
+    def _epoch_ms(self, stamp: Any, now_ms: int) -> int:
+        """Epoch ms of a normalized timestamp. The canonical `2026-11-23T00:47:16.241Z` is read
+        by its second (cached: neighbours share it) plus its milliseconds; no usable time: now."""
+        if stamp.__class__ is str and len(stamp) == 24 and stamp[23] == "Z" and stamp[19] == ".":
+            second, second_ms = self._second
+            if stamp[:19] != second:
+                parsed = epoch_ms(stamp[:19] + "Z")
+                if parsed is None:
+                    return now_ms
+                second, second_ms = self._second = (stamp[:19], parsed)
+            try:
+                return second_ms + int(stamp[20:23])
+            except ValueError:
+                pass
+        ms = epoch_ms(stamp)
+        return now_ms if ms is None else ms
+
+    def _stream(self, fields: dict[str, Any]) -> str:
+        """The log stream an event goes to: the template filled from its fields, cached by their values."""
+        values = tuple([field_value(fields, path) for path in self._paths])
+        try:
+            return self._streams[values]
+        except KeyError:
+            pass
+        except TypeError:  # a dict or list value: not hashable, and no name either
+            return self._render(values)
+        if len(self._streams) >= _STREAM_CACHE_SIZE:
+            self._streams.clear()
+        name = self._streams[values] = self._render(values)
+        return name
+
+    def _render(self, values: tuple[Any, ...]) -> str:
+        by_path = dict(zip(self._paths, values, strict=True))
+
+        def value(match: re.Match[str]) -> str:
+            found = by_path[match.group(1)]
+            return MISSING if found is None or isinstance(found, (dict, list)) or found == "" else str(found)
+
+        return stream_name(PLACEHOLDER.sub(value, self._template))
+
+
+# ---------------------------------------------------------------- framing, in the agent
+
+
+def _time(event: Encoded) -> int:
+    ms: int = event.stamp[0]
+    return ms
+
+
+def calls(events: list[Event], group: str) -> list[Request]:
+    """Prepared log events (`Encoded`, stamped `(ms, stream)`) framed into PutLogEvents calls:
+    per stream, in time order (stable), each call at most 10,000 events, 1,048,576 bytes and a
+    24 h span. A call's size is counted on each event's wire form, `{"timestamp":...,"message":
+    "..."}`, which is always longer than its message's UTF-8 bytes plus 26: a safe bound that
+    needs no decoding here."""
+    streams: dict[str, list[Encoded]] = {}
+    for event in cast(list[Encoded], events):
+        streams.setdefault(event.stamp[1], []).append(event)
+    out: list[Request] = []
+    for stream, run in streams.items():
+        times = [_time(event) for event in run]
+        if times != sorted(times):
+            run.sort(key=_time)
+            times = [_time(event) for event in run]
+        head = _call_head(group, stream)
+        out += [
+            Request(
+                json_array([e.raw for e in run[start:end]], head, b"}"),
+                cast(list[Event], run[start:end]),
+                {"stream": stream},
+            )
+            for start, end in _cuts(run, times)
+        ]
+    return out
+
+
+def _call_head(group: str, stream: str) -> bytes:
+    return b'{"logGroupName":%s,"logStreamName":%s,"logEvents":' % (orjson.dumps(group), orjson.dumps(stream))
+
+
+def _cuts(run: list[Encoded], times: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each call over events in time order: by count, bytes, and span."""
+    count = len(run)
+    ends = list(accumulate([len(event.raw) for event in run]))
+    if count <= MAX_CALL_EVENTS and ends[-1] <= MAX_CALL_BYTES and times[-1] - times[0] < MAX_SPAN_MS:
+        return [(0, count)]
+    out: list[tuple[int, int]] = []
+    start, base = 0, 0
+    while start < count:
+        end = min(
+            start + MAX_CALL_EVENTS,
+            bisect_right(ends, base + MAX_CALL_BYTES, start),
+            bisect_left(times, times[start] + MAX_SPAN_MS, start),
+        )
+        end = max(end, start + 1)  # an event over the byte limit goes alone: its message still fits
+        out.append((start, end))
+        base = ends[end - 1]
+        start = end
+    return out
