@@ -30,7 +30,6 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -208,21 +207,76 @@ class CreationRefused(Exception):
     """A group or stream is missing and shipper may not create it: the data waits until it exists."""
 
 
-@dataclass(frozen=True)
-class Aws:
-    """What the standard chain resolved, and the control-plane client made from it."""
+class NoRegion(Exception):
+    """Neither the config nor the standard chain names a region (preflight checks it first)."""
 
-    session: Any  # boto3.session.Session
-    credentials: Any  # botocore.credentials.Credentials (RefreshableCredentials for roles), or None
-    logs: Any  # boto3 CloudWatch Logs client
-    region: str
-    endpoint: str
-    ca_bundle: str | None
+
+class Aws:
+    """What the standard chain resolved for one sink, and the boto3 clients made from it when first
+    needed: the control plane is rare, and a client's service model costs ~12 MiB."""
+
+    def __init__(self, config: CloudWatchConfig) -> None:
+        import botocore.session
+
+        core = botocore.session.Session(profile=config.profile)
+        if config.access_key_id is not None and config.secret_access_key is not None:
+            token = config.session_token.get_secret_value() if config.session_token else None
+            core.set_credentials(
+                config.access_key_id.get_secret_value(), config.secret_access_key.get_secret_value(), token
+            )
+        region = config.region or core.get_config_variable("region")
+        if not region:
+            raise NoRegion("no AWS region: set `region`, AWS_REGION, or one in the AWS profile")
+        self.region: str = region
+        self.credentials: Any = core.get_credentials()  # RefreshableCredentials for roles; None: none found
+        ca_bundle = str(config.ca_bundle) if config.ca_bundle else core.get_config_variable("ca_bundle")
+        self.ca_bundle: str | None = ca_bundle
+        self.verify: str | bool | None = False if not config.tls_verify else ca_bundle
+        self.endpoint: str = config.endpoint_url or regional_endpoint(core, region)
+        self._core = core
+        self._timeout = config.request_timeout
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     @property
     def provider(self) -> str:
         """Where the credentials came from, as botocore names it (env, assume-role, iam-role, ...)."""
         return str(getattr(self.credentials, "method", "unknown"))
+
+    def client(self, service: str) -> Any:
+        """The boto3 client of `service` ("logs" at this sink's endpoint, "sts"), made once."""
+        with self._lock:
+            if service not in self._clients:
+                import boto3
+                from botocore.config import Config
+
+                self._clients[service] = boto3.session.Session(
+                    botocore_session=self._core, region_name=self.region
+                ).client(
+                    service,
+                    endpoint_url=self.endpoint if service == "logs" else None,
+                    verify=self.verify,
+                    config=Config(
+                        retries={"mode": "standard", "max_attempts": 3},
+                        connect_timeout=min(10.0, self._timeout),
+                        read_timeout=self._timeout,
+                        user_agent_extra=f"shipper/{__version__}",
+                    ),
+                )
+            return self._clients[service]
+
+
+def regional_endpoint(core: Any, region: str) -> str:
+    """CloudWatch Logs' endpoint for `region` by botocore's own rules (partition, FIPS and dual-stack
+    settings of the AWS config), without building a client."""
+    from botocore.endpoint_provider import EndpointProvider
+
+    loader = core.get_component("data_loader")
+    provider = EndpointProvider(
+        loader.load_service_model("logs", "endpoint-rule-set-1"), loader.load_data("partitions")
+    )
+    fips, dual_stack = core.get_config_variable("use_fips_endpoint"), core.get_config_variable("use_dualstack_endpoint")
+    return str(provider.resolve_endpoint(Region=region, UseFIPS=bool(fips), UseDualStack=bool(dual_stack)).url)
 
 
 # ---------------------------------------------------------------------------------- sink
@@ -256,41 +310,10 @@ class CloudWatchSink(HttpSink):
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(call, *args))
 
     def _connect(self) -> Aws:
-        """The standard chain resolved (again after a refusal), and the control-plane client."""
+        """The standard chain resolved (again after the destination refused its credentials)."""
         with self._connecting:
-            if self._aws is not None and not self._stale:
-                return self._aws
-            import boto3
-            import botocore.session
-            from botocore.config import Config
-
-            config = self.config
-            keys = {}
-            if config.access_key_id is not None and config.secret_access_key is not None:
-                keys = {
-                    "aws_access_key_id": config.access_key_id.get_secret_value(),
-                    "aws_secret_access_key": config.secret_access_key.get_secret_value(),
-                    "aws_session_token": config.session_token.get_secret_value() if config.session_token else None,
-                }
-            core = botocore.session.Session(profile=config.profile)
-            session = boto3.session.Session(region_name=config.region, botocore_session=core, **keys)
-            region = session.region_name
-            if not region:
-                raise CreationRefused("no AWS region: set `region`, AWS_REGION, or one in the AWS profile")
-            ca_bundle = str(config.ca_bundle) if config.ca_bundle else core.get_config_variable("ca_bundle")
-            logs = session.client(
-                "logs",
-                endpoint_url=config.endpoint_url,
-                verify=False if not config.tls_verify else ca_bundle,
-                config=Config(
-                    retries={"mode": "standard", "max_attempts": 3},
-                    connect_timeout=min(10.0, config.request_timeout),
-                    read_timeout=config.request_timeout,
-                    user_agent_extra=f"shipper/{__version__}",
-                ),
-            )
-            self._aws = Aws(session, session.get_credentials(), logs, region, logs.meta.endpoint_url, ca_bundle)
-            self._stale = False
+            if self._aws is None or self._stale:
+                self._aws, self._stale = Aws(self.config), False
             return self._aws
 
     def _signed(self, body: bytes) -> dict[str, str]:
@@ -320,7 +343,7 @@ class CloudWatchSink(HttpSink):
             return
         try:
             await self._in_pool(self._connect)
-        except (CreationRefused, BotoCoreError) as exc:
+        except (NoRegion, BotoCoreError) as exc:
             log.error("cannot set up AWS access", extra={"sink": self.name, "error": str(exc)})
         await super().start()
 
@@ -365,7 +388,7 @@ class CloudWatchSink(HttpSink):
         await self.start()
         try:
             request.meta["signed"] = await self._in_pool(self._signed, request.body)
-        except CreationRefused as exc:
+        except NoRegion as exc:
             return Outcome("unhealthy", reason="no_region", detail=str(exc))
         except (BotoCoreError, ClientError) as exc:  # no credentials, or the chain failed to get them
             self._stale = True
@@ -468,33 +491,33 @@ class CloudWatchSink(HttpSink):
     def _create_stream(self, stream: str) -> None:
         """CreateLogStream; CreateLogGroup first when the group is missing too (as configured). A
         stream or group made meanwhile by someone else is as good."""
-        aws, group = self._connect(), self.config.log_group
+        logs, group = self._connect().client("logs"), self.config.log_group
         if not self.config.create_stream:
             raise CreationRefused(f"log stream {stream!r} of {group!r} is missing and create_stream = false")
-        exists = aws.logs.exceptions.ResourceAlreadyExistsException
+        exists = logs.exceptions.ResourceAlreadyExistsException
         try:
             with contextlib.suppress(exists):
-                aws.logs.create_log_stream(logGroupName=group, logStreamName=stream)
-        except aws.logs.exceptions.ResourceNotFoundException:
-            self._create_group(aws)
+                logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        except logs.exceptions.ResourceNotFoundException:
+            self._create_group(logs)
             with contextlib.suppress(exists):
-                aws.logs.create_log_stream(logGroupName=group, logStreamName=stream)
+                logs.create_log_stream(logGroupName=group, logStreamName=stream)
 
-    def _create_group(self, aws: Aws) -> None:
+    def _create_group(self, logs: Any) -> None:
         """CreateLogGroup, with its retention when one is configured (a group someone else made keeps theirs)."""
         group, retention = self.config.log_group, self.config.retention_days
         if not self.config.create_group:
             raise CreationRefused(f"log group {group!r} is missing and create_group = false")
         try:
-            aws.logs.create_log_group(logGroupName=group)
-        except aws.logs.exceptions.ResourceAlreadyExistsException:
+            logs.create_log_group(logGroupName=group)
+        except logs.exceptions.ResourceAlreadyExistsException:
             return
-        log.info("created log group", extra={"sink": self.name, "log_group": group, "region": aws.region})
+        log.info("created log group", extra={"sink": self.name, "log_group": group, "endpoint": logs.meta.endpoint_url})
         if retention is None:
             return
         try:
-            aws.logs.put_retention_policy(logGroupName=group, retentionInDays=retention)
-        except aws.logs.exceptions.ClientError as exc:  # the group is there: shipping goes on
+            logs.put_retention_policy(logGroupName=group, retentionInDays=retention)
+        except logs.exceptions.ClientError as exc:  # the group is there: shipping goes on
             kind, message = _client_error(exc)
             log.error(
                 "could not set the new log group's retention; its logs never expire until it is set",
@@ -518,7 +541,7 @@ class CloudWatchSink(HttpSink):
             if aws.credentials is None:
                 return CheckResult(False, f"no AWS credentials found (looked in: {CHAIN})")
             identity = await self._in_pool(self._identity, aws)
-        except CreationRefused as exc:
+        except NoRegion as exc:
             return CheckResult(False, str(exc))
         except ClientError as exc:
             kind, message = _client_error(exc)
@@ -546,15 +569,11 @@ class CloudWatchSink(HttpSink):
         return CheckResult(True, f"{who}; log group {group!r} in {aws.region} reachable ({kept})")
 
     def _identity(self, aws: Aws) -> str:
-        from botocore.config import Config
-
-        verify = False if not self.config.tls_verify else aws.ca_bundle
-        sts = aws.session.client("sts", verify=verify, config=Config(retries={"mode": "standard", "max_attempts": 3}))
-        return str(sts.get_caller_identity()["Arn"])
+        return str(aws.client("sts").get_caller_identity()["Arn"])
 
     def _describe_group(self, aws: Aws) -> dict[str, Any] | None:
         group = self.config.log_group
-        found = aws.logs.describe_log_groups(logGroupNamePrefix=group, limit=5).get("logGroups", [])
+        found = aws.client("logs").describe_log_groups(logGroupNamePrefix=group, limit=5).get("logGroups", [])
         return next((g for g in found if g.get("logGroupName") == group), None)
 
 
