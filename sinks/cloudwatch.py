@@ -193,11 +193,13 @@ class CloudWatchConfig(HttpSinkConfig):
         if self.ca_bundle is not None and not os.access(self.ca_bundle, os.R_OK):
             raise ConfigError(f"{key}.ca_bundle", f"cannot read {str(self.ca_bundle)!r}")
         try:
-            region = self.region or botocore.session.Session(profile=self.profile).get_config_variable("region")
+            region = self.region or chain_region(botocore.session.Session(profile=self.profile))
         except botocore.exceptions.ProfileNotFound:
             raise ConfigError(f"{key}.profile", f"no profile {self.profile!r} in the AWS config files") from None
         if not region:
-            raise ConfigError(f"{key}.region", "no region: set it here, or AWS_REGION, or in the AWS profile")
+            raise ConfigError(
+                f"{key}.region", "no region: set it here, or AWS_REGION / AWS_DEFAULT_REGION, or in the AWS profile"
+            )
 
 
 # ---------------------------------------------------------------------------------- AWS
@@ -224,9 +226,9 @@ class Aws:
             core.set_credentials(
                 config.access_key_id.get_secret_value(), config.secret_access_key.get_secret_value(), token
             )
-        region = config.region or core.get_config_variable("region")
+        region = config.region or chain_region(core)
         if not region:
-            raise NoRegion("no AWS region: set `region`, AWS_REGION, or one in the AWS profile")
+            raise NoRegion("no AWS region: set `region`, AWS_REGION / AWS_DEFAULT_REGION, or one in the AWS profile")
         self.region: str = region
         self.credentials: Any = core.get_credentials()  # RefreshableCredentials for roles; None: none found
         ca_bundle = str(config.ca_bundle) if config.ca_bundle else core.get_config_variable("ca_bundle")
@@ -264,6 +266,12 @@ class Aws:
                     ),
                 )
             return self._clients[service]
+
+
+def chain_region(core: Any) -> str | None:
+    """The region the environment names: AWS_REGION (what AWS's runtimes set, and most SDKs read
+    first), else botocore's own chain (AWS_DEFAULT_REGION, the profile)."""
+    return os.environ.get("AWS_REGION") or core.get_config_variable("region")
 
 
 def regional_endpoint(core: Any, region: str) -> str:

@@ -76,7 +76,13 @@ def moto_url(server: ThreadedMotoServer) -> str:
     return f"http://{host}:{port}"
 
 
-def _error(kind: str, message: str, status: int = 400) -> web.Response:
+def _error(kind: str, message: str, status: int = 400, query: bool = False) -> web.Response:
+    """An AWS error answer: JSON for the JSON protocol (CloudWatch Logs), XML for the query one (STS)."""
+    if query:
+        body = f"<ErrorResponse><Error><Type>Sender</Type><Code>{kind}</Code><Message>{message}</Message></Error>"
+        return web.Response(
+            status=status, text=body + "<RequestId>0</RequestId></ErrorResponse>", content_type="text/xml"
+        )
     body = orjson.dumps({"__type": kind, "message": message})
     return web.Response(status=status, body=body, content_type="application/x-amz-json-1.1")
 
@@ -181,7 +187,8 @@ class CloudWatchFront:
             self.targets[target.rpartition(".")[2] or "query"] += 1
         refused = self._refused_signature(request, body)
         if refused is not None:
-            return self._answered(refused, target, body)
+            kind, message = refused
+            return self._answered(_error(kind, message, query=not target), target, body)
         if target != PUT:
             return await self._forward(request, body)
         fault = self._fault(body)
@@ -194,25 +201,25 @@ class CloudWatchFront:
             return self._answered(fault, target, body)
         return await self._put(request, body)
 
-    def _refused_signature(self, request: web.Request, body: bytes) -> web.Response | None:
-        """AWS's answer to a request whose SigV4 signature does not hold, else None."""
+    def _refused_signature(self, request: web.Request, body: bytes) -> tuple[str, str] | None:
+        """The error type and message AWS answers a request whose SigV4 signature does not hold, else None."""
         match = _AUTHORIZATION.fullmatch(request.headers.get("Authorization", ""))
         if match is None:
-            return _error("MissingAuthenticationTokenException", "Missing Authentication Token")
+            return "MissingAuthenticationTokenException", "Missing Authentication Token"
         key, _, region, service, signed, signature = match.groups()
         secret = self.keys.get(key)
         if secret is None:
-            return _error("UnrecognizedClientException", "The security token included in the request is invalid.")
+            return "UnrecognizedClientException", "The security token included in the request is invalid."
         stamp = request.headers.get("X-Amz-Date", "")
         try:
             signed_at = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
         except ValueError:
-            return _error("IncompleteSignature", "X-Amz-Date is missing or malformed")
+            return "IncompleteSignature", "X-Amz-Date is missing or malformed"
         if abs(signed_at - time.time()) > MAX_CLOCK_SKEW_S:
-            return _error("InvalidSignatureException", "Signature expired")
+            return "InvalidSignatureException", "Signature expired"
         names = signed.split(";")
         if any(name not in request.headers for name in names):
-            return _error("IncompleteSignature", "a signed header is missing")
+            return "IncompleteSignature", "a signed header is missing"
         unsigned = AWSRequest(
             request.method,
             f"http://{request.host}{request.path_qs}",
@@ -222,11 +229,11 @@ class CloudWatchFront:
         unsigned.context["timestamp"] = stamp
         signer = SigV4Auth(Credentials(key, secret), service, region)
         if signer.signature(signer.string_to_sign(unsigned, signer.canonical_request(unsigned)), unsigned) != signature:
-            return _error("InvalidSignatureException", "The request signature we calculated does not match")
+            return "InvalidSignatureException", "The request signature we calculated does not match"
         with self._lock:
             expired = key in self.faults.expired
         if expired:
-            return _error("ExpiredTokenException", "The security token included in the request is expired")
+            return "ExpiredTokenException", "The security token included in the request is expired"
         return None
 
     def _fault(self, body: bytes) -> web.Response | str | None:
