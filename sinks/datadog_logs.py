@@ -48,7 +48,6 @@ PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 _TAG_CACHE_SIZE = 4096
 
 
-
 _LINES = msgspec.json.Encoder()
 
 

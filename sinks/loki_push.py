@@ -1,0 +1,371 @@
+"""Loki pushes: prepared entries grouped by stream, ordered, framed; and what Loki's refusals name.
+
+Runs in the agent, on entries prepared where the events were parsed (sinks/loki_entries.py).
+
+- Streams: a cardinality guard counts distinct label sets; past its limit a new stream's entries go
+  to a fallback label set (counted, said once), so a label templated from an unexpected field
+  cannot make Loki refuse the tenant's new streams (its stream_limit).
+- Order: Loki refuses an entry more than `max_behind` (1 h) behind the newest entry already in its
+  stream. Within a push, entries are sorted by time per stream (equal times keep their arrival
+  order). Across pushes, the guard remembers each stream's newest entry sent, and what Loki said
+  its newest is; an entry that would be refused is re-stamped just inside the limit (its line keeps
+  the original time) or dropped, per `out_of_range`, and counted: a backlog replayed after newer
+  data of its stream is not refused.
+- Refusals: a 400 (or a partial 429) names the refused entries by stream and timestamp, at most
+  ten per stream, then "total ignored: N out of M for stream: {...}". `refusals` maps those back
+  to the entries of the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from shipper import tally
+from shipper.encoding import json_array
+from shipper.event import Encoded, Event
+from shipper.log import RateLimitedLog
+from shipper.sink import Request
+from sinks.loki_entries import entry_ns, stream_key
+
+log = logging.getLogger("shipper.sinks.loki")
+
+# Kept between the newest entry of a stream and the oldest entry re-stamped to fit behind it: the
+# time a request can spend queued and retried, and another writer of the stream moving it on.
+BEHIND_MARGIN_NS = 10 * 60 * 1_000_000_000
+FALLBACK_LABEL = "shipper_overflow"
+_STREAM_OVERHEAD = len('{"stream":,"values":[]},')
+
+
+@dataclass(slots=True)
+class Streams:
+    """What the agent knows of a sink's streams: those seen (the cardinality guard), the newest
+    entry of each as far as we know (sent by us or reported by Loki)."""
+
+    max_streams: int
+    fallback: str  # the stream key entries of streams over the limit go to
+    seen: set[str] = field(default_factory=set)
+    newest: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, key: str) -> str:
+        """`key`, or the fallback once `max_streams` distinct streams were seen."""
+        if key in self.seen:
+            return key
+        if len(self.seen) < self.max_streams:
+            self.seen.add(key)
+            return key
+        return self.fallback
+
+    def learn(self, key: str, newest_ns: int) -> None:
+        if newest_ns > self.newest.get(key, 0):
+            self.newest[key] = newest_ns
+
+
+class Framer:
+    """One Loki sink's framing of prepared entries into pushes."""
+
+    def __init__(
+        self, sink: str, *, max_streams: int, max_behind_ns: int, drop_behind: bool, fallback_labels: dict[str, str]
+    ) -> None:
+        self.sink = sink
+        self.streams = Streams(max_streams, stream_key({**fallback_labels, FALLBACK_LABEL: "true"}))
+        self.max_behind_ns = max_behind_ns
+        self.drop_behind = drop_behind
+        self._overflowed = tally.events_rerouted.labels(sink, "stream_limit")
+        self._restamped = tally.events_restamped.labels(sink)
+        self._dropped = tally.events_dropped.labels(sink, "too_far_behind")
+        self._notices = RateLimitedLog(log, interval=60.0)
+        self._told_overflow = False
+
+    def ordered(self, events: list[Event]) -> list[list[Event]]:
+        """Entries (`Encoded`, stamps `(stream, ns)`) grouped by stream in order of first arrival,
+        each group sorted by time, kept within what Loki accepts behind its stream's newest entry."""
+        groups: dict[str, list[Event]] = {}
+        for event in events:
+            groups.setdefault(event.stamp[0], []).append(event)  # type: ignore[attr-defined]
+        admitted: dict[str, list[Event]] = {}
+        for key, group in groups.items():
+            target = self.streams.admit(key)
+            if target is not key:
+                self._overflow(len(group))
+                group = [Encoded(event.fields, event.raw, (target, event.stamp[1])) for event in group]  # type: ignore[attr-defined]
+            admitted.setdefault(target, []).extend(group)
+        out: list[list[Event]] = []
+        for key, group in admitted.items():
+            group.sort(key=_ns)
+            group = self._behind(key, group)
+            if group:
+                self.streams.learn(key, group[-1].stamp[1])  # type: ignore[attr-defined]
+                out.append(group)
+        return out
+
+    def _behind(self, key: str, group: list[Event]) -> list[Event]:
+        """The group with entries too far behind the stream's newest re-stamped or dropped."""
+        newest = self.streams.newest.get(key)
+        if newest is None:
+            return group
+        floor = newest - self.max_behind_ns + BEHIND_MARGIN_NS
+        late = 0
+        while late < len(group) and group[late].stamp[1] < floor:  # type: ignore[attr-defined]
+            late += 1
+        if not late:
+            return group
+        if self.drop_behind:
+            self._dropped.inc(late)
+            self._notices.warning(
+                "behind", "entries too far behind their stream's newest dropped", sink=self.sink, events=late
+            )
+            return group[late:]
+        self._restamped.inc(late)
+        self._notices.warning(
+            "behind",
+            "entries too far behind their stream's newest re-stamped to fit; the line keeps the original time",
+            sink=self.sink,
+            events=late,
+        )
+        moved = [Encoded(event.fields, entry_ns(event.raw, floor), (key, floor)) for event in group[:late]]
+        return moved + group[late:]
+
+    def _overflow(self, count: int) -> None:
+        self._overflowed.inc(count)
+        if not self._told_overflow:
+            self._told_overflow = True
+            log.warning(
+                "more distinct label sets than max_streams: entries of new streams go to the fallback labels "
+                f'({FALLBACK_LABEL}="true"); check the label templates',
+                extra={"sink": self.sink, "max_streams": self.streams.max_streams},
+            )
+
+    def requests(self, groups: list[list[Event]], max_events: int, max_bytes: int) -> list[Request]:
+        """Pushes of at most `max_events` entries and about `max_bytes` of JSON (a single entry
+        larger than that goes alone). A request's events are in body order, stream by stream."""
+        out: list[Request] = []
+        current: list[list[Event]] = []
+        count = size = 0
+        for group in groups:
+            start = 0
+            overhead = len(group[0].stamp[0]) + _STREAM_OVERHEAD  # type: ignore[attr-defined]
+            for index, event in enumerate(group):
+                weight = len(event.raw) + 1
+                if count and (count + 1 > max_events or size + weight + overhead > max_bytes):
+                    if index > start:
+                        current.append(group[start:index])
+                        start = index
+                    out.append(json_push(current))
+                    current, count, size = [], 0, 0
+                if index == start:
+                    size += overhead
+                count += 1
+                size += weight
+            current.append(group[start:])
+        if current:
+            out.append(json_push(current))
+        return out
+
+
+def _ns(event: Event) -> int:
+    return event.stamp[1]  # type: ignore[attr-defined,no-any-return]
+
+
+def json_push(groups: list[list[Event]]) -> Request:
+    """A JSON push of entries grouped by stream."""
+    streams = [
+        b'{"stream":' + group[0].stamp[0].encode() + b',"values":' + json_array([e.raw for e in group]) + b"}"  # type: ignore[attr-defined]
+        for group in groups
+    ]
+    return Request(b'{"streams":' + json_array(streams) + b"}", [event for group in groups for event in group])
+
+
+# ---------------------------------------------------------------------------------- protobuf
+
+
+def protobuf_push(events: list[Event]) -> bytes:
+    """The request's entries as a `logproto.PushRequest` (pkg/push/push.proto): streams = 1
+    {labels = 1 as `{a="b"}`, entries = 2 {timestamp = 1 {seconds = 1, nanos = 2}, line = 2,
+    structuredMetadata = 3 {name = 1, value = 2}}}. Built from the JSON entries, in body order."""
+    streams: list[bytes] = []
+    groups: dict[str, list[bytes]] = {}
+    for event in events:
+        key, ns = event.stamp  # type: ignore[attr-defined]
+        entry = orjson.loads(event.raw)
+        seconds, nanos = divmod(ns, 1_000_000_000)
+        body = _message(1, _varint_field(1, seconds) + _varint_field(2, nanos)) + _bytes_field(2, entry[1].encode())
+        if len(entry) > 2:
+            for name, value in entry[2].items():
+                body += _message(3, _bytes_field(1, name.encode()) + _bytes_field(2, value.encode()))
+        groups.setdefault(key, []).append(_message(2, body))
+    for key, entries in groups.items():
+        streams.append(_message(1, _bytes_field(1, prometheus_labels(orjson.loads(key)).encode()) + b"".join(entries)))
+    return b"".join(streams)
+
+
+def prometheus_labels(labels: dict[str, str]) -> str:
+    """`{a="b", c="d"}`: labels as Loki writes and reads them (sorted, values quoted and escaped)."""
+    return "{" + ", ".join(f'{name}="{_escaped(value)}"' for name, value in sorted(labels.items())) + "}"
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value) if value else b""
+
+
+def _bytes_field(number: int, value: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+_message = _bytes_field
+
+
+# ---------------------------------------------------------------------------------- refusals
+
+# Loki's texts (pkg/validation/validate.go, pkg/ingester/stream.go): a refused entry names its stream
+# in quotes or after "for stream:", and its timestamp in Go's time format.
+_STREAM = re.compile(r"stream(?::\s*|\s+')(\{.*?\})'?(?=[,\s]|$)")
+_GO_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,9}))? ([+-]\d{4}) \S+")
+_TOTAL = re.compile(r"total ignored: (\d+) out of (\d+)(?: for stream: (\{.*\}))?")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_LENGTH = re.compile(r"with length '(\d+)' bytes")
+# (reason label, what Loki's text says), first match wins.
+REASONS = (
+    ("too_far_behind", "too far behind"),
+    ("out_of_order", "out of order"),
+    ("too_old", "timestamp too old"),
+    ("too_new", "timestamp too new"),
+    ("line_too_long", "max entry size"),
+    ("label_names_limit", "label names; limit"),
+    ("label_invalid", "label"),
+    ("structured_metadata", "structured metadata"),
+    ("stream_rate_limit", "per stream rate limit"),
+    ("stream_limit", "stream limit"),
+    ("rate_limited", "ingestion rate limit exceeded"),
+)
+
+
+def reason_of(text: str) -> str:
+    lower = text.lower()
+    return next((reason for reason, words in REASONS if words in lower), "invalid")
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """A label set as Loki prints it (`{a="b", c="d"}`), values unescaped."""
+    return {
+        name: value.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+        for name, value in _LABEL.findall(text)
+    }
+
+
+def go_time_ns(text: str) -> int | None:
+    """Epoch ns of the first Go `time.String()` in `text` (`2026-12-07 04:42:27.123 +0000 UTC`)."""
+    match = _GO_TIME.search(text)
+    if match is None:
+        return None
+    stamp = datetime.strptime(f"{match.group(1)} {match.group(3)}", "%Y-%m-%d %H:%M:%S %z")
+    return int(stamp.timestamp()) * 1_000_000_000 + int((match.group(2) or "0").ljust(9, "0"))
+
+
+@dataclass(slots=True)
+class Refusal:
+    """What an answer says was refused: entries by index with a reason, and per stream the count
+    Loki gave that no line named (beyond its ten listed), with that stream's reason."""
+
+    named: dict[int, tuple[str, str]] = field(default_factory=dict)
+    unnamed: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # stream -> (count, reason, line)
+    streams: set[str] = field(default_factory=set)  # streams the answer refused as a whole (labels, limits)
+
+
+class Matcher:
+    """Entries of one request by stream and time, to find those an answer names."""
+
+    def __init__(self, events: list[Event], sent_labels: Iterable[str]) -> None:
+        self.by_stream: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            self.by_stream.setdefault(event.stamp[0], []).append(index)  # type: ignore[attr-defined]
+        self.events = events
+        self._keys = {frozenset(orjson.loads(key).items()): key for key in self.by_stream}
+        self._sent_labels = set(sent_labels)
+
+    def stream(self, text: str) -> str | None:
+        """Our stream key for a label set Loki printed; labels Loki added itself (service_name) are
+        ignored."""
+        labels = parse_labels(text)
+        mine = {k: v for k, v in labels.items() if k in self._sent_labels or k == FALLBACK_LABEL}
+        return self._keys.get(frozenset(mine.items())) or self._keys.get(frozenset(labels.items()))
+
+    def refusals(self, body: str) -> Refusal:
+        """Map each line of Loki's answer to the entries it names."""
+        refusal = Refusal()
+        named_by_stream: dict[str, int] = {}
+        last_reason: dict[str, tuple[str, str]] = {}
+        pending: list[tuple[int, str, str]] = []  # ingester lines name the stream only in the total line
+        for line in filter(None, (part.strip() for part in body.splitlines())):
+            total = _TOTAL.search(line)
+            if total is not None:
+                key = self.stream(total.group(3)) if total.group(3) else None
+                if key is not None:
+                    for at_ns, reason, text in pending:
+                        self._name(refusal, key, at_ns, reason, text, named_by_stream)
+                        last_reason[key] = (reason, text)
+                    ignored = int(total.group(1))
+                    left = ignored - named_by_stream.get(key, 0)
+                    if left > 0:
+                        reason, text = last_reason.get(key, (reason_of(line), line))
+                        refusal.unnamed[key] = (left, reason, text)
+                pending = []
+                continue
+            reason = reason_of(line)
+            stream_match = _STREAM.search(line)
+            key = self.stream(stream_match.group(1)) if stream_match else None
+            ns = go_time_ns(line)
+            if key is None:
+                if ns is not None:
+                    pending.append((ns, reason, line))
+                continue
+            last_reason[key] = (reason, line)
+            if ns is not None:
+                self._name(refusal, key, ns, reason, line, named_by_stream)
+            elif reason == "line_too_long" and (length := _LENGTH.search(line)):
+                self._name_long(refusal, key, int(length.group(1)), line, named_by_stream)
+            elif reason.startswith("label") or reason in ("stream_limit", "stream_rate_limit"):
+                refusal.streams.add(key)
+                for index in self.by_stream[key]:
+                    refusal.named.setdefault(index, (reason, line))
+        return refusal
+
+    def _name(self, refusal: Refusal, key: str, ns: int, reason: str, text: str, counts: dict[str, int]) -> None:
+        """Name the first entry of `key` at `ns` not named yet."""
+        for index in self.by_stream.get(key, ()):
+            if self.events[index].stamp[1] == ns and index not in refusal.named:  # type: ignore[attr-defined]
+                refusal.named[index] = (reason, text)
+                counts[key] = counts.get(key, 0) + 1
+                return
+
+    def _name_long(self, refusal: Refusal, key: str, length: int, text: str, counts: dict[str, int]) -> None:
+        for index in self.by_stream.get(key, ()):
+            if index not in refusal.named and len(line_of(self.events[index])) == length:
+                refusal.named[index] = ("line_too_long", text)
+                counts[key] = counts.get(key, 0) + 1
+                return
+
+
+def line_of(event: Event) -> bytes:
+    """The line of an encoded entry, as UTF-8 bytes."""
+    entry: Any = orjson.loads(event.raw)
+    return str(entry[1]).encode()
