@@ -143,6 +143,7 @@ class LokiSink(HttpSink):
             max_behind_ns=int(config.max_behind * 1e9),
             drop_behind=config.out_of_range == "drop",
             fallback_labels={k: v for k, v in config.fallback_labels.items() if v},
+            escaped=config.line == "raw",
         )
         self._blocked = tally.events_dropped.labels(name, "blocked")
 
@@ -176,7 +177,7 @@ class LokiSink(HttpSink):
         """JSON as framed; protobuf built from the entries and compressed with RAW snappy (Loki
         refuses the framed snappy format); either gzipped on top when configured."""
         if self.config.encoding == "protobuf":
-            request.body = bytes(cramjam.snappy.compress_raw(protobuf_push(request.events)))
+            request.body = bytes(cramjam.snappy.compress_raw(protobuf_push(request.events, self.framer.line)))
         return super().wire_form(request)
 
     # ------------------------------------------------------------ answers
@@ -217,7 +218,7 @@ class LokiSink(HttpSink):
         return super().classify(status, headers, body, request)
 
     def _partial(self, text: str, request: Request) -> Outcome:
-        matcher = Matcher(request.events, self.config.labels)
+        matcher = Matcher(request.events, self.config.labels, self.framer.line)
         refusal = matcher.refusals(text)
         rejected: list[Rejection] = []
         resend: list[int] = []
@@ -255,7 +256,7 @@ class LokiSink(HttpSink):
     def _rate_limited(self, text: str, headers: Mapping[str, str], request: Request) -> Outcome:
         wait = retry_after(headers)
         if "ingestion rate limit exceeded" not in text.lower():  # the tenant's limit: nothing was stored
-            matcher = Matcher(request.events, self.config.labels)
+            matcher = Matcher(request.events, self.config.labels, self.framer.line)
             refusal = matcher.refusals(text)
             streams = refusal.streams | set(refusal.unnamed)
             streams |= {request.events[index].stamp[0] for index in refusal.named}  # type: ignore[attr-defined]

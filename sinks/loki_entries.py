@@ -60,11 +60,6 @@ def _bounded(value: str) -> str:
     )
 
 
-def entry_ns(raw: bytes, ns: int) -> bytes:
-    """An encoded entry with its timestamp replaced by `ns`; the line and metadata are untouched."""
-    return b'["%d"' % ns + raw[raw.index(b'"', 2) + 1 :]
-
-
 class LokiEntries:
     """One Loki sink's per-event encoding: labels, line, structured metadata, per-entry rules."""
 
@@ -138,9 +133,9 @@ class LokiEntries:
             doc.pop(name, None)
         return doc
 
-    def metadata(self, fields: dict[str, Any]) -> dict[str, str] | None:
-        """Structured metadata of an event (flat strings; missing fields left out), within Loki's
-        limits on entries and bytes."""
+    def metadata(self, fields: dict[str, Any]) -> bytes:
+        """Structured metadata of an event as the entry's third element (`,{"k":"v"}`; flat strings,
+        missing fields left out, within Loki's limits on entries and bytes), or b"" for none."""
         out: dict[str, str] = {}
         size = 0
         for key, template in self._metadata:
@@ -151,7 +146,7 @@ class LokiEntries:
             if size > MAX_METADATA_BYTES:
                 break
             out[key] = value
-        return out or None
+        return b"," + _LINES.encode(out) if out else b""
 
     def ns(self, stamp: Any, now_ns: int) -> int:
         """Epoch nanoseconds of a normalized timestamp. The canonical UTC form
@@ -181,34 +176,29 @@ class LokiEntries:
     # ------------------------------------------------------------ per chunk
 
     def prepare(self, events: list[Event]) -> Prepared:
-        """The events' entries as NDJSON, with `(stream, ns)` stamps. Labels are taken from the
-        event as parsed; the window rule re-stamps or drops entries out of Loki's range (the line
-        keeps the original time); over-long lines are cut down, flagged and counted."""
+        """The events' lines as NDJSON, with `(stream, ns, metadata)` stamps: the agent frames them
+        into entries (sinks/loki_push.py), where a core is free. Labels are taken from the event as
+        parsed; the window rule re-stamps or drops entries out of Loki's range (the line keeps the
+        original time); over-long lines are cut down, flagged and counted."""
         events, docs = self.window.fit_objects(events, [self.to_doc(event.fields) for event in events])
         if not events:
             return b"", []
         now_ns = time.time_ns()
-        lines = self._raw_lines(events) if self.raw_line else self._json_lines(events, docs)
+        body = self._raw_lines(events) if self.raw_line else self._json_lines(events, docs)
         to_ns, stream = self.ns, self.stream
         times = [to_ns(doc.get("timestamp"), now_ns) for doc in docs]
-        stamps: list[Any] = [(stream(event.fields), ns) for event, ns in zip(events, times, strict=True)]
         if self._metadata:
             metadata = self.metadata
-            entries = [
-                b'["%d","%b",%b]' % (ns, line, _LINES.encode(meta))
-                if (meta := metadata(event.fields))
-                else b'["%d","%b"]' % (ns, line)
-                for event, ns, line in zip(events, times, lines, strict=True)
+            stamps: list[Any] = [
+                (stream(event.fields), ns, metadata(event.fields)) for event, ns in zip(events, times, strict=True)
             ]
         else:
-            entries = [b'["%d","%b"]' % (ns, line) for ns, line in zip(times, lines, strict=True)]
-        entries.append(b"")
-        return b"\n".join(entries), stamps
+            stamps = [(stream(event.fields), ns, b"") for event, ns in zip(events, times, strict=True)]
+        return body, stamps
 
-    def _json_lines(self, events: list[Event], docs: list[Doc]) -> list[bytes]:
-        """Each line's object as compact JSON, escaped as a JSON string's contents: one msgspec call
-        and two byte replaces for the chunk (compact JSON holds no control character); line by line,
-        made encodable and cut down, only when some line cannot be encoded or is too long."""
+    def _json_lines(self, events: list[Event], docs: list[Doc]) -> bytes:
+        """Each line's object as compact JSON, one per line: one msgspec call for the chunk; line by
+        line, made encodable and cut down, only when some line cannot be encoded or is too long."""
         limit = self.max_line_bytes
         try:
             body: bytes | None = _LINES.encode_lines(docs)
@@ -216,9 +206,7 @@ class LokiEntries:
             body = None
         if body is None or (len(body) > limit and max(map(len, body.split(b"\n"))) > limit):
             body = b"".join([self._one_line(event, doc) + b"\n" for event, doc in zip(events, docs, strict=True)])
-        lines = body.replace(b"\\", b"\\\\").replace(b'"', b'\\"').split(b"\n")
-        lines.pop()
-        return lines
+        return body
 
     def _one_line(self, event: Event, doc: Doc) -> bytes:
         """One line within the limit (UTF-8 bytes), encodable; a too-long one cut, flagged, counted."""
@@ -231,9 +219,10 @@ class LokiEntries:
             line = orjson.dumps(doc)
         return line
 
-    def _raw_lines(self, events: list[Event]) -> list[bytes]:
-        """The original lines, unchanged, escaped as JSON strings' contents, except one above the
-        limit: cut at a character boundary and marked at its end, counted."""
+    def _raw_lines(self, events: list[Event]) -> bytes:
+        """The original lines, unchanged, already escaped as JSON strings' contents (a raw line may
+        hold newlines and control characters), one per line; one above the limit cut at a character
+        boundary and marked at its end, counted."""
         lines = [event.raw.decode("utf-8", "replace") for event in events]
         limit = self.max_line_bytes
         for index, line in enumerate(lines):
@@ -244,4 +233,4 @@ class LokiEntries:
                 self._notices.warning(
                     "truncated", f"line over {limit} bytes cut (marked {TRUNCATED})", sink=self.name, bytes=len(encoded)
                 )
-        return [orjson.dumps(line)[1:-1] for line in lines]
+        return b"".join([orjson.dumps(line)[1:-1] + b"\n" for line in lines])

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import orjson
 
@@ -32,7 +31,7 @@ from shipper.encoding import json_array
 from shipper.event import Encoded, Event
 from shipper.log import RateLimitedLog
 from shipper.sink import Request
-from sinks.loki_entries import entry_ns, stream_key
+from sinks.loki_entries import stream_key
 
 log = logging.getLogger("shipper.sinks.loki")
 
@@ -71,9 +70,17 @@ class Framer:
     """One Loki sink's framing of prepared entries into pushes."""
 
     def __init__(
-        self, sink: str, *, max_streams: int, max_behind_ns: int, drop_behind: bool, fallback_labels: dict[str, str]
+        self,
+        sink: str,
+        *,
+        max_streams: int,
+        max_behind_ns: int,
+        drop_behind: bool,
+        fallback_labels: dict[str, str],
+        escaped: bool,
     ) -> None:
         self.sink = sink
+        self.escaped = escaped  # lines come escaped as JSON strings' contents (raw lines), else as JSON
         self.streams = Streams(max_streams, stream_key({**fallback_labels, FALLBACK_LABEL: "true"}))
         self.max_behind_ns = max_behind_ns
         self.drop_behind = drop_behind
@@ -94,7 +101,7 @@ class Framer:
             target = self.streams.admit(key)
             if target is not key:
                 self._overflow(len(group))
-                group = [Encoded(event.fields, event.raw, (target, event.stamp[1])) for event in group]  # type: ignore[attr-defined]
+                group = [Encoded(event.fields, event.raw, (target, *event.stamp[1:])) for event in group]  # type: ignore[attr-defined]
             admitted.setdefault(target, []).extend(group)
         out: list[list[Event]] = []
         for key, group in admitted.items():
@@ -129,7 +136,7 @@ class Framer:
             sink=self.sink,
             events=late,
         )
-        moved = [Encoded(event.fields, entry_ns(event.raw, floor), (key, floor)) for event in group[:late]]
+        moved = [Encoded(event.fields, event.raw, (key, floor, event.stamp[2])) for event in group[:late]]  # type: ignore[attr-defined]
         return moved + group[late:]
 
     def _overflow(self, count: int) -> None:
@@ -143,66 +150,84 @@ class Framer:
             )
 
     def requests(self, groups: list[list[Event]], max_events: int, max_bytes: int) -> list[Request]:
-        """Pushes of at most `max_events` entries and about `max_bytes` of JSON (a single entry
-        larger than that goes alone). A request's events are in body order, stream by stream."""
+        """Pushes of at most `max_events` entries and `max_bytes` of JSON (a single entry larger
+        than that goes alone). A request's events are in body order, stream by stream."""
+        entries = self.entries([event for group in groups for event in group])
         out: list[Request] = []
-        current: list[list[Event]] = []
+        pending: list[tuple[str, list[bytes], list[Event]]] = []
         count = size = 0
+        position = 0
         for group in groups:
+            key = group[0].stamp[0]  # type: ignore[attr-defined]
+            overhead = len(key) + _STREAM_OVERHEAD
             start = 0
-            overhead = len(group[0].stamp[0]) + _STREAM_OVERHEAD  # type: ignore[attr-defined]
-            for index, event in enumerate(group):
-                weight = len(event.raw) + 1
-                if count and (count + 1 > max_events or size + weight + overhead > max_bytes):
+            for index in range(len(group)):
+                weight = len(entries[position + index]) + 1
+                if count and (
+                    count + 1 > max_events or size + weight + (overhead if index == start else 0) > max_bytes
+                ):
                     if index > start:
-                        current.append(group[start:index])
+                        pending.append((key, entries[position + start : position + index], group[start:index]))
                         start = index
-                    out.append(json_push(current))
-                    current, count, size = [], 0, 0
-                if index == start:
-                    size += overhead
+                    out.append(json_push(pending))
+                    pending, count, size = [], 0, 0
+                size += weight + (overhead if index == start else 0)
                 count += 1
-                size += weight
-            current.append(group[start:])
-        if current:
-            out.append(json_push(current))
+            pending.append((key, entries[position + start : position + len(group)], group[start:]))
+            position += len(group)
+        if pending:
+            out.append(json_push(pending))
         return out
+
+    def entries(self, events: list[Event]) -> list[bytes]:
+        """Each event's entry, `["<ns>","<line>"]` plus its metadata: JSON lines escaped as strings'
+        contents in bulk (two byte replaces over them all: compact JSON holds no control character)."""
+        if self.escaped:
+            lines = [event.raw for event in events]
+        else:
+            lines = (
+                b"\n".join([event.raw for event in events]).replace(b"\\", b"\\\\").replace(b'"', b'\\"').split(b"\n")
+            )
+        return [
+            b'["%d","%b"%b]' % (event.stamp[1], line, event.stamp[2])  # type: ignore[attr-defined]
+            for event, line in zip(events, lines, strict=True)
+        ]
+
+    def line(self, event: Event) -> str:
+        """The line of a prepared entry, as Loki stores it."""
+        return str(orjson.loads(b'"' + event.raw + b'"')) if self.escaped else event.raw.decode()
 
 
 def _ns(event: Event) -> int:
     return event.stamp[1]  # type: ignore[attr-defined,no-any-return]
 
 
-def json_push(groups: list[list[Event]]) -> Request:
-    """A JSON push of entries grouped by stream."""
-    streams = [
-        b'{"stream":' + group[0].stamp[0].encode() + b',"values":' + json_array([e.raw for e in group]) + b"}"  # type: ignore[attr-defined]
-        for group in groups
-    ]
-    return Request(b'{"streams":' + json_array(streams) + b"}", [event for group in groups for event in group])
+def json_push(streams: list[tuple[str, list[bytes], list[Event]]]) -> Request:
+    """A JSON push of entries grouped by stream: (stream key, its entries, their events)."""
+    bodies = [b'{"stream":' + key.encode() + b',"values":' + json_array(entries) + b"}" for key, entries, _ in streams]
+    return Request(b'{"streams":' + json_array(bodies) + b"}", [event for _, _, events in streams for event in events])
 
 
 # ---------------------------------------------------------------------------------- protobuf
 
 
-def protobuf_push(events: list[Event]) -> bytes:
+def protobuf_push(events: list[Event], line: Callable[[Event], str]) -> bytes:
     """The request's entries as a `logproto.PushRequest` (pkg/push/push.proto): streams = 1
     {labels = 1 as `{a="b"}`, entries = 2 {timestamp = 1 {seconds = 1, nanos = 2}, line = 2,
-    structuredMetadata = 3 {name = 1, value = 2}}}. Built from the JSON entries, in body order."""
-    streams: list[bytes] = []
+    structuredMetadata = 3 {name = 1, value = 2}}}, in body order."""
     groups: dict[str, list[bytes]] = {}
     for event in events:
-        key, ns = event.stamp  # type: ignore[attr-defined]
-        entry = orjson.loads(event.raw)
+        key, ns, metadata = event.stamp  # type: ignore[attr-defined]
         seconds, nanos = divmod(ns, 1_000_000_000)
-        body = _message(1, _varint_field(1, seconds) + _varint_field(2, nanos)) + _bytes_field(2, entry[1].encode())
-        if len(entry) > 2:
-            for name, value in entry[2].items():
+        body = _message(1, _varint_field(1, seconds) + _varint_field(2, nanos)) + _bytes_field(2, line(event).encode())
+        if metadata:
+            for name, value in orjson.loads(metadata[1:]).items():
                 body += _message(3, _bytes_field(1, name.encode()) + _bytes_field(2, value.encode()))
         groups.setdefault(key, []).append(_message(2, body))
-    for key, entries in groups.items():
-        streams.append(_message(1, _bytes_field(1, prometheus_labels(orjson.loads(key)).encode()) + b"".join(entries)))
-    return b"".join(streams)
+    return b"".join(
+        _message(1, _bytes_field(1, prometheus_labels(orjson.loads(key)).encode()) + b"".join(entries))
+        for key, entries in groups.items()
+    )
 
 
 def prometheus_labels(labels: dict[str, str]) -> str:
@@ -294,7 +319,8 @@ class Refusal:
 class Matcher:
     """Entries of one request by stream and time, to find those an answer names."""
 
-    def __init__(self, events: list[Event], sent_labels: Iterable[str]) -> None:
+    def __init__(self, events: list[Event], sent_labels: Iterable[str], line: Callable[[Event], str]) -> None:
+        self.line = line
         self.by_stream: dict[str, list[int]] = {}
         for index, event in enumerate(events):
             self.by_stream.setdefault(event.stamp[0], []).append(index)  # type: ignore[attr-defined]
@@ -359,13 +385,7 @@ class Matcher:
 
     def _name_long(self, refusal: Refusal, key: str, length: int, text: str, counts: dict[str, int]) -> None:
         for index in self.by_stream.get(key, ()):
-            if index not in refusal.named and len(line_of(self.events[index])) == length:
+            if index not in refusal.named and len(self.line(self.events[index]).encode()) == length:
                 refusal.named[index] = ("line_too_long", text)
                 counts[key] = counts.get(key, 0) + 1
                 return
-
-
-def line_of(event: Event) -> bytes:
-    """The line of an encoded entry, as UTF-8 bytes."""
-    entry: Any = orjson.loads(event.raw)
-    return str(entry[1]).encode()
