@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 import orjson
 
@@ -39,6 +40,7 @@ log = logging.getLogger("shipper.sinks.loki")
 # time a request can spend queued and retried, and another writer of the stream moving it on.
 BEHIND_MARGIN_NS = 10 * 60 * 1_000_000_000
 FALLBACK_LABEL = "shipper_overflow"
+SAME_TIME_NS = 1_000_000  # entries are timed to the millisecond
 _STREAM_OVERHEAD = len('{"stream":,"values":[]},')
 
 
@@ -106,7 +108,7 @@ class Framer:
         out: list[list[Event]] = []
         for key, group in admitted.items():
             group.sort(key=_ns)
-            group = self._behind(key, group)
+            group = self._distinct(key, self._behind(key, group))
             if group:
                 self.streams.learn(key, group[-1].stamp[1])  # type: ignore[attr-defined]
                 out.append(group)
@@ -138,6 +140,21 @@ class Framer:
         )
         moved = [Encoded(event.fields, event.raw, (key, floor, event.stamp[2])) for event in group[:late]]  # type: ignore[attr-defined]
         return moved + group[late:]
+
+    def _distinct(self, key: str, group: list[Event]) -> list[Event]:
+        """Entries of a stream sharing a timestamp (with each other or with the stream's newest sent)
+        moved apart by a nanosecond each, in arrival order: Loki stores equal timestamps in no set
+        order and drops an entry equal to one it has (same time and line), so a line logged twice in
+        a millisecond would be kept once. Our times are whole milliseconds: the nanoseconds are free."""
+        last = self.streams.newest.get(key, -1)
+        for index, event in enumerate(group):
+            ns = event.stamp[1]  # type: ignore[attr-defined]
+            if ns <= last and last - ns < SAME_TIME_NS:
+                ns = last + 1
+                group[index] = Encoded(event.fields, event.raw, (key, ns, event.stamp[2]))  # type: ignore[attr-defined]
+            if ns > last:
+                last = ns
+        return group
 
     def _overflow(self, count: int) -> None:
         self._overflowed.inc(count)
@@ -268,6 +285,8 @@ _GO_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,9}))? ([+-]\d
 _TOTAL = re.compile(r"total ignored: (\d+) out of (\d+)(?: for stream: (\{.*\}))?")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _LENGTH = re.compile(r"with length '(\d+)' bytes")
+_GROUPED = re.compile(r"; (?=\d+ errors like: )")
+_COUNTED = re.compile(r"(\d+) errors like: (.*)", re.DOTALL)
 # (reason label, what Loki's text says), first match wins.
 REASONS = (
     ("too_far_behind", "too far behind"),
@@ -275,12 +294,12 @@ REASONS = (
     ("too_old", "timestamp too old"),
     ("too_new", "timestamp too new"),
     ("line_too_long", "max entry size"),
-    ("label_names_limit", "label names; limit"),
-    ("label_invalid", "label"),
-    ("structured_metadata", "structured metadata"),
     ("stream_rate_limit", "per stream rate limit"),
     ("stream_limit", "stream limit"),
     ("rate_limited", "ingestion rate limit exceeded"),
+    ("structured_metadata", "structured metadata"),
+    ("label_names_limit", "label names; limit"),
+    ("label_invalid", "label"),
 )
 
 
@@ -336,56 +355,78 @@ class Matcher:
         return self._keys.get(frozenset(mine.items())) or self._keys.get(frozenset(labels.items()))
 
     def refusals(self, body: str) -> Refusal:
-        """Map each line of Loki's answer to the entries it names."""
+        """Map each message of Loki's answer to the entries it names."""
         refusal = Refusal()
         named_by_stream: dict[str, int] = {}
         last_reason: dict[str, tuple[str, str]] = {}
         pending: list[tuple[int, str, str]] = []  # ingester lines name the stream only in the total line
-        for line in filter(None, (part.strip() for part in body.splitlines())):
-            total = _TOTAL.search(line)
+        for count, text in messages(body):
+            total = _TOTAL.search(text)
             if total is not None:
                 key = self.stream(total.group(3)) if total.group(3) else None
                 if key is not None:
-                    for at_ns, reason, text in pending:
-                        self._name(refusal, key, at_ns, reason, text, named_by_stream)
-                        last_reason[key] = (reason, text)
-                    ignored = int(total.group(1))
-                    left = ignored - named_by_stream.get(key, 0)
+                    for at_ns, reason, line in pending:
+                        self._name(refusal, key, 1, reason, line, named_by_stream, partial(self._at, ns=at_ns))
+                        last_reason[key] = (reason, line)
+                    left = int(total.group(1)) - named_by_stream.get(key, 0)
                     if left > 0:
-                        reason, text = last_reason.get(key, (reason_of(line), line))
-                        refusal.unnamed[key] = (left, reason, text)
+                        reason, line = last_reason.get(key, (reason_of(text), text))
+                        refusal.unnamed[key] = (left, reason, line)
                 pending = []
                 continue
-            reason = reason_of(line)
-            stream_match = _STREAM.search(line)
+            reason = reason_of(text)
+            stream_match = _STREAM.search(text)
             key = self.stream(stream_match.group(1)) if stream_match else None
-            ns = go_time_ns(line)
+            ns = go_time_ns(text)
             if key is None:
                 if ns is not None:
-                    pending.append((ns, reason, line))
+                    pending.append((ns, reason, text))
                 continue
-            last_reason[key] = (reason, line)
+            last_reason[key] = (reason, text)
             if ns is not None:
-                self._name(refusal, key, ns, reason, line, named_by_stream)
-            elif reason == "line_too_long" and (length := _LENGTH.search(line)):
-                self._name_long(refusal, key, int(length.group(1)), line, named_by_stream)
-            elif reason.startswith("label") or reason in ("stream_limit", "stream_rate_limit"):
+                self._name(refusal, key, count, reason, text, named_by_stream, partial(self._at, ns=ns))
+            elif reason == "line_too_long" and (length := _LENGTH.search(text)):
+                size = int(length.group(1))
+                self._name(refusal, key, count, reason, text, named_by_stream, partial(self._long, size=size))
+            elif reason.startswith("label") or reason in ("stream_limit", "stream_rate_limit", "structured_metadata"):
                 refusal.streams.add(key)
                 for index in self.by_stream[key]:
-                    refusal.named.setdefault(index, (reason, line))
+                    refusal.named.setdefault(index, (reason, text))
         return refusal
 
-    def _name(self, refusal: Refusal, key: str, ns: int, reason: str, text: str, counts: dict[str, int]) -> None:
-        """Name the first entry of `key` at `ns` not named yet."""
+    def _at(self, index: int, ns: int) -> bool:
+        return self.events[index].stamp[1] == ns  # type: ignore[attr-defined,no-any-return]
+
+    def _long(self, index: int, size: int) -> bool:
+        return len(self.line(self.events[index]).encode()) == size
+
+    def _name(
+        self,
+        refusal: Refusal,
+        key: str,
+        count: int,
+        reason: str,
+        text: str,
+        counts: dict[str, int],
+        matches: Callable[[int], bool],
+    ) -> None:
+        """Name up to `count` entries of `key` that `matches` and are not named yet."""
         for index in self.by_stream.get(key, ()):
-            if self.events[index].stamp[1] == ns and index not in refusal.named:  # type: ignore[attr-defined]
+            if count <= 0:
+                return
+            if index not in refusal.named and matches(index):
                 refusal.named[index] = (reason, text)
                 counts[key] = counts.get(key, 0) + 1
-                return
+                count -= 1
 
-    def _name_long(self, refusal: Refusal, key: str, length: int, text: str, counts: dict[str, int]) -> None:
-        for index in self.by_stream.get(key, ()):
-            if index not in refusal.named and len(self.line(self.events[index]).encode()) == length:
-                refusal.named[index] = ("line_too_long", text)
-                counts[key] = counts.get(key, 0) + 1
-                return
+
+def messages(body: str) -> Iterator[tuple[int, str]]:
+    """Loki's messages in an answer, each with how many times it occurred: a line each, and the
+    distributor's grouped errors (`2 errors like: <text>; 1 errors like: <text>`) apart."""
+    for line in body.splitlines():
+        for part in _GROUPED.split(line.strip()):
+            grouped = _COUNTED.match(part)
+            if grouped is not None:
+                yield int(grouped.group(1)), grouped.group(2)
+            elif part:
+                yield 1, part

@@ -77,6 +77,21 @@ def test_entries_are_grouped_by_stream_and_ordered_with_string_nanosecond_timest
     assert line["timestamp"] == format_ms(base + 5)
 
 
+def test_equal_timestamps_keep_arrival_order_and_repeated_lines_stay_apart() -> None:
+    """Loki stores entries of equal time in no set order and keeps one of two equal entries: a line
+    logged twice in a millisecond must arrive twice, in order, also across pushes."""
+    sink = loki()
+    ms = now_ms()
+    events = [event(ms, "retrying"), event(ms, "retrying"), event(ms, "gave up")]
+    [first] = sink.encode(events)
+    [second] = sink.encode([event(ms, "retrying")])
+    values = pushed(first)[0]["values"] + pushed(second)[0]["values"]
+    stamps = [int(ts) for ts, _ in values]
+    assert [orjson.loads(line)["message"] for _, line in values] == ["retrying", "retrying", "gave up", "retrying"]
+    assert stamps == sorted(set(stamps)) and stamps[-1] - stamps[0] < 1_000_000
+    assert stamps[0] == ms * 1_000_000
+
+
 def test_raw_lines_ship_unchanged_and_structured_metadata_is_templated() -> None:
     sink = loki(line="raw", structured_metadata={"request_id": "{reqId}", "status": "{res.statusCode}"})
     ms = now_ms()
