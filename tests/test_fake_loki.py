@@ -6,6 +6,7 @@ Loki sink, so the fake stays an independent judge. Every timestamp comes from th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import os
@@ -250,6 +251,7 @@ async def test_protobuf_in_raw_snappy_is_accepted_and_framed_snappy_refused(clie
     ])  # fmt: skip
     status, text, _ = await client.push(bytes(cramjam.snappy.compress_raw(message)), content_type=PROTOBUF)
     assert (status, text) == (204, "")
+    assert loki.pushes[0].decoded_bytes == len(message)
     first, second = loki.streams()
     assert first.labels == {"app": "api", "level": "raw\\n", "msg": 'a "quoted"\nvalue', "service_name": "api"}
     assert first.entries[0] == (t, "line 1", {"trace_id": "abc"})
@@ -558,7 +560,7 @@ async def test_faults_on_command(client: Client, loki: FakeLoki) -> None:
         assert (await client.push(body(3)))[0] == status
     loki.fail_for(0.3, 502)
     assert (await client.push(body(4)))[0] == 502
-    time.sleep(0.35)
+    await asyncio.sleep(0.35)
     assert (await client.push(body(5)))[0] == 204
     assert lines(loki) == ["line 5"]
 
@@ -590,6 +592,17 @@ async def test_a_per_stream_rate_limit_stores_the_other_streams(client: Client, 
     assert loki.hidden_rejections == 1 and loki.rejected == {"per_stream_rate_limit": 3}
     assert (await client.push(push_body(error)))[0] == 204  # the limit was for one push
     assert sorted(lines(loki)) == ["error 1", "error 2", "info", "info 2"]
+
+
+async def test_a_rate_limited_stream_names_only_its_rate_limited_entries(client: Client, loki: FakeLoki) -> None:
+    """Loki shards streams, so a stream is rate limited whole and its error lists the rate-limited entries
+    only: an entry of it refused as too far behind is not said."""
+    now = now_ns()
+    await client.push(push_body(stream({"app": "a"}, [str(now), "newest"])))
+    loki.limit_streams()
+    status, text, _ = await client.push(push_body(stream({"app": "a"}, [str(now - 2 * HOUR), "late"], [str(now), "x"])))
+    assert status == 429 and "total ignored: 1 out of 2" in text and "too far behind" not in text
+    assert loki.rejected == {"too_far_behind": 1, "per_stream_rate_limit": 1} and loki.hidden_rejections == 1
 
 
 # ---------------------------------------------------------------- other endpoints

@@ -116,6 +116,7 @@ UNKNOWN_SERVICE = "unknown_service"
 INTERNAL_STREAM_LABELS = ("__aggregated_metric__", "__pattern__")  # Loki's own streams skip label checks
 LEVEL_METADATA = "detected_level"  # not counted in a line's structured metadata size
 MAX_TENANT_ID = 150
+JSON_BODY = {"Content-Type": "application/json"}
 _TENANT_CHARS = re.compile(r"[a-zA-Z0-9!\-_.*'()]*")
 PER_STREAM_RATE = 3 * MIB
 
@@ -165,7 +166,7 @@ class Push(NamedTuple):
     status: int
     tenant: str | None
     raw_bytes: int
-    decoded_bytes: int
+    decoded_bytes: int  # the JSON text or the protobuf message, every compression undone
     content_type: str
     content_encoding: str
     entries: int
@@ -219,6 +220,14 @@ class _Candidate:
     labels: list[tuple[str, str]]
     text: str
     entries: list[tuple[PushedEntry, dict[str, str]]]
+
+
+class _Outcome(NamedTuple):
+    """One stream's push in the ingester: its error, entries refused, and how many of them the error counts."""
+
+    refusal: _Refusal | None
+    refused: int
+    said: int
 
 
 class _Refusal(Exception):
@@ -306,7 +315,8 @@ class FakeLoki:
     # ------------------------------------------------------------ control
 
     def fail_next(self, count: int, status: int = 503, *, retry_after: str | None = None) -> None:
-        """Answer the next `count` pushes with `status` (429: the tenant rate limit, nothing stored)."""
+        """Answer the next `count` pushes with `status`. A 429 is the tenant rate limit: nothing stored; like
+        Loki's it comes after validation, so a push without a valid entry gets its 400 instead."""
         with self._lock:
             self._faults.append(Fault(status, count, None, retry_after))
 
@@ -360,6 +370,7 @@ class FakeLoki:
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
                 "raw_bytes": sum(p.raw_bytes for p in self.pushes),
                 "decoded_bytes": sum(p.decoded_bytes for p in self.pushes),
+                "max_decoded_bytes": max((p.decoded_bytes for p in self.pushes), default=0),
                 "content_types": dict(Counter(p.content_type for p in self.pushes)),
                 "content_encodings": dict(Counter(p.content_encoding for p in self.pushes)),
                 "accepted": sum(len(s.entries) for s in streams),
@@ -430,10 +441,9 @@ class FakeLoki:
             if errors:
                 raise _Refusal(400, grouped(errors))
             return
-        self._admit(tenant, candidates, tenant_limited=fault is not None and fault.streams is None, fault=fault)
-        self._ingest(
-            tenant, candidates, errors, refused, fault if fault is not None and fault.streams is not None else None
-        )
+        per_stream = fault if fault is not None and fault.streams is not None else None
+        self._admit(tenant, candidates, tenant_limited=fault is not None and per_stream is None, fault=fault)
+        self._ingest(tenant, candidates, errors, refused, per_stream)
 
     def _tenant(self, request: web.Request) -> str:
         if self._basic_auth is not None:
@@ -459,13 +469,13 @@ class FakeLoki:
         assert self._basic_auth is not None
         scheme, _, encoded = (header or "").partition(" ")
         if scheme.lower() != "basic":
-            raise _Refusal(401, '{"status": "error", "error": "no credentials provided"}')
+            raise _Refusal(401, '{"status": "error", "error": "no credentials provided"}', JSON_BODY)
         try:
             user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             user = password = ""
         if (user, password) != self._basic_auth:
-            raise _Refusal(401, '{"status": "error", "error": "authentication error: invalid token"}')
+            raise _Refusal(401, '{"status": "error", "error": "authentication error: invalid token"}', JSON_BODY)
         return user
 
     def _distribute(self, tenant: str, pushed: list[PushedStream]) -> tuple[list[_Candidate], list[str], int]:
@@ -635,30 +645,29 @@ class FakeLoki:
             labels = dict(candidate.labels)
             limited = limit is not None and all(labels.get(k) == v for k, v in (limit.streams or {}).items())
             outcomes.append(self._ingest_stream(tenant, state, candidate, limited))
-        answer, _ = outcomes[-1]
-        unsaid = sum(count for _, count in outcomes[:-1])
-        if answer is not None:
+        last = outcomes[-1]
+        unsaid = sum(outcome.refused for outcome in outcomes[:-1]) + last.refused - last.said
+        if last.refusal is not None:
             self.hidden_rejections += unsaid + refused
-            answer.headers.update(_retry(limit) if answer.status == 429 else {})
-            raise answer
+            last.refusal.headers.update(_retry(limit) if last.refusal.status == 429 else {})
+            raise last.refusal
         self.hidden_rejections += unsaid
         if errors:
             raise _Refusal(400, grouped(errors))
 
-    def _ingest_stream(
-        self, tenant: str, state: _Tenant, candidate: _Candidate, rate_limited: bool
-    ) -> tuple[_Refusal | None, int]:
-        """One stream's push in the ingester: (its error, or None; how many of its entries were refused)."""
+    def _ingest_stream(self, tenant: str, state: _Tenant, candidate: _Candidate, rate_limited: bool) -> _Outcome:
+        """One stream's push in the ingester."""
         stream = state.streams.get(candidate.text)
         if stream is None:
             if len(state.streams) >= self.limits.max_streams_per_tenant:
                 self.rejected["stream_limit"] += len(candidate.entries)
-                return _Refusal(
+                refusal = _Refusal(
                     429,
                     f"maximum active stream limit exceeded when trying to create stream {candidate.text}, reduce the "
                     "number of active streams (reduce labels or reduce label values), or contact your Loki "
                     f"administrator to see if the limit can be increased, user: '{tenant}'",
-                ), len(candidate.entries)
+                )
+                return _Outcome(refusal, len(candidate.entries), len(candidate.entries))
             stream = _StoredStream(dict(candidate.labels), candidate.text)
             state.streams[candidate.text] = stream
         failed: list[tuple[int, str]] = []
@@ -685,7 +694,7 @@ class FakeLoki:
             self.rejected["per_stream_rate_limit"] += len(keep)
             behind = len(failed)
             failed = [(entry.ts_ns, _stream_rate_limited(candidate.text, entry)) for entry, _, _ in keep]
-            return self._stream_refusal(429, tenant, candidate, failed), behind + len(failed)
+            return _Outcome(self._stream_refusal(429, tenant, candidate, failed), behind + len(failed), len(failed))
         for entry, metadata, key in keep:
             if key in stream.keys:
                 self.deduplicated += 1
@@ -694,8 +703,8 @@ class FakeLoki:
                 stream.entries.append(Entry(entry.ts_ns, entry.line, metadata))
         stream.newest_ns, stream.last = newest, last
         if not failed:
-            return None, 0
-        return self._stream_refusal(400, tenant, candidate, failed), len(failed)
+            return _Outcome(None, 0, 0)
+        return _Outcome(self._stream_refusal(400, tenant, candidate, failed), len(failed), len(failed))
 
     def _stream_refusal(
         self, status: int, tenant: str, candidate: _Candidate, failed: list[tuple[int, str]]
@@ -763,7 +772,7 @@ class FakeLoki:
     # ------------------------------------------------------------ lifecycle
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.limits.max_recv_bytes + 1)
+        app = web.Application(client_max_size=self.limits.max_recv_bytes + MIB)  # Loki's 413, not aiohttp's
         app.router.add_post(PUSH_PATH, self._push)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/loki/api/v1/labels", self._labels)
@@ -826,13 +835,13 @@ def _retry(fault: Fault | None) -> dict[str, str]:
 
 
 def _text_response(status: int, text: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    """Go's http.Error: the text and a newline, text/plain (unless the fault says otherwise)."""
+    """Go's http.Error (the text and a newline, text/plain), or a gateway's own body when its type is given."""
     headers = dict(headers or {})
-    content_type = headers.pop("Content-Type", "text/plain")
+    content_type = headers.pop("Content-Type", None)
     return web.Response(
         status=status,
-        text=text if content_type == "text/html" else text + "\n",
-        content_type=content_type,
+        text=text + "\n" if content_type is None else text,
+        content_type=content_type or "text/plain",
         charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff", **headers},
     )

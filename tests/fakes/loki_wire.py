@@ -311,8 +311,8 @@ def _label_set(lex: _LabelLexer, pairs: list[tuple[str, str]]) -> None:
 def decode_body(
     raw: bytes, content_type: str | None, content_encoding: str | None, max_bytes: int
 ) -> tuple[list[PushedStream], int]:
-    """The push's streams and its size once the Content-Encoding is undone; or WireError/BodyTooLarge
-    with the text Loki answers."""
+    """The push's streams and its size fully decoded (JSON text, or protobuf message out of its snappy);
+    or WireError/BodyTooLarge with the text Loki answers."""
     encoding = content_encoding or ""
     if encoding == "gzip":
         try:
@@ -334,7 +334,7 @@ def decode_body(
         raise WireError("mime: no media type")
     if media_type == JSON:
         return decode_json(body), len(body)
-    return decode_protobuf(body, max_bytes), len(body)
+    return decode_protobuf(body, max_bytes)
 
 
 def _inflate_raw(raw: bytes, max_bytes: int) -> bytes:
@@ -420,7 +420,8 @@ def _json_ts(text: str) -> int:
 # ------------------------------------------------------------------ protobuf (hand-read, no generated code)
 
 
-def decode_protobuf(body: bytes, max_bytes: int) -> list[PushedStream]:
+def decode_protobuf(body: bytes, max_bytes: int) -> tuple[list[PushedStream], int]:
+    """A raw-snappy logproto.PushRequest: its streams and the message's size."""
     try:
         size, _ = _varint(body, 0)  # the block's length preamble, read first as snappy.DecodedLen does
     except WireError:
@@ -437,7 +438,7 @@ def decode_protobuf(body: bytes, max_bytes: int) -> list[PushedStream]:
     for number, value in _fields(message, "PushRequest", {1: 2, 2: 2}):
         if number == 1:
             streams.append(_proto_stream(_bytes(value)))
-    return streams
+    return streams, len(message)
 
 
 def _proto_stream(message: bytes) -> PushedStream:
@@ -493,6 +494,8 @@ def _signed(value: int | bytes) -> int:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    if pos < len(buf) and buf[pos] < 0x80:  # one byte: tags and short lengths, most varints of a push
+        return buf[pos], pos + 1
     result = shift = 0
     while True:
         if pos >= len(buf):
