@@ -260,6 +260,11 @@ async def test_protobuf_in_raw_snappy_is_accepted_and_framed_snappy_refused(clie
     framed = bytes(cramjam.snappy.compress(message))
     assert (await client.push(framed, content_type=PROTOBUF))[:2] == (400, "snappy: corrupt input\n")
     assert (await client.push(message, content_type=PROTOBUF))[0] == 400  # not compressed at all
+    bomb = _varint(200 * 1024 * 1024) + b"\x00"  # a snappy block that claims 200 MiB: refused before inflating
+    assert (await client.push(bomb, content_type=PROTOBUF))[:2] == (
+        413,
+        "request body too large: decompressed message size too large than max (209715200 vs 104857600)\n",
+    )
     zipped = gzip.compress(bytes(cramjam.snappy.compress_raw(proto_push([('{app="z"}', [(t, "z", [])])]))))
     assert (await client.push(zipped, content_type=PROTOBUF, encoding="gzip"))[0] == 204
     assert len(loki.entries()) == 3
