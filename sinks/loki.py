@@ -31,6 +31,7 @@ from sinks.loki_push import Framer, Matcher, go_time_ns, protobuf_push, reason_o
 
 PUSH_PATH = "/loki/api/v1/push"
 READY_PATH = "/ready"
+EMPTY_PUSH = b'{"streams":[{"stream":{"source":"shipper"},"values":[]}]}'
 MAX_LABEL_NAMES = 15  # Loki's max_label_names_per_series (service_name, which Loki adds, not counted)
 MAX_TENANT_BYTES = 150
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -57,6 +58,8 @@ class LokiConfig(HttpSinkConfig):
     max_line_bytes: Size = Field(default=MAX_LINE_BYTES, ge=1024)
     max_request_bytes: Size = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=6 * 1000 * 1000)
     max_streams: int = Field(default=1000, ge=1)
+    # Loki reports only the last stream's refusals in a push: more than one risks unreported losses.
+    streams_per_push: int = Field(default=1, ge=1)
     fallback_labels: dict[str, str] = {}
     max_age: Duration = 7 * 86400.0  # Loki's reject_old_samples_max_age
     max_ahead: Duration = 600.0  # Loki's creation_grace_period
@@ -144,6 +147,7 @@ class LokiSink(HttpSink):
             drop_behind=config.out_of_range == "drop",
             fallback_labels={k: v for k, v in config.fallback_labels.items() if v},
             escaped=config.line == "raw",
+            streams_per_push=config.streams_per_push,
         )
         self._blocked = tally.events_dropped.labels(name, "blocked")
 
@@ -269,7 +273,8 @@ class LokiSink(HttpSink):
 
     async def check(self) -> CheckResult:
         """`/ready` when it answers (Grafana Cloud's gateway may not serve it), then a push of no
-        streams with the sink's tenant and credentials: it proves them without writing a log."""
+        stream with the sink's tenant and credentials and no entries: Loki checks them and writes
+        nothing (a push of no streams at all is a 422)."""
         import aiohttp
 
         if self._session is None:
@@ -283,7 +288,7 @@ class LokiSink(HttpSink):
                 elif resp.status == 503:
                     return CheckResult(False, f"{self.config.endpoint} is not ready (HTTP 503 from {READY_PATH})")
             headers = {"Content-Type": "application/json", **self.config.headers, **self.auth_headers()}
-            async with self._session.post(self.push_url, data=b'{"streams":[]}', headers=headers) as resp:
+            async with self._session.post(self.push_url, data=EMPTY_PUSH, headers=headers) as resp:
                 status = resp.status
                 answer = (await resp.content.read(512)).decode("utf-8", "replace").strip()
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -80,8 +80,10 @@ class Framer:
         drop_behind: bool,
         fallback_labels: dict[str, str],
         escaped: bool,
+        streams_per_push: int,
     ) -> None:
         self.sink = sink
+        self.streams_per_push = streams_per_push
         self.escaped = escaped  # lines come escaped as JSON strings' contents (raw lines), else as JSON
         self.streams = Streams(max_streams, stream_key({**fallback_labels, FALLBACK_LABEL: "true"}))
         self.max_behind_ns = max_behind_ns
@@ -167,14 +169,22 @@ class Framer:
             )
 
     def requests(self, groups: list[list[Event]], max_events: int, max_bytes: int) -> list[Request]:
-        """Pushes of at most `max_events` entries and `max_bytes` of JSON (a single entry larger
-        than that goes alone). A request's events are in body order, stream by stream."""
+        """Pushes of at most `max_events` entries, `max_bytes` of JSON (a single entry larger than
+        that goes alone) and `streams_per_push` streams. A request's events are in body order,
+        stream by stream.
+
+        One stream per push by default: Loki's ingester answers a push with the error of its LAST
+        stream only (pkg/ingester/instance.go), so the entries it refused in an earlier stream (too
+        far behind, a stream's rate limit) would be lost without a word, even under a 204."""
         entries = self.entries([event for group in groups for event in group])
         out: list[Request] = []
         pending: list[tuple[str, list[bytes], list[Event]]] = []
         count = size = 0
         position = 0
         for group in groups:
+            if len(pending) >= self.streams_per_push:
+                out.append(json_push(pending))
+                pending, count, size = [], 0, 0
             key = group[0].stamp[0]  # type: ignore[attr-defined]
             overhead = len(key) + _STREAM_OVERHEAD
             start = 0
@@ -284,6 +294,7 @@ _STREAM = re.compile(r"stream(?::\s*|\s+')(\{.*?\})'?(?=[,\s]|$)")
 _GO_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,9}))? ([+-]\d{4}) \S+")
 _TOTAL = re.compile(r"total ignored: (\d+) out of (\d+)(?: for stream: (\{.*\}))?")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))")
 _LENGTH = re.compile(r"with length '(\d+)' bytes")
 _GROUPED = re.compile(r"; (?=\d+ errors like: )")
 _COUNTED = re.compile(r"(\d+) errors like: (.*)", re.DOTALL)
@@ -323,6 +334,15 @@ def go_time_ns(text: str) -> int | None:
         return None
     stamp = datetime.strptime(f"{match.group(1)} {match.group(3)}", "%Y-%m-%d %H:%M:%S %z")
     return int(stamp.timestamp()) * 1_000_000_000 + int((match.group(2) or "0").ljust(9, "0"))
+
+
+def rfc3339_seconds(text: str) -> int | None:
+    """Epoch seconds of the first RFC 3339 time in `text` (`2026-12-07T04:42:27Z`), as Loki's
+    distributor prints an entry's timestamp."""
+    match = _RFC3339.search(text)
+    if match is None:
+        return None
+    return int(datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp())
 
 
 @dataclass(slots=True)
@@ -383,8 +403,11 @@ class Matcher:
                     pending.append((ns, reason, text))
                 continue
             last_reason[key] = (reason, text)
+            second = rfc3339_seconds(text) if ns is None else None
             if ns is not None:
                 self._name(refusal, key, count, reason, text, named_by_stream, partial(self._at, ns=ns))
+            elif second is not None:  # the distributor prints an entry's time to the second
+                self._name(refusal, key, count, reason, text, named_by_stream, partial(self._in_second, second=second))
             elif reason == "line_too_long" and (length := _LENGTH.search(text)):
                 size = int(length.group(1))
                 self._name(refusal, key, count, reason, text, named_by_stream, partial(self._long, size=size))
@@ -396,6 +419,9 @@ class Matcher:
 
     def _at(self, index: int, ns: int) -> bool:
         return self.events[index].stamp[1] == ns  # type: ignore[attr-defined,no-any-return]
+
+    def _in_second(self, index: int, second: int) -> bool:
+        return self.events[index].stamp[1] // 1_000_000_000 == second  # type: ignore[attr-defined,no-any-return]
 
     def _long(self, index: int, size: int) -> bool:
         return len(self.line(self.events[index]).encode()) == size

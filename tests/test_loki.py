@@ -13,25 +13,27 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from shipper import tally
-from shipper.config import config_from_dict, parse_config
+from shipper.config import RetryConfig, config_from_dict, parse_config
 from shipper.errors import ConfigError
 from shipper.event import Encoded, Event
 from shipper.parsing import build_processor
 from shipper.parsing.clock import format_ms
 from shipper.pipeline.channel import Channel
-from shipper.sink import Outcome, Request
+from shipper.pipeline.driver import SinkDriver
+from shipper.sink import Request
 from sinks import build_sink
 from sinks.loki import LokiConfig, LokiSink
-from sinks.loki_push import prometheus_labels
-from tests.driving import one_sink_context, parse_worker
+from tests.driving import deliver, one_sink_context, parse_worker
+from tests.fakes.loki import FakeLoki, LokiLimits
 
 HOUR_NS = 3600 * 1_000_000_000
 
 
 def loki(**settings: Any) -> LokiSink:
-    return LokiSink("loki", LokiConfig(type="loki", inputs=["api"], endpoint="http://127.0.0.1:1", **settings))
+    return LokiSink("loki", LokiConfig(type="loki", inputs=["api"], **{"endpoint": "http://127.0.0.1:1", **settings}))
 
 
 def event(ms: int, message: str = "hello", level: str = "info", service: str = "api", **fields: Any) -> Event:
@@ -58,8 +60,11 @@ def test_entries_are_grouped_by_stream_and_ordered_with_string_nanosecond_timest
         event(base + 20, "second of two at 20"),
         event(base + 5, "early info"),
     ]
-    [request] = sink.encode(events)
-    streams = {tuple(sorted(s["stream"].items())): s["values"] for s in pushed(request)}
+    requests = sink.encode(events)
+    assert [len(pushed(r)) for r in requests] == [1, 1]  # one stream a push (see the 429 test below)
+    streams = {tuple(sorted(s["stream"].items())): s["values"] for r in requests for s in pushed(r)}
+    several = loki(streams_per_push=4).encode(events)
+    assert len(several) == 1 and len(pushed(several[0])) == 2
     info = streams[(("level", "info"), ("service", "api"), ("source", "app"))]
     assert [orjson.loads(line)["message"] for _, line in info] == [
         "early info",
@@ -99,8 +104,8 @@ def test_raw_lines_ship_unchanged_and_structured_metadata_is_templated() -> None
     fields = {"timestamp": format_ms(ms), "level": "info", "message": "tab\there é", "service": "api"}
     fields.update(reqId="req-7", res={"statusCode": 404})
     plain = event(ms, "no request")
-    [request] = sink.encode([Event(fields, original), plain])
-    values = [value for stream in pushed(request) for value in stream["values"]]
+    requests = sink.encode([Event(fields, original), plain])
+    values = [value for request in requests for stream in pushed(request) for value in stream["values"]]
     by_line = {value[1]: value for value in values}
     assert by_line[original.decode()][2] == {"request_id": "req-7", "status": "404"}
     assert len(by_line[plain.raw.decode()]) == 2  # no metadata to send: no third element
@@ -186,88 +191,136 @@ def test_pushes_stay_within_the_request_limit() -> None:
         assert [orjson.loads(e.raw) for e in r.events] == [orjson.loads(line) for _, line in flat]
 
 
-# ---------------------------------------------------------------------------------- answers
+# ---------------------------------------------------------------------------------- answers, from the fake
 
 
-def go_time(ns: int) -> str:
-    """A time as Go's time.String() prints it, as Loki's messages do."""
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-    return f"{text}.{fraction:09d}".rstrip("0").rstrip(".") + " +0000 UTC"
+def fast_retries(sink: LokiSink) -> LokiSink:
+    sink.config = sink.config.model_copy(update={"retry": RetryConfig(initial_backoff=0.02, max_backoff=0.1)})
+    return sink
+
+
+async def ship(sink: LokiSink, chunks: list[list[Event]]) -> list[int]:
+    """The chunks through the sink's driver (which starts and stops the sink); the checkpoints."""
+    return await deliver(SinkDriver(sink, Channel(sink.name, 1 << 30, "block")), chunks)
+
+
+def stored_messages(fake: FakeLoki) -> list[str]:
+    return [str(orjson.loads(entry.line)["message"]) for entry in fake.entries()]
+
+
+async def test_a_partial_400_drops_only_the_entries_loki_refused_and_counts_them() -> None:
+    """Loki's limits tighter than the sink knows (a line limit of 2 KiB): Loki stores the rest and
+    names the refused entries by stream and length; they are counted, never sent again."""
+    async with FakeLoki(limits=LokiLimits(max_line_bytes=2048)) as fake:
+        sink = fast_retries(loki(endpoint=fake.url, tenant="t1"))
+        ms = now_ms()
+        events = [event(ms + i, f"ok {i}") for i in range(5)] + [event(ms + 9, "y" * 4000)]
+        before = metrics_dropped("line_too_long")
+        assert await ship(sink, [events]) == [1]
+        assert sorted(stored_messages(fake)) == [f"ok {i}" for i in range(5)]
+        assert [p.status for p in fake.pushes] == [400]  # never sent again whole
+        assert metrics_dropped("line_too_long") - before == 1
+
+
+async def test_a_backlog_behind_what_another_writer_pushed_is_sent_again_restamped() -> None:
+    """Newer data of the stream reached Loki first (another writer, or before a restart): Loki
+    refuses the backlog as too far behind; the sink learns how far the stream has moved on and
+    sends those entries again re-stamped: none is lost, and each line keeps its own time."""
+    async with FakeLoki() as fake:
+        now = now_ms()
+        other = loki(endpoint=fake.url, tenant="t1")
+        assert await ship(other, [[event(now, "the other writer's newest")]]) == [1]
+        sink = fast_retries(loki(endpoint=fake.url, tenant="t1"))
+        old = now - 3 * 3600 * 1000
+        backlog = [event(old + i * 1000, f"old {i}") for i in range(25)]
+        assert await ship(sink, [backlog]) == [1]
+        stored = {str(orjson.loads(e.line)["message"]): e for e in fake.entries()}
+        assert set(stored) == {f"old {i}" for i in range(25)} | {"the other writer's newest"}
+        assert all(stored[f"old {i}"].ts_ns >= (now - 3600 * 1000) * 1_000_000 for i in range(25))
+        assert orjson.loads(stored["old 3"].line)["timestamp"] == format_ms(old + 3000)
+        assert fake.rejected.get("too_far_behind", 0) == 25 and 400 in fake.statuses
+
+
+async def test_a_tenant_429_is_retried_whole_and_a_stream_429_resends_only_that_stream() -> None:
+    """Also: Loki answers a push with its last stream's error only, so a refused stream that is not
+    last would be lost under a 204. One stream a push: every refusal is heard."""
+    async with FakeLoki() as fake:
+        fake.fail_next(2, 429, retry_after="0.05")
+        fake.limit_streams({"level": "error"}, count=1)
+        sink = fast_retries(loki(endpoint=fake.url, tenant="t1"))
+        ms = now_ms()
+        events = [event(ms + i, f"m{i}", level="error" if i % 3 == 0 else "info") for i in range(12)]
+        assert await ship(sink, [events]) == [1]
+        assert sorted(stored_messages(fake)) == sorted(f"m{i}" for i in range(12))
+        assert fake.statuses[429] >= 3
+        assert fake.deduplicated == 0  # only the limited stream was sent again
+        assert fake.hidden_rejections == 0
+
+
+async def test_refused_credentials_keep_the_data_until_fixed() -> None:
+    async with FakeLoki(basic_auth=("12345", "right-token")) as fake:
+        sink = fast_retries(loki(endpoint=fake.url, username="12345", password="wrong-token"))
+        await sink.start()
+        try:
+            [request] = sink.encode([event(now_ms())])
+            outcome = await sink.send(request)
+            assert outcome.kind == "unhealthy" and "wrong-token" not in repr(outcome)
+            assert (await sink.check()).ok is False
+            sink.config = sink.config.model_copy(update={"password": SecretStr("right-token")})
+            assert (await sink.send(request)).kind == "delivered"
+            check = await sink.check()
+            assert check.ok and "right-token" not in check.detail
+        finally:
+            await sink.stop()
+        assert len(fake.entries()) == 1
+
+
+async def test_check_proves_tenant_and_readiness_without_writing() -> None:
+    async with FakeLoki() as fake:
+        sink = loki(endpoint=fake.url, tenant="t1")
+        await sink.start()
+        try:
+            result = await sink.check()
+            assert result.ok and "ready" in result.detail
+            missing_tenant = loki(endpoint=fake.url)
+            await missing_tenant.start()
+            refused = await missing_tenant.check()
+            await missing_tenant.stop()
+            assert not refused.ok and "401" in refused.detail
+            fake.set_ready(False)
+            assert not (await sink.check()).ok
+        finally:
+            await sink.stop()
+        assert fake.entries() == []
+
+
+async def test_protobuf_pushes_arrive_as_json_ones_do() -> None:
+    async with FakeLoki() as fake:
+        sink = loki(endpoint=fake.url, tenant="t1", encoding="protobuf", compression="none",
+                    structured_metadata={"request_id": "{reqId}"})  # fmt: skip
+        ms = now_ms()
+        events = [event(ms + i, f'é {i} "quoted"\n', reqId=f"r{i}") for i in range(20)]
+        assert await ship(sink, [events]) == [1]
+        assert {p.content_type for p in fake.pushes} == {"application/x-protobuf"}
+        entries = fake.entries()
+        assert sorted(str(orjson.loads(e.line)["message"]) for e in entries) == sorted(
+            f'é {i} "quoted"\n' for i in range(20)
+        )
+        assert {e.metadata["request_id"] for e in entries} == {f"r{i}" for i in range(20)}
+        assert {e.ts_ns for e in entries} == {(ms + i) * 1_000_000 for i in range(20)}
+
+
+def metrics_dropped(reason: str) -> float:
+    from shipper import metrics
+
+    return float(
+        metrics.registry.get_sample_value("shipper_events_dropped_total", {"sink": "loki", "reason": reason}) or 0.0
+    )
 
 
 def request_of(sink: LokiSink, events: list[Event]) -> Request:
     [request] = sink.encode(events)
     return request
-
-
-def test_a_partial_400_rejects_only_the_entries_it_names() -> None:
-    sink = loki()
-    ms = now_ms()
-    request = request_of(sink, [event(ms + i, f"m{i}", level="error" if i % 2 else "info") for i in range(6)])
-    bad = next(e for e in request.events if e.stamp[1] == (ms + 3) * 1_000_000)  # type: ignore[attr-defined]
-    labels = prometheus_labels(orjson.loads(bad.stamp[0]))  # type: ignore[attr-defined]
-    body = (
-        f"entry for stream '{labels}' has timestamp too new: {go_time((ms + 3) * 1_000_000)}\n"
-        "user 'tenant', total ignored: 1 out of 6 for stream: " + labels
-    )
-    outcome = sink.classify(400, {}, body.encode(), request)
-    assert outcome.kind == "delivered"
-    assert [(request.events[r.index], r.reason) for r in outcome.rejected] == [(bad, "too_new")]
-    assert not outcome.resend
-
-
-def test_entries_loki_finds_too_far_behind_are_sent_again_restamped() -> None:
-    """Newer data of the stream reached Loki first (another writer, or before a restart): the
-    ingester names ten entries and the total; the sink sends again every entry behind, and
-    re-stamps them to fit behind the newest Loki reported."""
-    sink = loki()
-    now = now_ms()
-    old = now - 2 * 3600 * 1000
-    request = request_of(sink, [event(old + i, f"old {i}") for i in range(15)] + [event(now, "new")])
-    labels = prometheus_labels(orjson.loads(request.events[0].stamp[0]))  # type: ignore[attr-defined]
-    cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000 - 3600 + 30))
-    lines = [
-        f"entry with timestamp {go_time((old + i) * 1_000_000)} ignored, reason: 'entry too far behind, entry "
-        f"timestamp is: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime((old + i) / 1000))}, oldest acceptable "
-        f"timestamp is: {cutoff}',"
-        for i in range(10)
-    ]
-    body = "\n".join([*lines, f"user 'tenant', total ignored: 15 out of 16 for stream: {labels}"])
-    outcome = sink.classify(400, {}, body.encode(), request)
-    assert outcome.kind == "delivered" and not outcome.rejected
-    assert sorted(outcome.resend) == list(range(15))
-    again = sink.encode([request.events[i] for i in outcome.resend])
-    stamps = [int(ts) for r in again for s in pushed(r) for ts, _ in s["values"]]
-    assert len(stamps) == 15 and min(stamps) > (now - 3600 * 1000 + 30_000) * 1_000_000
-
-
-def test_a_400_naming_no_entry_splits_and_a_lone_one_is_rejected() -> None:
-    sink = loki()
-    ms = now_ms()
-    request = request_of(sink, [event(ms), event(ms + 1)])
-    assert sink.classify(400, {}, b"loghttp.PushRequest.Streams: decode error", request).kind == "split"
-    lone = request_of(sink, [event(ms)])
-    assert sink.classify(400, {}, b"error at least one label pair is required", lone).kind == "reject"
-
-
-def test_429_of_the_tenant_retries_all_and_of_a_stream_resends_that_stream() -> None:
-    sink = loki()
-    ms = now_ms()
-    request = request_of(sink, [event(ms + i, level="error" if i % 2 else "info") for i in range(4)])
-    whole = sink.classify(
-        429, {"Retry-After": "3"}, b"Ingestion rate limit exceeded for user tenant (limit: 4194304 bytes/sec)", request
-    )
-    assert whole == Outcome("retry", reason="http_429_rate_limited", retry_after=3.0, detail=whole.detail)
-    error_stream = next(e.stamp[0] for e in request.events if "error" in e.stamp[0])  # type: ignore[attr-defined]
-    labels = prometheus_labels(orjson.loads(error_stream))
-    body = (
-        f"Per stream rate limit exceeded (limit: 3MB/sec) while attempting to ingest for stream '{labels}' "
-        "totaling 1KB, consider splitting a stream via additional labels or contact your Loki administrator"
-    )
-    partial = sink.classify(429, {}, body.encode(), request)
-    assert partial.kind == "delivered"
-    assert sorted(partial.resend) == [i for i, e in enumerate(request.events) if e.stamp[0] == error_stream]  # type: ignore[attr-defined]
 
 
 def test_blocked_ingestion_is_delivered_but_counted() -> None:
