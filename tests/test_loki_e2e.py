@@ -169,3 +169,20 @@ def test_shipper_check_proves_the_credentials_without_writing(tmp_path: Path) ->
         )  # fmt: skip
         assert refused.returncode == 1 and b"401" in refused.stdout
         assert TOKEN.encode() not in result.stdout + result.stderr + refused.stdout + refused.stderr
+
+
+@needs_corpus
+@WORKERS
+def test_raw_lines_arrive_byte_for_byte_colours_and_stack_traces_included(tmp_path: Path, workers: int) -> None:
+    """`line = "raw"`: Nest's coloured text, multi-line stack traces and all, is stored exactly as
+    the app printed it (escape codes and newlines travel JSON-escaped, never re-serialized)."""
+    data = (CORPUS / "nest-text-color.log").read_bytes()
+    with FakeLoki(basic_auth=(USER, TOKEN)).threaded() as fake:
+        config = write_config(tmp_path, fake.url, extra='line = "raw"', workers=workers)
+        shipper = Shipper(["run", "--config", str(config)], env=ENV)
+        assert shipper.wait(30, data) == 0, shipper.stderr.decode()[-3000:]
+        stored_lines = Counter(line for entry in fake.entries() for line in entry.line.split("\n"))
+        assert stored_lines == Counter(data.decode().rstrip("\n").split("\n"))
+        assert any("\n" in entry.line for entry in fake.entries())  # a stack trace kept as one entry
+        assert fake.rejected == {}
+        assert_clean(shipper.stdout + shipper.stderr, fake)
