@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from itertools import accumulate
 
 import orjson
 
@@ -177,44 +179,46 @@ class Framer:
         stream only (pkg/ingester/instance.go), so the entries it refused in an earlier stream (too
         far behind, a stream's rate limit) would be lost without a word, even under a 204."""
         entries = self.entries([event for group in groups for event in group])
+        pieces: list[tuple[str, list[bytes], list[Event], int]] = []  # a stream's run within the limits, its size
+        position = 0
+        for group in groups:
+            key = group[0].stamp[0]  # type: ignore[attr-defined]
+            mine = entries[position : position + len(group)]
+            position += len(group)
+            overhead = len(key) + _STREAM_OVERHEAD
+            ends = list(accumulate([len(entry) + 1 for entry in mine]))
+            start = base = 0
+            while start < len(mine):  # one step for a stream that fits, the common case
+                end = bisect_right(ends, base + max_bytes - overhead, start, min(len(mine), start + max_events))
+                end = max(end, start + 1)
+                pieces.append((key, mine[start:end], group[start:end], ends[end - 1] - base + overhead))
+                base = ends[end - 1]
+                start = end
         out: list[Request] = []
         pending: list[tuple[str, list[bytes], list[Event]]] = []
         count = size = 0
-        position = 0
-        for group in groups:
-            if len(pending) >= self.streams_per_push:
+        for key, piece, events, weight in pieces:
+            if pending and (
+                len(pending) >= self.streams_per_push or count + len(piece) > max_events or size + weight > max_bytes
+            ):
                 out.append(json_push(pending))
                 pending, count, size = [], 0, 0
-            key = group[0].stamp[0]  # type: ignore[attr-defined]
-            overhead = len(key) + _STREAM_OVERHEAD
-            start = 0
-            for index in range(len(group)):
-                weight = len(entries[position + index]) + 1
-                if count and (
-                    count + 1 > max_events or size + weight + (overhead if index == start else 0) > max_bytes
-                ):
-                    if index > start:
-                        pending.append((key, entries[position + start : position + index], group[start:index]))
-                        start = index
-                    out.append(json_push(pending))
-                    pending, count, size = [], 0, 0
-                size += weight + (overhead if index == start else 0)
-                count += 1
-            pending.append((key, entries[position + start : position + len(group)], group[start:]))
-            position += len(group)
+            pending.append((key, piece, events))
+            count += len(piece)
+            size += weight
         if pending:
             out.append(json_push(pending))
         return out
 
     def entries(self, events: list[Event]) -> list[bytes]:
-        """Each event's entry, `["<ns>","<line>"]` plus its metadata: JSON lines escaped as strings'
-        contents in bulk (two byte replaces over them all: compact JSON holds no control character)."""
-        if self.escaped:
+        """Each event's entry, `["<ns>","<line>"]` plus its metadata, the JSON lines escaped as
+        strings' contents in one call."""
+        if self.escaped or not events:
             lines = [event.raw for event in events]
         else:
-            lines = (
-                b"\n".join([event.raw for event in events]).replace(b"\\", b"\\\\").replace(b'"', b'\\"').split(b"\n")
-            )
+            # orjson escapes the list's strings in C; every quote inside an escaped string follows a
+            # backslash, so `","` occurs only between them. (Two bytes.replace calls cost ~1.6x this.)
+            lines = orjson.dumps([event.raw.decode() for event in events])[2:-2].split(b'","')
         return [
             b'["%d","%b"%b]' % (event.stamp[1], line, event.stamp[2])  # type: ignore[attr-defined]
             for event, line in zip(events, lines, strict=True)
