@@ -234,16 +234,17 @@ def test_check_proves_the_token_and_project_with_one_small_query(tmp_path: Path)
     assert_no_token(result.stdout, result.stderr, refused.stdout, refused.stderr)
 
 
-def test_validate_warns_when_the_poll_interval_cannot_fit_the_budget(tmp_path: Path) -> None:
+def test_validate_and_check_warn_when_the_poll_interval_cannot_fit_the_budget(tmp_path: Path) -> None:
     with SupabaseLogsApi(TOKEN).threaded() as api:
         config = write_config(tmp_path, api, ["edge_logs"])
     text = config.read_text().replace('tables = ["edge_logs"]', "").replace("requests_per_minute = 600\n", "")
     config.write_text(text.replace('poll_interval = "300ms"', 'poll_interval = "5s"'))
+    warning = "sources.sb.poll_interval: 5 tables polled every 5s need 60 requests a minute, over the 30"
     result = cli("validate", "--config", str(config))
     assert result.returncode == 0 and "config OK" in result.stdout
-    assert f"warning: {config}:" in result.stderr and "sources.sb.poll_interval: 5 tables polled every 5s need 60" in (
-        result.stderr
-    )
+    assert f"warning: {config}:" in result.stderr and warning in result.stderr
+    checked = cli("check", "--config", str(config))  # the fake is gone: the check fails, the warning stays
+    assert checked.returncode == 1 and warning in checked.stderr and "connection refused" in checked.stdout
 
 
 def test_tail_follows_a_projects_tables_at_a_level(tmp_path: Path, start: Callable[..., ShipperProcess]) -> None:
