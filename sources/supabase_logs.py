@@ -122,7 +122,7 @@ def iso_micros(us: int) -> str:
 
 
 def sql_time(us: int) -> str:
-    """A DateTime64(6) literal's text as ClickHouse reads it in the column's zone (UTC)."""
+    """A time as `toDateTime64(text, 6, 'UTC')` reads it."""
     return _utc(us).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
@@ -152,7 +152,7 @@ class TableQuery:
             columns += [f"log_attributes[{sql_string(key)}] AS `{key}`" for key in self.attributes]
         where = [f"{self.source_column} = {sql_string(self.table)}"]
         if after is not None:
-            at, row_id = sql_string(sql_time(after[0])), sql_string(after[1])
+            at, row_id = f"toDateTime64({sql_string(sql_time(after[0]))}, 6, 'UTC')", sql_string(after[1])
             where.append(f"(timestamp > {at} OR (timestamp = {at} AND id > {row_id}))")
         if self.condition:
             where.append(f"({self.condition})")

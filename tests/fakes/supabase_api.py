@@ -102,7 +102,7 @@ _TOKEN = re.compile(
     r"|(?P<op><=|>=|!=|<>|=|<|>|\(|\)|\[|\]|,|\*)|(?P<word>[A-Za-z_][A-Za-z0-9_]*))"
 )
 _KEYWORDS = {"SELECT", "FROM", "WHERE", "ORDER", "BY", "LIMIT", "AND", "OR", "NOT", "AS", "ASC", "DESC", "IN", "LIKE"}
-_FUNCTIONS = re.compile(r"^(toU?Int(8|16|32|64)OrZero|toFloat64OrZero|lower|upper)$")
+_FUNCTIONS = re.compile(r"^(toU?Int(8|16|32|64)OrZero|toFloat64OrZero|lower|upper|toDateTime64)$")
 
 
 class Timestamp(int):
@@ -281,9 +281,11 @@ class Query:
             if not _FUNCTIONS.match(text):
                 raise SqlError(f"Code: 46. DB::Exception: Unknown function {text}")
             self.at += 2
-            argument = self._operand()
+            arguments = [self._operand()]
+            while self._accept("op", ","):
+                arguments.append(self._operand())
             self._take("op", ")")
-            return _function(text, argument)
+            return _function(text, arguments)
         if kind in ("word", "quoted"):
             self.at += 1
             name = text.strip("`")
@@ -333,7 +335,14 @@ def _text(value: Any) -> str:
     return value
 
 
-def _function(name: str, argument: Expr) -> Expr:
+def _function(name: str, arguments: list[Expr]) -> Expr:
+    argument = arguments[0]
+    if name == "toDateTime64":  # toDateTime64('2026-06-22 09:34:06.215000', 6, 'UTC')
+        if len(arguments) != 3 or arguments[1]({}) != 6 or arguments[2]({}) != "UTC":
+            raise SqlError("Code: 42. DB::Exception: the fake reads toDateTime64(text, 6, 'UTC') only")
+        return lambda row: Timestamp(_as_time(_text(argument(row))))
+    if len(arguments) != 1:
+        raise SqlError(f"Code: 42. DB::Exception: Number of arguments for function {name} doesn't match")
     if name in ("lower", "upper"):
         return lambda row: getattr(_text(argument(row)), name)()
 
