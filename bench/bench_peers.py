@@ -7,6 +7,7 @@ sink's batch goal (issue #11: at least 60% of the goal with a backlog). Absolute
 2-core machines swing by up to 2x between runs: compare the ratios.
 
     python bench/bench_peers.py [--variants http-ndjson,http-json-gzip,datadog-gzip] [--runs 3]
+    python bench/bench_peers.py --variants loki-gzip,loki        # issue #12: the Loki sink
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from bench.common import REPO
 PEERS = REPO.parent / "shared" / "peers"
 # The batch goal of each variant's sink (`limits.goal_bytes`); Datadog's batches are bounded by its 1,000-log
 # limit first.
-GOALS = {"http-ndjson": 1024 * 1024, "http-json-gzip": 1024 * 1024, "http-json": 1024 * 1024}
+GOALS = {
+    "http-ndjson": 1024 * 1024,
+    "http-json-gzip": 1024 * 1024,
+    "http-json": 1024 * 1024,
+    "loki": 1024 * 1024,
+    "loki-gzip": 1024 * 1024,
+}
 
 
 def body_stats(outdir: Path, variant: str) -> tuple[float, int] | None:

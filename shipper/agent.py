@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from shipper import metrics, systemd
 from shipper.config import Config, config_warnings, dead_letter_config
+from shipper.errors import ShipperError
 from shipper.event import Event
 from shipper.pipeline.channel import Channel
 from shipper.pipeline.deadletter import DeadLetters
@@ -189,6 +190,8 @@ class Agent:
         for task in housekeeping:
             task.cancel()
         self._save_checkpoints()
+        for source in self.sources.values():
+            source.close()
         if self.api is not None:
             await self.api.stop()
         codes = [c.exit_code for c in self.contexts.values() if c.exit_code is not None]
@@ -278,8 +281,13 @@ class Agent:
 
 
 def _died(name: str, task: asyncio.Task[None]) -> bool:
-    """Whether a finished task died of an exception; logged when it did."""
+    """Whether a finished task died of an exception; logged when it did: an error shipper raised on
+    purpose (a source that may not start) as its one line, anything else with its traceback."""
     if task.done() and not task.cancelled() and task.exception() is not None:
-        log.error("task failed", extra={"task": name}, exc_info=task.exception())
+        error = task.exception()
+        if isinstance(error, ShipperError):
+            log.error(str(error), extra={"task": name})
+        else:
+            log.error("task failed", extra={"task": name}, exc_info=error)
         return True
     return False

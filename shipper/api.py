@@ -1,10 +1,11 @@
 """The agent's HTTP endpoints: /metrics (Prometheus) and /health, /health/live, /health/ready.
 
 /health is the full report: every sink's state (ok, degraded, failing; shipper/health.py) with the
-evidence, and the worst of them as `status` (503 when a sink is failing). /health/ready is about
-shipper itself (started, not draining) unless `api.ready_requires_healthy_sinks` also asks for no
-failing sink. /metrics requires `Authorization: Bearer $METRICS_TOKEN` when METRICS_TOKEN is set; the token is
-compared in constant time and never logged. Health endpoints carry no secrets and need no token.
+evidence, that of every source calling an API (the Supabase poller), and the worst of them as
+`status` (503 when one is failing). /health/ready is about shipper itself (started, not draining)
+unless `api.ready_requires_healthy_sinks` also asks for no failing sink. /metrics requires
+`Authorization: Bearer $METRICS_TOKEN` when METRICS_TOKEN is set; the token is compared in constant
+time and never logged. Health endpoints carry no secrets and need no token.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class ApiServer:
 
     async def health(self, request: web.Request) -> web.Response:
         drivers = self.agent.drivers
-        status = worst([driver.health.state for driver in drivers.values()])
+        sources = {name: c.health for name, c in self.agent.contexts.items() if c.health is not None}
+        status = worst([driver.health.state for driver in drivers.values()] + [h.state for h in sources.values()])
         report = {
             "status": status,
             "ready": self.agent.ready,
@@ -79,6 +81,7 @@ class ApiServer:
                 }
                 for name, driver in drivers.items()
             },
+            "sources": {name: health.report() for name, health in sources.items()},
         }
         return web.json_response(report, status=503 if status == "failing" else 200)
 

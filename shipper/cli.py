@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,21 @@ from shipper.config import (
 from shipper.errors import ConfigError
 from shipper.event import tune_gc_for_events
 from shipper.log import setup_logging
+from shipper.units import parse_duration
+from sources.supabase_logs import DEFAULT_TABLES
 
 EXIT_CONFIG = 2
 CHECK_TIMEOUT = 30  # seconds `shipper check` gives each sink
 TAIL_EVENTS = 10  # what `shipper tail --file` prints before following, as `tail` does
+# `shipper tail --supabase`: logs from this long ago first, then new ones read within seconds of
+# being ingested (rows ingested later than the overlap are not waited for: a terminal, not a shipper).
+TAIL_SINCE = "5m"
+TAIL_REQUESTS_PER_MINUTE = 24  # of the 30 a project allows: a fifth left for paging (and a poller running)
+TAIL_MIN_POLL = 2.5
+TAIL_LAG = 2.0
+TAIL_OVERLAP = 60.0
+SUPABASE_TOKEN = "SUPABASE_ACCESS_TOKEN"
+TAIL_FLAGS = {"project_ref": "--supabase", "tables": "--table", "api_url": "--api-url", "access_token": SUPABASE_TOKEN}
 
 CONFIG_HELP = "config file (default: $SHIPPER_CONFIG, else ./config.toml, else /etc/shipper/config.toml)"
 
@@ -67,17 +79,39 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="verify each sink's credentials and reachability",
-        description="For every configured sink, verify credentials and reachability without sending logs.",
+        help="verify each sink's (and Supabase source's) credentials and reachability",
+        description="For every configured sink, and every source that calls an API (Supabase), verify "
+        "credentials and reachability without sending or shipping logs.",
     )
     check.add_argument("--config", help=CONFIG_HELP)
 
     tail = commands.add_parser(
         "tail",
-        help="pretty-print logs from stdin or a file, no sinks needed",
+        help="pretty-print logs from stdin, a file or a Supabase project, no sinks needed",
         description="Read a source and print its events, parsed and normalized, to the terminal.",
     )
-    tail.add_argument("--file", type=Path, help="follow this file (by name, through rotation) instead of reading stdin")
+    followed = tail.add_mutually_exclusive_group()
+    followed.add_argument(
+        "--file", type=Path, help="follow this file (by name, through rotation) instead of reading stdin"
+    )
+    followed.add_argument(
+        "--supabase",
+        metavar="PROJECT_REF",
+        help="follow this Supabase project's logs (token from $SUPABASE_ACCESS_TOKEN; uses its logs rate budget)",
+    )
+    tail.add_argument(
+        "--table",
+        action="append",
+        metavar="NAME",
+        help=f"with --supabase: a log source to follow, repeatable (default: {', '.join(DEFAULT_TABLES)})",
+    )
+    tail.add_argument(
+        "--since",
+        type=_duration,
+        metavar="DURATION",
+        help=f"with --supabase: first print the logs of this long ago, e.g. 30s, 10m (default {TAIL_SINCE})",
+    )
+    tail.add_argument("--api-url", metavar="URL", help="with --supabase: the Management API's base URL (a proxy)")
     start = tail.add_mutually_exclusive_group()
     start.add_argument(
         "-n",
@@ -106,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--no-redact", action="store_true", help="show secrets as they are (redaction is on by default)")
     tail.add_argument("-v", "--verbose", action="store_true", help="also print shipper's own log lines (start, stop)")
     return parser
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count(value: str) -> int:
@@ -175,10 +216,29 @@ def _validate(config: Config) -> int:
 
 
 def _check(config: Config) -> int:
+    from shipper.source import SourceContext
     from sinks import build_sink
+    from sources import build_source
+
+    for warning in config_warnings(config):
+        print(f"shipper: warning: {_located(warning, config.path) if config.path else warning}", file=sys.stderr)
 
     async def check_all() -> list[tuple[str, str, bool, str]]:
         rows = []
+        for name, source_config in config.sources.items():
+            context = SourceContext(
+                name, source_config, routes=[], host=config.agent.host, redact=config.redact,
+                state_dir=config.agent.state_dir, stopping=asyncio.Event(),
+            )  # fmt: skip
+            try:
+                checked = await asyncio.wait_for(build_source(name, source_config, context).check(), CHECK_TIMEOUT)
+            except TimeoutError:
+                rows.append((name, source_config.type, False, f"no answer within {CHECK_TIMEOUT}s"))
+            except Exception as exc:
+                rows.append((name, source_config.type, False, f"{type(exc).__name__}: {exc}"))
+            else:
+                if checked is not None:  # a file or stdin has nothing to prove
+                    rows.append((name, source_config.type, checked.ok, checked.detail))
         for name, sink_config in config.sinks.items():
             sink = build_sink(name, sink_config)
             try:
@@ -205,7 +265,9 @@ def _tail(args: argparse.Namespace) -> int:
         print(f"shipper tail: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     source: dict[str, Any] = {"type": "stdin", "format": args.format}
-    if args.file is not None:
+    if args.supabase is not None:
+        source = _supabase_source(args)
+    elif args.file is not None:
         source = {"type": "file", "include": [glob.escape(str(args.file))], "format": args.format}
         if args.from_start:
             source["start_at"] = "beginning"
@@ -231,7 +293,36 @@ def _tail(args: argparse.Namespace) -> int:
             "sources": {"tail": source},
             "sinks": {"out": sink},
         }
-        return _run_agent(config_from_dict(doc, None, environ={}))
+        try:
+            config = config_from_dict(doc, None, environ={})
+        except ConfigError as exc:
+            flag = TAIL_FLAGS.get(exc.key.removeprefix("sources.tail.").split(".")[0].split("[")[0])
+            if flag is None:
+                raise
+            print(f"shipper tail: {flag}: {exc.message}", file=sys.stderr)
+            return EXIT_CONFIG
+        return _run_agent(config)
+
+
+def _supabase_source(args: argparse.Namespace) -> dict[str, Any]:
+    """A Supabase source for `shipper tail --supabase REF`: polled as often as its tables' share of
+    the project's rate budget allows, from `--since` ago."""
+    tables = args.table or list(DEFAULT_TABLES)
+    since = parse_duration(TAIL_SINCE) if args.since is None else args.since
+    start = datetime.now(UTC) - timedelta(seconds=since)
+    source: dict[str, Any] = {
+        "type": "supabase",
+        "project_ref": args.supabase,
+        "access_token": os.environ[SUPABASE_TOKEN],
+        "tables": tables,
+        "start_at": start.isoformat(),
+        "poll_interval": max(TAIL_MIN_POLL, len(tables) * 60 / TAIL_REQUESTS_PER_MINUTE),
+        "lag": TAIL_LAG,
+        "overlap": TAIL_OVERLAP,
+    }
+    if args.api_url:
+        source["api_url"] = args.api_url
+    return source
 
 
 def _tail_problem(args: argparse.Namespace) -> str | None:
@@ -246,9 +337,13 @@ def _tail_problem(args: argparse.Namespace) -> str | None:
             time_zone(args.timezone)
         except ValueError as exc:
             return f"--timezone: {exc}"
+    if args.supabase is None and (args.table or args.since is not None or args.api_url):
+        return "--table, --since and --api-url apply to --supabase"
     if args.file is None:
         if args.events is not None or args.from_start or args.retry:
-            return "-n, --from-start and --retry apply to --file (stdin is read whole)"
+            return "-n, --from-start and --retry apply to --file (stdin and Supabase are not files)"
+        if args.supabase is not None and not os.environ.get(SUPABASE_TOKEN):
+            return f"--supabase: set {SUPABASE_TOKEN} to an access token (a flag would show it to `ps`)"
         return None
     try:
         args.file.open("rb").close()

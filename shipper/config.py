@@ -268,6 +268,11 @@ class SourceConfig(Strict):
     max_line_bytes: Size = 1024 * 1024
     transforms: list[TransformConfig] = []  # applied in order to every event (shipper/pipeline/transforms.py)
 
+    def warnings(self, key: str) -> list[ConfigError]:
+        """What is valid in this source's table but almost surely a mistake (a poll interval its API's
+        rate limit cannot serve), each naming its key below `key`."""
+        return []
+
 
 # ---------------------------------------------------------------- sinks
 
@@ -400,11 +405,13 @@ def _check_dead_letters(config: Config) -> None:
 def config_warnings(config: Config) -> list[ConfigError]:
     """What is valid but almost surely a mistake: `shipper validate` prints these, the agent logs them."""
     read = {source for sink in config.sinks.values() for source in sink.inputs}
-    return [
+    unread = [
         ConfigError(f"sources.{name}", "no sink reads this source (name it in a sink's inputs): its events go nowhere")
         for name in config.sources
         if name not in read
     ]
+    own = [warning for name, source in config.sources.items() for warning in source.warnings(f"sources.{name}")]
+    return unread + own
 
 
 def _unknown_key(key: str, known: Any) -> str:

@@ -1,10 +1,11 @@
-"""A sink's health as an operator reads it: ok, degraded, or failing.
+"""A sink's (or a polling source's) health as an operator reads it: ok, degraded, or failing.
 
 One failed send is not an outage (the retry usually works), so failing sends first make a sink
 `degraded`; it turns `failing` after `unhealthy_after` of failed sends with no success in between,
 or at once when the destination refuses shipper (401/403: retrying will not fix a bad key). The
 driver records every attempt's outcome here; /health and the metrics read the state when asked,
-so it follows the clock even while a request waits out its backoff.
+so it follows the clock even while a request waits out its backoff. A source that calls an API
+(the Supabase poller) records its requests' outcomes the same way, as `kind="source"`.
 """
 
 from __future__ import annotations
@@ -46,11 +47,26 @@ class SendError:
     at: float  # epoch seconds
 
 
-class SinkHealth:
-    """Outcomes of one sink's send attempts, turned into a state with the evidence behind it."""
+# What keeps happening while a component is failing, as its log line says it.
+_WHILE_FAILING = {
+    "sink": "data stays buffered and requests are retried",
+    "source": "its logs wait at the source and requests are retried",
+}
 
-    def __init__(self, sink: str, unhealthy_after: float, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.sink = sink
+
+class Health:
+    """Outcomes of one sink's send attempts (or one source's requests), turned into a state with
+    the evidence behind it."""
+
+    def __init__(
+        self,
+        name: str,
+        unhealthy_after: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        kind: Literal["sink", "source"] = "sink",
+    ) -> None:
+        self.name = name
+        self.kind = kind
         self.unhealthy_after = unhealthy_after
         self._monotonic = monotonic
         self.consecutive_failures = 0
@@ -66,8 +82,8 @@ class SinkHealth:
         if outcome.kind == "delivered":
             if self.state == "failing":
                 log.info(
-                    "sink is healthy again",
-                    extra={"sink": self.sink, "failed_for_seconds": round(self.failing_for, 3)},
+                    f"{self.kind} is healthy again",
+                    extra={self.kind: self.name, "failed_for_seconds": round(self.failing_for, 3)},
                 )
             self.consecutive_failures = 0
             self._failing_since = None
@@ -87,9 +103,9 @@ class SinkHealth:
         if self.state == "failing" and not self._logged_failing:
             self._logged_failing = True
             log.error(
-                "sink is unhealthy; data stays buffered and requests are retried",
+                f"{self.kind} is unhealthy; {_WHILE_FAILING[self.kind]}",
                 extra={
-                    "sink": self.sink,
+                    self.kind: self.name,
                     "reason": self.last_error.reason,
                     "detail": self.last_error.detail,
                     "consecutive_failures": self.consecutive_failures,
@@ -115,7 +131,7 @@ class SinkHealth:
         return self.state != "failing"
 
     def report(self) -> dict[str, object]:
-        """What /health shows of this sink (names, counts, reasons and times: nothing secret)."""
+        """What /health shows of this sink or source (names, counts, reasons and times: nothing secret)."""
         error = self.last_error
         last_error = None if error is None else {"reason": error.reason, "detail": error.detail, "at": iso(error.at)}
         return {

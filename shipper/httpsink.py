@@ -134,15 +134,24 @@ class HttpSink(Sink):
             self._session = None
 
     async def wire_body(self, request: Request) -> bytes:
-        """The request body as sent: gzip-compressed in a worker thread, once across retries."""
+        """The request body as sent, made once across retries: in a worker thread when it is
+        compressed (compression releases the GIL, so the loop goes on parsing meanwhile)."""
         if request.wire is None:
-            if self.config.compression == "gzip":
+            if self.wire_in_thread():
                 loop = asyncio.get_running_loop()
-                level = self.config.compression_level
-                request.wire = await loop.run_in_executor(_compressors, igzip.compress, request.body, level)
+                request.wire = await loop.run_in_executor(_compressors, self.wire_form, request)
             else:
-                request.wire = request.body
+                request.wire = self.wire_form(request)
         return request.wire
+
+    def wire_in_thread(self) -> bool:
+        return self.config.compression == "gzip"
+
+    def wire_form(self, request: Request) -> bytes:
+        """The body as sent: gzip-compressed when configured."""
+        if self.config.compression == "gzip":
+            return bytes(igzip.compress(request.body, self.config.compression_level))
+        return request.body
 
     def request_headers(self, request: Request) -> dict[str, str]:
         headers = {"Content-Type": self.content_type, **self.config.headers, **self.auth_headers()}

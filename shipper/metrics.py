@@ -128,3 +128,29 @@ dead_letter_errors = Counter(
     ["sink"],
     registry=registry,
 )
+source_requests = Counter(
+    "shipper_source_requests",
+    "Requests a polling source (Supabase) made to its API, by outcome (ok, http_429, http_503, timeout, "
+    "query_error, ...).",
+    ["source", "outcome"],
+    registry=registry,
+)
+source_healthy = Gauge(
+    "shipper_source_healthy",
+    "0 when a polling source is failing: its API refused it (401/403/402), rejected its query, or failed for "
+    "unhealthy_after with no success; else 1.",
+    ["source"],
+    registry=registry,
+)
+source_cursor_lag = Gauge(
+    "shipper_source_cursor_lag_seconds",
+    "How far behind now a polling source's delivered cursor is, per input stream (a Supabase table).",
+    ["source", "stream"],
+    registry=registry,
+)
+source_duplicates = Counter(
+    "shipper_source_duplicates_skipped",
+    "Rows a polling source read again (its overlap window) and skipped, already sent, by id.",
+    ["source"],
+    registry=registry,
+)

@@ -16,8 +16,10 @@ from typing import Any, ClassVar, TypeVar
 
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RedactConfig, SourceConfig
+from shipper.health import Health
 from shipper.pipeline.acks import AckTracker
 from shipper.pipeline.feed import LineFeed, RecordFeed
+from shipper.sink import CheckResult
 from shipper.workers import SinkRoute, WorkerPool
 
 FeedT = TypeVar("FeedT", bound=LineFeed)
@@ -45,11 +47,13 @@ class SourceContext:
         self.redact = redact
         self.stopping = stopping
         self.workers = workers  # parse workers: feeds parse (and sinks prepare) there
+        self.state_dir = state_dir
         self.checkpoints = CheckpointStore(state_dir / "checkpoints" / f"{name}.json")
         self.feeds: list[LineFeed] = []
         self.command: list[str] | None = None  # `shipper run -- CMD ARGS` for a process source
         self.exit_code: int | None = None  # set by a source whose end should end the agent (wrapped API)
         self.stop_signal: int | None = None  # the signal that stopped the agent, for a wrapped process
+        self.health: Health | None = None  # set by a source that calls an API (/health shows it)
 
     def open_feed(
         self,
@@ -96,3 +100,12 @@ class Source(ABC):
     def forward_signal(self, signum: signal.Signals) -> bool:
         """Pass `signum` on to a process this source runs; False when it runs none."""
         return False
+
+    def close(self) -> None:
+        """Release what the source holds for the whole run (a lock), once the agent has saved the
+        last checkpoints: `run` returns before its events are delivered."""
+
+    async def check(self) -> CheckResult | None:
+        """What `shipper check` proves of this source without shipping logs (credentials, an API's
+        answer); None when there is nothing to prove (a file, stdin)."""
+        return None

@@ -62,6 +62,11 @@ events_filtered = Tally(
     "the source's transforms list.",
     ("source", "transform", "reason"),
 )
+events_rerouted = Tally(
+    "shipper_events_rerouted",
+    "Events a sink sent under fallback labels instead of their own (reason stream_limit: its cardinality guard).",
+    ("sink", "reason"),
+)
 
 TALLIES: tuple[Tally, ...] = (
     parse_fallbacks,
@@ -70,6 +75,7 @@ TALLIES: tuple[Tally, ...] = (
     events_restamped,
     events_dropped,
     events_filtered,
+    events_rerouted,
 )
 
 

@@ -17,6 +17,7 @@ REGISTRY: Registry[SinkConfig, Sink] = Registry(
         "datadog": "sinks.datadog",
         "file": "sinks.file",
         "http": "sinks.http",
+        "loki": "sinks.loki",
     }
 )
 

@@ -44,12 +44,12 @@ from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink
 from shipper.rules import OutOfRange
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Rejection, Request
+from shipper.template import PLACEHOLDER, template_error
 from shipper.units import Size
 from sinks.cloudwatch_events import (
     MAX_CALL_BYTES,
     MAX_CALL_EVENTS,
     MAX_EVENT_BYTES,
-    PLACEHOLDER,
     STREAM_NAME_CHARS,
     LogEvents,
     Message,
@@ -142,9 +142,10 @@ class CloudWatchConfig(HttpSinkConfig):
     @field_validator("log_stream")
     @classmethod
     def _stream_template(cls, value: str) -> str:
+        problem = template_error(value) if value else "a log stream name is at least one character"
+        if problem is not None:
+            raise ValueError(problem)
         literal = PLACEHOLDER.sub("", value)
-        if not value or "{" in literal or "}" in literal:
-            raise ValueError(f'expected a stream name or a template such as "{{host}}/{{source}}", got {value!r}')
         if ":" in literal or "*" in literal:
             raise ValueError("a log stream name cannot contain ':' or '*'")
         if len(literal) > STREAM_NAME_CHARS:

@@ -32,6 +32,7 @@ from shipper.event import Encoded, Event, Prepared
 from shipper.parsing.clock import epoch_ms
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
+from shipper.template import Template
 from shipper.when import field_value
 
 MAX_CALL_EVENTS = 10_000  # per PutLogEvents call
@@ -49,8 +50,7 @@ AGE_MARGIN_MS = 3600 * 1000
 MAX_AHEAD_MS = 2 * 3600 * 1000 - 5 * 60 * 1000
 
 STREAM_NAME_CHARS = 512
-PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
-MISSING = "unknown"  # a template field an event does not have
+MISSING = "unknown"  # the stream of an event its template cannot name (a field missing, or not a scalar)
 _FORBIDDEN = re.compile(r"[:*]")  # never in a log stream name
 _STREAM_CACHE_SIZE = 4096
 
@@ -98,9 +98,8 @@ class LogEvents:
         self.window = WindowRule(name, window(retention_days), out_of_range)
         # The message's JSON is the event's fields as they are (its size is the message's size).
         self.size = SizeRule(name, max_event_bytes - EVENT_OVERHEAD, dict)
-        self._template = log_stream
-        self._paths = PLACEHOLDER.findall(log_stream)
-        self._fixed_stream = None if self._paths else stream_name(log_stream)
+        self._template = Template(log_stream)
+        self._fixed_stream = None if self._template.constant is None else stream_name(log_stream)
         self._streams: dict[Any, str] = {}
         self._second: tuple[str, int] = ("", 0)  # the last canonical timestamp's second, in epoch ms
 
@@ -180,27 +179,19 @@ class LogEvents:
         return now_ms if ms is None else ms
 
     def _stream(self, fields: dict[str, Any]) -> str:
-        """The log stream an event goes to: the template filled from its fields, cached by their values."""
-        values = tuple([field_value(fields, path) for path in self._paths])
+        """The log stream an event goes to: its template rendered, cached by the fields' values
+        (the default "{host}/{source}" takes two lookups then, no formatting)."""
+        values = tuple([field_value(fields, path) for path in self._template.paths])
         try:
             return self._streams[values]
         except KeyError:
             pass
         except TypeError:  # a dict or list value: not hashable, and no name either
-            return self._render(values)
+            return MISSING
         if len(self._streams) >= _STREAM_CACHE_SIZE:
             self._streams.clear()
-        name = self._streams[values] = self._render(values)
+        name = self._streams[values] = stream_name(self._template.render(fields) or MISSING)
         return name
-
-    def _render(self, values: tuple[Any, ...]) -> str:
-        by_path = dict(zip(self._paths, values, strict=True))
-
-        def value(match: re.Match[str]) -> str:
-            found = by_path[match.group(1)]
-            return MISSING if found is None or isinstance(found, (dict, list)) or found == "" else str(found)
-
-        return stream_name(PLACEHOLDER.sub(value, self._template))
 
 
 # ---------------------------------------------------------------- framing, in the agent

@@ -26,8 +26,9 @@ from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink, connection_failure, environment_proxy
 from shipper.rules import OutOfRange
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request
+from shipper.template import PLACEHOLDER, template_error
 from shipper.units import Size
-from sinks.datadog_logs import MAX_ENTRIES, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, PLACEHOLDER, LogEncoder
+from sinks.datadog_logs import MAX_ENTRIES, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, LogEncoder
 
 # Site name -> site domain. Logs go to `http-intake.logs.<domain>`, API calls to `api.<domain>`.
 SITES: dict[str, str] = {
@@ -113,8 +114,9 @@ class DatadogConfig(HttpSinkConfig):
         for tag in value:
             if not tag or "," in PLACEHOLDER.sub("", tag):
                 raise ValueError(f"invalid tag {tag!r}: tags are non-empty and contain no comma")
-            if "{" in PLACEHOLDER.sub("", tag) or "}" in PLACEHOLDER.sub("", tag):
-                raise ValueError(f"invalid tag template {tag!r}: use {{field}} or {{dotted.path}}")
+            problem = template_error(tag)
+            if problem:
+                raise ValueError(problem)
         return value
 
 

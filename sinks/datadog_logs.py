@@ -14,7 +14,6 @@ than 18 h or more than 2 h ahead: the log would be accepted and lost).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from shipper.event import Encoded, Event, Prepared
 from shipper.parsing.clock import epoch_ms, format_ms
 from shipper.rules import ORIGINAL_TIMESTAMP, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
+from shipper.template import PLACEHOLDER
 from shipper.when import field_value
 
 log = logging.getLogger("shipper.sinks.datadog")
@@ -44,9 +44,7 @@ WINDOW = TimeWindow(MAX_AGE_MS, MAX_AHEAD_MS, "Datadog's window (18 h old .. 2 h
 # rather than silently reinterpreted or overwritten.
 SHADOWED = ("status", "hostname", "ddsource", "ddtags")
 
-PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 _TAG_CACHE_SIZE = 4096
-
 
 
 _LINES = msgspec.json.Encoder()

@@ -11,6 +11,7 @@ REGISTRY: Registry[SourceConfig, Source] = Registry(
         "file": "sources.file",
         "process": "sources.process",
         "stdin": "sources.stdin",
+        "supabase": "sources.supabase",
     }
 )
 

@@ -33,8 +33,7 @@ RECENT_MS = (int(time.time()) - 600) * 1000 + 366
 def pino_lines(ids: Iterable[int]) -> bytes:
     """Fastify/pino-shaped JSON lines whose message carries the line's id, timed `RECENT_MS` + id ms."""
     return b"".join(
-        orjson.dumps({"level": 30, "time": RECENT_MS + i, "pid": 4242, "hostname": "test", "msg": f"line {i}"})
-        + b"\n"
+        orjson.dumps({"level": 30, "time": RECENT_MS + i, "pid": 4242, "hostname": "test", "msg": f"line {i}"}) + b"\n"
         for i in ids
     )
 

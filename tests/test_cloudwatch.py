@@ -206,10 +206,11 @@ def test_stream_names_come_from_the_template_and_are_valid() -> None:
         event(0, host="web:1*", req={"method": "GET"}),
         event(1, host="web-2"),
         event(2, host="web:1*", req={"method": "GET"}),
-        event(3, host="h" * 600, req={"method": {"not": "a name"}}),
+        event(3, host="h" * 600, req={"method": "PUT"}),
+        event(4, host="web-1", req={"method": {"not": "a name"}}),
     ]
     streams = [log["stream"] for log in log_events(sink, events)]
-    assert Counter(streams) == Counter({"api/web_1_/GET": 2, "api/web-2/unknown": 1, ("api/" + "h" * 600)[:512]: 1})
+    assert Counter(streams) == Counter({"api/web_1_/GET": 2, "unknown": 2, ("api/" + "h" * 600)[:512]: 1})
     fixed = make_sink(log_stream="fixed-name")
     assert prepare(fixed, [event()])[1] == [(epoch_ms(event().fields["timestamp"]), "fixed-name")]
 

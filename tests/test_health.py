@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shipper.health import SinkHealth, worst
+from shipper.health import Health, worst
 from shipper.sink import DELIVERED, Outcome
 
 
@@ -16,7 +16,7 @@ class Clock:
 
 def test_failed_sends_degrade_then_fail_with_time_alone_and_a_success_clears_them() -> None:
     clock = Clock()
-    health = SinkHealth("dd", unhealthy_after=30.0, monotonic=clock)
+    health = Health("dd", unhealthy_after=30.0, monotonic=clock)
     assert health.state == "ok" and health.report()["last_error"] is None
     health.record(Outcome("retry", reason="connection", detail="ClientConnectorError"))
     health.record(Outcome("retry", reason="http_503", detail="upstream down"))
@@ -34,7 +34,7 @@ def test_failed_sends_degrade_then_fail_with_time_alone_and_a_success_clears_the
 
 def test_a_refusal_fails_at_once_and_stays_failing_until_a_success() -> None:
     clock = Clock()
-    health = SinkHealth("dd", unhealthy_after=30.0, monotonic=clock)
+    health = Health("dd", unhealthy_after=30.0, monotonic=clock)
     health.record(Outcome("unhealthy", reason="http_403", detail="Datadog refused the API key"))
     assert health.state == "failing"
     health.record(Outcome("retry", reason="connection"))  # then the network drops too
@@ -44,7 +44,7 @@ def test_a_refusal_fails_at_once_and_stays_failing_until_a_success() -> None:
 
 
 def test_a_rejected_batch_is_shown_but_is_no_outage() -> None:
-    health = SinkHealth("http", unhealthy_after=0.0, monotonic=Clock())
+    health = Health("http", unhealthy_after=0.0, monotonic=Clock())
     health.record(Outcome("reject", reason="http_400", detail="bad field"))
     health.record(Outcome("split", reason="payload_too_large"))
     assert health.state == "ok" and health.consecutive_failures == 0
@@ -52,7 +52,7 @@ def test_a_rejected_batch_is_shown_but_is_no_outage() -> None:
 
 
 def test_details_never_show_a_urls_credentials() -> None:
-    health = SinkHealth("http", unhealthy_after=30.0, monotonic=Clock())
+    health = Health("http", unhealthy_after=30.0, monotonic=Clock())
     health.record(Outcome("retry", reason="http_502", detail="via http://shipper:hunter2@proxy:3128/ failed"))
     detail = health.report()["last_error"]["detail"]
     assert "hunter2" not in detail and "proxy:3128" in detail

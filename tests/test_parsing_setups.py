@@ -307,6 +307,7 @@ def test_a_parse_worker_reads_the_setups_as_the_agent_does() -> None:
     in_agent = [log for request in sink.encode(events) for log in orjson.loads(request.body)]
     in_worker = [orjson.loads(line) for line in ndjson.splitlines()]
     assert len(in_worker) == len(events) > 60
+
     # The captures are dated (early December 2026): once that is past Datadog's 18 h window, both sides
     # re-stamp to "now", a few milliseconds apart. Everything else must be the same, on any date.
     def stable(log: dict[str, Any]) -> dict[str, Any]:

@@ -124,3 +124,27 @@ async def test_an_agent_runs_a_record_source_end_to_end_and_resumes_from_its_cur
     assert ids == [f"{page}-{index}" for page in range(3) for index in range(5)]
     state = orjson.loads((tmp_path / "state" / "checkpoints" / "polled.json").read_bytes())["state"]
     assert state == {"cursor": 3}
+
+
+@pytest.mark.parametrize("with_worker", [False, True])
+async def test_a_push_of_no_records_commits_its_position_only_behind_the_pushes_before_it(
+    tmp_path: Path, with_worker: bool
+) -> None:
+    async def push(workers: WorkerPool | None) -> tuple[list[Part], list[Any]]:
+        channel = Channel("out", 1 << 30, "block")
+        commits: list[Any] = []
+        feed = context_for(tmp_path, channel, workers).open_record_feed(on_commit=commits.append, committed="c0")
+        await feed.push_records(page_records(0, 3), "c1")
+        await feed.push_records([], "c2")  # a poll that found nothing new
+        await feed.flush(force=True)
+        return await parts_of(channel), commits
+
+    if with_worker:
+        async with parse_worker() as pool:
+            parts, commits = await push(pool)
+    else:
+        parts, commits = await push(None)
+    assert commits == []  # the empty push waits for the records pushed before it
+    [part] = parts
+    part.ack.done(len(part.events))
+    assert commits == ["c2"]

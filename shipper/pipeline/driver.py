@@ -37,7 +37,7 @@ from tenacity import (
 from shipper import metrics
 from shipper.errors import ConfigError
 from shipper.event import Event
-from shipper.health import SinkHealth
+from shipper.health import Health
 from shipper.log import RateLimitedLog
 from shipper.pipeline.acks import Ack
 from shipper.pipeline.channel import Channel, Part
@@ -103,7 +103,7 @@ class SinkDriver:
         self.channel = channel
         self.dead_letters = dead_letters  # where events refused for good are parked, when configured
         self.max_events, self.max_bytes, self.batch_timeout = batch_limits(sink)
-        self.health = SinkHealth(sink.name, sink.config.unhealthy_after)
+        self.health = Health(sink.name, sink.config.unhealthy_after)
         self.inflight: set[Batch] = set()  # batches being delivered, or cut off by cancellation
         self.failed: list[Event] = []  # what batches killed by a bug left undelivered
         self._on_failure = on_failure  # the agent stops when a delivery dies of a bug

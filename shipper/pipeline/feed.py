@@ -242,8 +242,11 @@ class RecordFeed(LineFeed):
     as part of a multi-line group."""
 
     async def push_records(self, records: list[dict[str, Any]], position: Any) -> None:
-        """Feed `records`; `position` is where the source resumes once they are all delivered."""
+        """Feed `records`; `position` is where the source resumes once they are all delivered. With
+        no records, `position` still commits once every push before it is delivered (a poll that
+        found nothing new moves its cursor)."""
         if not records:
+            await self._commit_when_delivered(position)
             return
         lines = record_lines(records)
         self._bytes.inc(sum(map(len, lines)) + len(lines))
@@ -263,6 +266,19 @@ class RecordFeed(LineFeed):
                     self._pending.append((await self.remote.parse(b"\n".join(piece), None, now), at, True))
                     await self._route_parsed(keep=self.IN_FLIGHT)
         await asyncio.sleep(0)
+
+    async def _commit_when_delivered(self, position: Any) -> None:
+        """An ack of no events at `position`, in order behind the pushes before it (with a parse
+        worker, behind the chunks it is still parsing)."""
+        async with self._lock:
+            self.position = position
+            if self.remote is None:
+                self.tracker.open(position).done()
+                return
+            nothing: asyncio.Future[Parsed] = asyncio.get_running_loop().create_future()
+            nothing.set_result((0, 0, []))
+            self._pending.append((nothing, position, True))
+            await self._route_parsed(keep=self.IN_FLIGHT)
 
     def _acked_position(self, unheld: Any, held: int) -> Any:
         return unheld  # a record is never held: what was pushed is what was parsed

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 @contextlib.contextmanager
 def served_in_thread(
-    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]], name: str
+    start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[None]], name: str
 ) -> Iterator[None]:
     """Run `start()` on a new event loop in a daemon thread, serve until the block ends, then `stop()`."""
     loop = asyncio.new_event_loop()

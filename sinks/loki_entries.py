@@ -1,0 +1,236 @@
+"""Loki entries: each event as one entry of a stream, made where the events are parsed.
+
+Apart from the sink (sinks/loki.py) because a parse worker runs `LokiEntries.prepare`, and this
+module imports neither config models nor an HTTP client. An entry is the JSON array Loki's push
+API takes, `["<ns>","<line>"]` or `["<ns>","<line>",{"key":"value"}]`, and its stamp is
+`(stream, ns)`: the stream as the JSON object of its labels (sorted, so equal label sets are
+equal strings) and the timestamp in epoch nanoseconds. The agent (sinks/loki.py) groups entries
+by stream, orders them, and frames them into pushes without decoding them.
+
+The per-entry rules (shipper/rules.py) apply with Loki's limits: an entry outside Loki's window
+(older than `reject_old_samples_max_age`, further ahead than the creation grace period) is
+re-stamped or dropped, and a line above `max_line_size` is cut down; both flagged and counted, so
+that Loki refuses nothing a rule could have fixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import orjson
+
+from shipper import tally
+from shipper.event import Event, Prepared
+from shipper.log import RateLimitedLog
+from shipper.parsing.clock import epoch_ms
+from shipper.rules import TRUNCATED, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
+from shipper.template import Template
+
+log = logging.getLogger("shipper.sinks.loki")
+
+MAX_LINE_BYTES = 256 * 1024  # Loki's default max_line_size
+MAX_LABEL_VALUE_BYTES = 2048  # Loki's default max_label_value_length
+MAX_METADATA_ENTRIES = 128  # structured metadata per entry
+MAX_METADATA_BYTES = 64 * 1024
+# The label set of events whose templates all came out empty: Loki needs at least one label.
+NO_LABELS = {"source": "shipper"}
+
+_LINES = msgspec.json.Encoder()
+_STREAM_CACHE_SIZE = 4096
+_SECOND_CACHE_SIZE = 4096
+_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError)
+
+
+def stream_key(labels: dict[str, str]) -> str:
+    """The stream of a label set, as the JSON object a push names it with (sorted names)."""
+    return orjson.dumps(labels, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _bounded(value: str) -> str:
+    """A label value within Loki's length limit (UTF-8 bytes), cut at a character boundary."""
+    return (
+        value
+        if len(value) * 4 <= MAX_LABEL_VALUE_BYTES
+        else value.encode()[:MAX_LABEL_VALUE_BYTES].decode("utf-8", "ignore")
+    )
+
+
+class LokiEntries:
+    """One Loki sink's per-event encoding: labels, line, structured metadata, per-entry rules."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str],
+        structured_metadata: dict[str, str],
+        line: str,
+        max_line_bytes: int,
+        max_age_ms: int,
+        max_ahead_ms: int,
+        out_of_range: OutOfRange,
+    ) -> None:
+        self.name = name
+        self.raw_line = line == "raw"
+        self._labels = [(label, Template(text)) for label, text in sorted(labels.items())]
+        self._metadata = [(key, Template(text)) for key, text in structured_metadata.items()]
+        # A field that is a label's whole value leaves the line: the label carries it.
+        self._label_fields = [t.field for _, t in self._labels if t.field is not None and "." not in t.field]
+        self._streams: dict[tuple[Any, ...], str] = {}
+        # Every label a constant or a whole top-level field: the fields to read for the cache key.
+        whole = all(t.constant is not None or (t.field is not None and "." not in t.field) for _, t in self._labels)
+        self._top_fields = [t.field for _, t in self._labels if t.field is not None] if whole else None
+        self._seconds: dict[str, int] = {}
+        self._last_stamp: Any = None
+        self._last_ns = 0
+        self.window = WindowRule(
+            name,
+            TimeWindow(max_age_ms, max_ahead_ms, "Loki's window (reject_old_samples_max_age .. creation grace)"),
+            out_of_range,
+        )
+        self.size = SizeRule(name, max_line_bytes, self.to_doc)
+        self.max_line_bytes = max_line_bytes
+        self._truncated = tally.events_truncated.labels(name)
+        self._notices = RateLimitedLog(log, interval=60.0)
+
+    # ------------------------------------------------------------ per event
+
+    def stream(self, fields: dict[str, Any]) -> str:
+        """The stream (labels as a JSON object) of an event. Label sets are cached by the values
+        they are made of: for labels that are whole top-level fields (the common case), the
+        fields' values themselves, so an event costs one lookup per label and one cache hit."""
+        if self._top_fields is not None:
+            values: tuple[Any, ...] = tuple([fields.get(name) for name in self._top_fields])
+            try:
+                key = self._streams.get(values)
+            except TypeError:  # an object or list value: not hashable, and no label either
+                key = None
+            if key is not None:
+                return key
+        else:
+            values = tuple([template.render(fields) for _, template in self._labels])
+            key = self._streams.get(values)
+            if key is not None:
+                return key
+        rendered = [(label, template.render(fields)) for label, template in self._labels]
+        labels = {label: _bounded(value) for label, value in rendered if value}
+        key = stream_key(labels or NO_LABELS)
+        if len(self._streams) >= _STREAM_CACHE_SIZE:
+            self._streams.clear()
+        with contextlib.suppress(TypeError):  # unhashable values: not cached
+            self._streams[values] = key
+        return key
+
+    def to_doc(self, fields: dict[str, Any]) -> Doc:
+        """The line's object: the event's fields without those that became labels."""
+        doc = fields.copy()
+        for name in self._label_fields:
+            doc.pop(name, None)
+        return doc
+
+    def metadata(self, fields: dict[str, Any]) -> bytes:
+        """Structured metadata of an event as the entry's third element (`,{"k":"v"}`; flat strings,
+        missing fields left out, within Loki's limits on entries and bytes), or b"" for none."""
+        out: dict[str, str] = {}
+        size = 0
+        for key, template in self._metadata:
+            value = template.render(fields)
+            if value is None or len(out) >= MAX_METADATA_ENTRIES:
+                continue
+            size += len(key) + len(value)
+            if size > MAX_METADATA_BYTES:
+                break
+            out[key] = value
+        return b"," + _LINES.encode(out) if out else b""
+
+    def ns(self, stamp: Any, now_ns: int) -> int:
+        """Epoch nanoseconds of a normalized timestamp. The canonical UTC form
+        (`2026-11-23T00:47:16.241Z`) is read with a per-second cache; no usable timestamp: now."""
+        if stamp == self._last_stamp:  # neighbours often share a millisecond, re-stamped ones a time
+            return self._last_ns
+        if stamp.__class__ is str and len(stamp) == 24 and stamp[23] == "Z":
+            second = stamp[:19]
+            seconds = self._seconds.get(second)
+            if seconds is None:
+                try:
+                    seconds = int(datetime.fromisoformat(second).replace(tzinfo=UTC).timestamp())
+                except ValueError:
+                    return now_ns
+                if len(self._seconds) >= _SECOND_CACHE_SIZE:
+                    self._seconds.clear()
+                self._seconds[second] = seconds
+            try:
+                ns = (seconds * 1000 + int(stamp[20:23])) * 1_000_000
+            except ValueError:
+                return now_ns
+            self._last_stamp, self._last_ns = stamp, ns
+            return ns
+        ms = epoch_ms(stamp) if stamp is not None else None
+        return now_ns if ms is None else ms * 1_000_000
+
+    # ------------------------------------------------------------ per chunk
+
+    def prepare(self, events: list[Event]) -> Prepared:
+        """The events' lines as NDJSON, with `(stream, ns, metadata)` stamps: the agent frames them
+        into entries (sinks/loki_push.py), where a core is free. Labels are taken from the event as
+        parsed; the window rule re-stamps or drops entries out of Loki's range (the line keeps the
+        original time); over-long lines are cut down, flagged and counted."""
+        events, docs = self.window.fit_objects(events, [self.to_doc(event.fields) for event in events])
+        if not events:
+            return b"", []
+        now_ns = time.time_ns()
+        body = self._raw_lines(events) if self.raw_line else self._json_lines(events, docs)
+        to_ns, stream = self.ns, self.stream
+        times = [to_ns(doc.get("timestamp"), now_ns) for doc in docs]
+        if self._metadata:
+            metadata = self.metadata
+            stamps: list[Any] = [
+                (stream(event.fields), ns, metadata(event.fields)) for event, ns in zip(events, times, strict=True)
+            ]
+        else:
+            stamps = [(stream(event.fields), ns, b"") for event, ns in zip(events, times, strict=True)]
+        return body, stamps
+
+    def _json_lines(self, events: list[Event], docs: list[Doc]) -> bytes:
+        """Each line's object as compact JSON, one per line: one msgspec call for the chunk; line by
+        line, made encodable and cut down, only when some line cannot be encoded or is too long."""
+        limit = self.max_line_bytes
+        try:
+            body: bytes | None = _LINES.encode_lines(docs)
+        except _ENCODE_ERRORS:
+            body = None
+        if body is None or (len(body) > limit and max(map(len, body.split(b"\n"))) > limit):
+            body = b"".join([self._one_line(event, doc) + b"\n" for event, doc in zip(events, docs, strict=True)])
+        return body
+
+    def _one_line(self, event: Event, doc: Doc) -> bytes:
+        """One line within the limit (UTF-8 bytes), encodable; a too-long one cut, flagged, counted."""
+        try:
+            line = orjson.dumps(doc)
+        except orjson.JSONEncodeError:
+            line = b""
+        if not line or len(line) > self.max_line_bytes:
+            _, doc = self.size.fit(event, doc)
+            line = orjson.dumps(doc)
+        return line
+
+    def _raw_lines(self, events: list[Event]) -> bytes:
+        """The original lines, unchanged, already escaped as JSON strings' contents (a raw line may
+        hold newlines and control characters), one per line; one above the limit cut at a character
+        boundary and marked at its end, counted."""
+        lines = [event.raw.decode("utf-8", "replace") for event in events]
+        limit = self.max_line_bytes
+        for index, line in enumerate(lines):
+            if len(line) * 4 > limit and len(encoded := line.encode()) > limit:
+                marker = f" [{TRUNCATED}]"
+                lines[index] = encoded[: limit - len(marker)].decode("utf-8", "ignore") + marker
+                self._truncated.inc()
+                self._notices.warning(
+                    "truncated", f"line over {limit} bytes cut (marked {TRUNCATED})", sink=self.name, bytes=len(encoded)
+                )
+        return b"".join([orjson.dumps(line)[1:-1] + b"\n" for line in lines])
