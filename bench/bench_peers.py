@@ -41,7 +41,7 @@ GOALS = {
 def body_stats(outdir: Path, variant: str) -> tuple[float, int] | None:
     """Mean request body (decoded bytes) over the runs of `variant`, and the number of runs."""
     sizes = []
-    for perf in sorted(outdir.glob(f"shipper-{variant}-*/perf.json")):
+    for perf in sorted(outdir.glob(f"shipper-{variant}-[0-9]*/perf.json")):
         result = json.loads(perf.read_text())
         if result.get("ok") and result.get("sink_requests"):
             sizes.append(result["sink_bytes_decoded"] / result["sink_requests"])

@@ -19,7 +19,7 @@ import cramjam
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shipper import tally
-from shipper.config import HttpSinkConfig
+from shipper.config import BufferConfig, HttpSinkConfig
 from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink, connection_failure, retry_after
 from shipper.rules import OutOfRange
@@ -65,6 +65,9 @@ class LokiConfig(HttpSinkConfig):
     max_ahead: Duration = 600.0  # Loki's creation_grace_period
     max_behind: Duration = 3600.0  # half of Loki's max_chunk_age
     out_of_range: OutOfRange = "restamp"
+    # 16 MiB, as Datadog's: prepared entries cost their line and ~130 bytes each, not a parsed event's
+    # ~1.6 KB, so this holds more events than 32 MiB of parsed ones; the bench peaks under 100 MiB RSS.
+    buffer: BufferConfig = BufferConfig(max_bytes=16 * 1024 * 1024)
 
     @field_validator("endpoint")
     @classmethod

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from itertools import accumulate
+from typing import cast
 
 import orjson
 
@@ -107,7 +108,8 @@ class Framer:
             target = self.streams.admit(key)
             if target is not key:
                 self._overflow(len(group))
-                group = [Encoded(event.fields, event.raw, (target, *event.stamp[1:])) for event in group]  # type: ignore[attr-defined]
+                for event in group:
+                    _stamp(event, (target, *event.stamp[1:]))  # type: ignore[attr-defined]
             admitted.setdefault(target, []).extend(group)
         out: list[list[Event]] = []
         for key, group in admitted.items():
@@ -142,8 +144,9 @@ class Framer:
             sink=self.sink,
             events=late,
         )
-        moved = [Encoded(event.fields, event.raw, (key, floor, event.stamp[2])) for event in group[:late]]  # type: ignore[attr-defined]
-        return moved + group[late:]
+        for event in group[:late]:
+            _stamp(event, (key, floor, event.stamp[2]))  # type: ignore[attr-defined]
+        return group
 
     def _distinct(self, key: str, group: list[Event]) -> list[Event]:
         """Entries of a stream sharing a timestamp (with each other or with the stream's newest sent)
@@ -151,11 +154,11 @@ class Framer:
         order and drops an entry equal to one it has (same time and line), so a line logged twice in
         a millisecond would be kept once. Our times are whole milliseconds: the nanoseconds are free."""
         last = self.streams.newest.get(key, -1)
-        for index, event in enumerate(group):
+        for event in group:
             ns = event.stamp[1]  # type: ignore[attr-defined]
             if ns <= last and last - ns < SAME_TIME_NS:
                 ns = last + 1
-                group[index] = Encoded(event.fields, event.raw, (key, ns, event.stamp[2]))  # type: ignore[attr-defined]
+                _stamp(event, (key, ns, event.stamp[2]))  # type: ignore[attr-defined]
             if ns > last:
                 last = ns
         return group
@@ -227,6 +230,12 @@ class Framer:
     def line(self, event: Event) -> str:
         """The line of a prepared entry, as Loki stores it."""
         return str(orjson.loads(b'"' + event.raw + b'"')) if self.escaped else event.raw.decode()
+
+
+def _stamp(event: Event, stamp: tuple[str, int, bytes]) -> None:
+    """Give a prepared entry its stream and time as sent. In place: prepared entries are this
+    sink's own (each sink prepares its share), and a resend should carry what was sent."""
+    cast(Encoded, event).stamp = stamp
 
 
 def _ns(event: Event) -> int:
