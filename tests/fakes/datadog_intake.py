@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
 import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +39,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from tests.fakes.threaded import served_in_thread
+from tests.fakes.threaded import FakeServer
 
 MAX_ENTRIES = 1000
 MAX_JSON_BYTES = 5_000_000
@@ -140,12 +139,13 @@ def _epoch_s(value: Any) -> float | None:
     return None
 
 
-class DatadogIntake:
+class DatadogIntake(FakeServer):
+    thread_name = "fake-datadog"
+
     def __init__(
         self, api_keys: Iterable[str] = ("test-api-key",), *, record: bool = True, port: int = 0, delay: float = 0.0
     ) -> None:
-        self.host = "127.0.0.1"
-        self.port = port
+        super().__init__(port)
         self.record = record
         self.delay = delay  # seconds before each answer: a slow destination, so buffers fill
         self.keys: set[str] = set(api_keys)
@@ -160,14 +160,6 @@ class DatadogIntake:
         self.poison: Callable[[dict[str, Any]], bool] | None = None
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL, as the sink's `endpoint` option takes it."""
-        return f"http://{self.host}:{self.port}"
 
     # ------------------------------------------------------------ control
 
@@ -333,32 +325,6 @@ class DatadogIntake:
         app.router.add_post("/_fake/fault", self._control_fault)
         app.router.add_post("/_fake/keys", self._control_keys)
         return app
-
-    async def start(self) -> DatadogIntake:
-        # auto_decompress=False: see the raw body, as Datadog does (WIRE.md "Test-fake traps").
-        self._runner = web.AppRunner(self.app(), auto_decompress=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> DatadogIntake:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @contextlib.contextmanager
-    def threaded(self) -> Iterator[DatadogIntake]:
-        """Serve from a background thread with its own event loop (for synchronous tests)."""
-        with served_in_thread(self.start, self.stop, "fake-datadog"):
-            yield self
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,14 +77,13 @@ import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
 import re
 import signal
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -105,7 +104,7 @@ from tests.fakes.loki_wire import (
     rfc3339,
     utf8_len,
 )
-from tests.fakes.threaded import served_in_thread
+from tests.fakes.threaded import FakeServer
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -276,7 +275,9 @@ _FAULT_TEXTS = {
 }
 
 
-class FakeLoki:
+class FakeLoki(FakeServer):
+    thread_name = "fake-loki"
+
     def __init__(
         self,
         *,
@@ -287,8 +288,7 @@ class FakeLoki:
         limits: LokiLimits | None = None,
         delay: float = 0.0,
     ) -> None:
-        self.host = "127.0.0.1"
-        self.port = port
+        super().__init__(port)
         self.auth_enabled = auth_enabled
         self._basic_auth = basic_auth  # (user, password): Grafana Cloud's way; the user is the tenant
         self.gateway_max_bytes = gateway_max_bytes
@@ -305,12 +305,6 @@ class FakeLoki:
         self._tenants: dict[str, _Tenant] = {}
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL, as the sink's `endpoint` option takes it."""
-        return f"http://{self.host}:{self.port}"
 
     # ------------------------------------------------------------ control
 
@@ -780,32 +774,6 @@ class FakeLoki:
         app.router.add_post("/control/fault", self._control_fault)
         app.router.add_post("/control/ready", self._control_ready)
         return app
-
-    async def start(self) -> FakeLoki:
-        # auto_decompress=False: judge the raw body, as Loki does (WIRE.md "Test-fake traps").
-        self._runner = web.AppRunner(self.app(), auto_decompress=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeLoki:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @contextlib.contextmanager
-    def threaded(self) -> Iterator[FakeLoki]:
-        """Serve from a background thread with its own event loop (for synchronous tests)."""
-        with served_in_thread(self.start, self.stop, "fake-loki"):
-            yield self
 
 
 def _stream_rate_limited(stream: str, entry: PushedEntry) -> str:

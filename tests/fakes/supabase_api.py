@@ -26,21 +26,20 @@ Every request is kept in `seen` (its parameters, status, rows) for tests to chec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import re
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.threaded import served_in_thread
+from tests.fakes.threaded import FakeServer
 
 MAX_ROWS = 1000
 MAX_WINDOW_S = 24 * 3600
@@ -407,7 +406,9 @@ class Seen:
     error: str | None
 
 
-class SupabaseLogsApi:
+class SupabaseLogsApi(FakeServer):
+    thread_name = "fake-supabase"
+
     def __init__(
         self,
         token: str = "sbp_test_token",
@@ -418,8 +419,7 @@ class SupabaseLogsApi:
         window: float = 60.0,
         port: int = 0,
     ) -> None:
-        self.host = "127.0.0.1"
-        self.port = port
+        super().__init__(port)
         self.token = token
         self.ref = ref
         self.source_column = source_column
@@ -438,12 +438,6 @@ class SupabaseLogsApi:
         self._fail: list[int] = []
         self._errors: list[str] = []
         self._delays: list[float] = []
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        """The base URL, as the source's `api_url` takes it."""
-        return f"http://{self.host}:{self.port}"
 
     # ------------------------------------------------------------ control
 
@@ -579,31 +573,10 @@ class SupabaseLogsApi:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> SupabaseLogsApi:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/projects/{ref}/analytics/endpoints/logs", self._logs)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> SupabaseLogsApi:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @contextlib.contextmanager
-    def threaded(self) -> Iterator[SupabaseLogsApi]:
-        """Serve from a background thread with its own event loop (for tests running a shipper process)."""
-        with served_in_thread(self.start, self.stop, "fake-supabase"):
-            yield self
+        return app
 
 
 def _error(code: int, message: str) -> dict[str, Any]:

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Self
+
+from aiohttp import web
 
 
 @contextlib.contextmanager
@@ -33,3 +36,48 @@ def served_in_thread(
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+class FakeServer:
+    """What every fake HTTP service shares: serving its `app()` on loopback (raw request bodies, as
+    the real services judge them: WIRE.md "Test-fake traps"), on the test's event loop or from a
+    thread, and its URL. A fake sets `thread_name` and builds its routes in `app()`."""
+
+    thread_name = "fake"
+
+    def __init__(self, port: int = 0) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        # auto_decompress=False: the handlers see the body as sent, compressed or not.
+        self._runner = web.AppRunner(self.app(), auto_decompress=False, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def threaded(self) -> Iterator[Self]:
+        """Serve from a background thread with its own event loop (for synchronous tests)."""
+        with served_in_thread(self.start, self.stop, self.thread_name):
+            yield self
