@@ -1,4 +1,4 @@
-"""Command line: `shipper run | validate | check | tail`, `shipper --version`."""
+"""Command line: `shipper run | validate | check | top | tail`, `shipper --version`."""
 
 from __future__ import annotations
 
@@ -79,11 +79,29 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="verify each sink's (and Supabase source's) credentials and reachability",
-        description="For every configured sink, and every source that calls an API (Supabase), verify "
-        "credentials and reachability without sending or shipping logs.",
+        help="verify every source and sink: credentials, reachability, readable files (exit 1 on any failure)",
+        description="For every configured source and sink, verify what can be verified without shipping logs: "
+        "a destination's credentials and reachability, a Supabase project's token, that the files a file source "
+        "matches can be read. One line per source and sink; exit 0 when all are OK, 1 otherwise.",
     )
     check.add_argument("--config", help=CONFIG_HELP)
+
+    top = commands.add_parser(
+        "top",
+        help="a live view of a running shipper: events/s, bytes/s, buffers, retries, drops, health",
+        description="Show a running shipper's sources and sinks, read from its /metrics: redrawn in place on a "
+        "terminal (q or Ctrl-C quits), plain tables when piped or with --once. The bearer token comes from "
+        "$METRICS_TOKEN or --token-file, never from the command line.",
+    )
+    top.add_argument("--config", help=CONFIG_HELP + "; its [api] address is the default --url")
+    top.add_argument(
+        "--url", help="the shipper to read, e.g. http://10.0.0.7:8686 (default: the config's [api] address)"
+    )
+    top.add_argument("--token-file", type=Path, metavar="PATH", help="read the metrics token from this file")
+    top.add_argument(
+        "--interval", type=_duration, default=1.0, metavar="DURATION", help="refresh (and rate) interval (default 1s)"
+    )
+    top.add_argument("--once", action="store_true", help="print one table (rates over --interval) and exit")
 
     tail = commands.add_parser(
         "tail",
@@ -216,6 +234,7 @@ def _validate(config: Config) -> int:
 
 
 def _check(config: Config) -> int:
+    from shipper.sink import CheckResult
     from shipper.source import SourceContext
     from sinks import build_sink
     from sources import build_source
@@ -237,8 +256,9 @@ def _check(config: Config) -> int:
             except Exception as exc:
                 rows.append((name, source_config.type, False, f"{type(exc).__name__}: {exc}"))
             else:
-                if checked is not None:  # a file or stdin has nothing to prove
-                    rows.append((name, source_config.type, checked.ok, checked.detail))
+                if checked is None:
+                    checked = CheckResult(True, "nothing to verify before it runs (no credentials, no API)")
+                rows.append((name, source_config.type, checked.ok, checked.detail))
         for name, sink_config in config.sinks.items():
             sink = build_sink(name, sink_config)
             try:
@@ -359,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tail":
             return _tail(args)
+        if args.command == "top":
+            from shipper.top import metrics_url, top
+
+            return top(metrics_url(args.url, resolve_path(args.config)), args.token_file, args.interval, args.once)
         config = _load(args.config)
         if args.command == "validate":
             return _validate(config)

@@ -45,6 +45,7 @@ from shipper.errors import ConfigError
 from shipper.log import RateLimitedLog
 from shipper.parsing import Processor, build_processor
 from shipper.pipeline.feed import LineFeed
+from shipper.sink import CheckResult
 from shipper.source import Source, SourceContext
 from shipper.units import Duration, Size
 
@@ -281,6 +282,18 @@ class FileSource(Source):
             async with asyncio.timeout(seconds):
                 await self.context.stopping.wait()
         return self.context.stopping.is_set()
+
+    async def check(self) -> CheckResult:
+        """The files `include` matches now, each readable by shipper; none matching yet is not a failure
+        (a sidecar's API may not have logged yet), but says so."""
+        found = await asyncio.to_thread(self._scan)
+        unreadable = [path for path in sorted(found) if not os.access(path, os.R_OK)]
+        if unreadable:
+            more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+            return CheckResult(False, f"cannot read {unreadable[0]!r}{more}: permission denied")
+        if not found:
+            return CheckResult(True, f"no file matches {', '.join(self.config.include)} yet")
+        return CheckResult(True, f"{len(found)} file(s) readable")
 
     # ------------------------------------------------------------------ discovery
 
