@@ -1,4 +1,5 @@
-"""Configuration: TOML, `${VAR}` / `${VAR:-default}` / `${file:PATH}` interpolation, validation.
+"""Configuration: TOML, `${VAR}` / `${VAR:-default}` / `${file:PATH}` / `${credential:NAME}` interpolation,
+validation.
 
 Every error names the dotted key path and, where it can be found, the TOML line, so a user never
 has to read a traceback to fix a typo. Source and sink types register their own models
@@ -464,21 +465,27 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 _INTERPOLATION = re.compile(r"\$\$|\$\{([^}]*)\}")
+Environ = dict[str, str] | os._Environ[str]
 
 
-def interpolate(value: str, key: str, environ: dict[str, str] | os._Environ[str]) -> str:
-    """Expand `${VAR}`, `${VAR:-default}` and `${file:PATH}`; `$$` is a literal `$`."""
+def environ_of(info: ValidationInfo) -> Environ:
+    """The environment a config is read in (`config_from_dict(environ=...)`), for defaults taken from it."""
+    context = info.context or {}
+    return context.get("environ", os.environ)  # type: ignore[no-any-return]
+
+
+def interpolate(value: str, key: str, environ: Environ) -> str:
+    """Expand `${VAR}`, `${VAR:-default}`, `${file:PATH}` and `${credential:NAME}` (a systemd credential,
+    `LoadCredential=NAME:...`, read from `$CREDENTIALS_DIRECTORY/NAME`); `$$` is a literal `$`."""
 
     def expand(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
         expr = match.group(1)
         if expr.startswith("file:"):
-            path = Path(expr[5:])
-            try:
-                return path.read_text().rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(key, f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
+            return _secret_file(Path(expr[5:]), key)
+        if expr.startswith("credential:"):
+            return _credential(expr.removeprefix("credential:"), key, environ)
         name, sep, default = expr.partition(":-")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ConfigError(key, f"invalid interpolation ${{{expr}}}")
@@ -491,7 +498,31 @@ def interpolate(value: str, key: str, environ: dict[str, str] | os._Environ[str]
     return _INTERPOLATION.sub(expand, value)
 
 
-def _interpolate_tree(node: Any, key: str, environ: dict[str, str] | os._Environ[str]) -> Any:
+def _secret_file(path: Path, key: str) -> str:
+    try:
+        return path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
+
+
+def _credential(name: str, key: str, environ: Environ) -> str:
+    """A systemd credential's value. Names are plain file names: no path may escape the directory."""
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name) or name in (".", ".."):
+        raise ConfigError(key, f"invalid credential name {name!r} (a LoadCredential= name such as dd_api_key)")
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(
+            key,
+            f"${{credential:{name}}} needs $CREDENTIALS_DIRECTORY, which systemd sets for a unit with "
+            f"LoadCredential={name}:PATH (outside systemd, use ${{file:PATH}})",
+        )
+    path = Path(directory) / name
+    if not path.exists():
+        raise ConfigError(key, f"no credential {name!r} in {directory!r} (add LoadCredential={name}:PATH to the unit)")
+    return _secret_file(path, key)
+
+
+def _interpolate_tree(node: Any, key: str, environ: Environ) -> Any:
     if isinstance(node, str):
         return interpolate(node, key, environ)
     if isinstance(node, dict):
@@ -565,9 +596,11 @@ def _error_key(loc: tuple[int | str, ...], prefix: str) -> str:
 ModelT = TypeVar("ModelT", bound=Strict)
 
 
-def _validate(model: type[ModelT], data: Any, prefix: str) -> ModelT:
+def _validate(model: type[ModelT], data: Any, prefix: str, environ: Environ | None = None) -> ModelT:
+    """`data` as a `model`; a table whose defaults come from the environment (the Datadog sink's `DD_*`)
+    reads `environ` from the validation context (see `environ_of`)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"environ": os.environ if environ is None else environ})
     except ValidationError as exc:
         errors = exc.errors()
         # A mistyped key also leaves the key it meant missing: name the typo, it is the fix.
@@ -588,7 +621,7 @@ def _validate(model: type[ModelT], data: Any, prefix: str) -> ModelT:
         raise ConfigError(_error_key(tuple(path), prefix), message) from None
 
 
-def _typed_tables(kind: str, tables: Any, registry: Registry[Any, Any]) -> dict[str, Any]:
+def _typed_tables(kind: str, tables: Any, registry: Registry[Any, Any], environ: Environ) -> dict[str, Any]:
     if not isinstance(tables, dict):
         raise ConfigError(kind, "expected a table")
     out: dict[str, Any] = {}
@@ -602,7 +635,7 @@ def _typed_tables(kind: str, tables: Any, registry: Registry[Any, Any]) -> dict[
             raise ConfigError(f"{key}.type", f"required key is missing (one of: {known})")
         if type_name not in registry.modules:
             raise ConfigError(f"{key}.type", f"unknown {kind[:-1]} type {type_name!r} (one of: {known})")
-        out[name] = _validate(registry.config_model(type_name), table, key)
+        out[name] = _validate(registry.config_model(type_name), table, key, environ)
     return out
 
 
@@ -631,9 +664,10 @@ def config_from_dict(raw: dict[str, Any], path: Path | None = None, environ: dic
             if key not in TOP_LEVEL_KEYS:
                 raise ConfigError(key, _unknown_key(key, TOP_LEVEL_KEYS))
         written = raw
-        raw = _interpolate_tree(dict(raw), "", os.environ if environ is None else environ)
-        sources = _typed_tables("sources", raw.pop("sources", {}), SOURCES)
-        sinks = _typed_tables("sinks", raw.pop("sinks", {}), SINKS)
+        env = os.environ if environ is None else environ
+        raw = _interpolate_tree(dict(raw), "", env)
+        sources = _typed_tables("sources", raw.pop("sources", {}), SOURCES, env)
+        sinks = _typed_tables("sinks", raw.pop("sinks", {}), SINKS, env)
         _check_by_reference(written.get("sinks", {}), sinks)
         if not sources:
             raise ConfigError("sources", "at least one source is required")

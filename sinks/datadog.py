@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import re
 import time
 from base64 import b64encode
 from collections.abc import Mapping
@@ -19,9 +20,9 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import orjson
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from shipper.config import BufferConfig, HttpSinkConfig
+from shipper.config import BufferConfig, HttpSinkConfig, environ_of
 from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink, connection_failure, environment_proxy
 from shipper.rules import OutOfRange
@@ -70,6 +71,27 @@ class DatadogConfig(HttpSinkConfig):
     # intake filling it, the agent and its worker peak at ~108 MiB RSS (~92 PSS).
     buffer: BufferConfig = BufferConfig(max_bytes=16 * 1024 * 1024)
     out_of_range: OutOfRange = "restamp"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_environment(cls, data: Any, info: ValidationInfo) -> Any:
+        """What Datadog's own agents read from the environment, for the keys the table leaves out:
+        DD_API_KEY, DD_SITE, DD_SERVICE; DD_TAGS (space or comma separated) when it has no `tags`, and
+        DD_ENV as the tag `env:<value>` when its tags have no `env:` tag."""
+        if not isinstance(data, dict):
+            return data
+        environ = environ_of(info)
+        filled = dict(data)
+        for key, variable in (("api_key", "DD_API_KEY"), ("site", "DD_SITE"), ("service", "DD_SERVICE")):
+            if key not in filled and environ.get(variable):
+                filled[key] = environ[variable]
+        if "tags" not in filled and environ.get("DD_TAGS"):
+            filled["tags"] = [tag for tag in re.split(r"[\s,]+", environ["DD_TAGS"]) if tag]
+        env = environ.get("DD_ENV", "").strip()
+        tags = filled.get("tags", [])
+        if env and isinstance(tags, list) and not any(str(tag).startswith("env:") for tag in tags):
+            filled["tags"] = [*tags, f"env:{env}"]
+        return filled
 
     @field_validator("api_key")
     @classmethod

@@ -84,3 +84,16 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
             pass
         assert "STOPPING=1" in tail
     assert shipper.proc.returncode == 0
+
+
+def test_load_credential_is_live_and_what_the_docs_and_config_name() -> None:
+    """The unit loads the Datadog key as a credential, the config reads it as ${credential:NAME}, and
+    the install steps create the file it loads (else the service would not start)."""
+    loaded = re.findall(r"^LoadCredential=([\w.-]+):(\S+)$", UNIT.read_text(), re.MULTILINE)
+    assert loaded, "no live LoadCredential= line"
+    deploy = (REPO / "docs" / "deploy.md").read_text()
+    reference = (REPO / "config.toml").read_text()
+    for name, path in loaded:
+        assert f"${{credential:{name}}}" in reference
+        assert f"${{credential:{name}}}" in deploy
+        assert f"install -D -m 0600 /dev/stdin {path}" in deploy
