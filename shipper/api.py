@@ -5,12 +5,15 @@ evidence, that of every source calling an API (the Supabase poller), and the wor
 `status` (503 when one is failing). /health/ready is about shipper itself (started, not draining)
 unless `api.ready_requires_healthy_sinks` also asks for no failing sink. /metrics requires
 `Authorization: Bearer $METRICS_TOKEN` when METRICS_TOKEN is set; the token is compared in constant
-time and never logged. Health endpoints carry no secrets and need no token.
+time and never logged. On an address other than loopback (a container's 0.0.0.0) /metrics is only
+served with a token: without one it answers 403, as metrics name the sinks, sources and hosts.
+Health endpoints carry no secrets and need no token.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -28,11 +31,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("shipper.api")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (an address's host part, without brackets)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
+
+
 class ApiServer:
     def __init__(self, config: ApiConfig, agent: Agent) -> None:
         self.config = config
         self.agent = agent
         self.token = os.environ.get("METRICS_TOKEN") or None
+        self.open_to_network = not is_loopback(config.address.rpartition(":")[0].strip("[]"))
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -45,8 +59,11 @@ class ApiServer:
         await self._runner.setup()
         host, _, port = self.config.address.rpartition(":")
         await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
-        if self.token is None and host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
-            log.warning("METRICS_TOKEN is not set: /metrics is open on a non-loopback address")
+        if self.token is None and self.open_to_network:
+            log.error(
+                "METRICS_TOKEN is not set: /metrics answers 403 on a non-loopback address until it is",
+                extra={"address": self.config.address},
+            )
         log.info("api listening", extra={"address": self.config.address})
 
     async def stop(self) -> None:
@@ -54,6 +71,10 @@ class ApiServer:
             await self._runner.cleanup()
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self.token is None and self.open_to_network:
+            return web.Response(
+                status=403, text=f"set METRICS_TOKEN: /metrics on {self.config.address} needs a token\n"
+            )
         if self.token is not None:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
