@@ -1,4 +1,4 @@
-"""Command line: `shipper run | validate | check | top | tail`, `shipper --version`."""
+"""Command line: `shipper run | validate | check | top | health | tail`, `shipper --version`."""
 
 from __future__ import annotations
 
@@ -102,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
         "--interval", type=_duration, default=1.0, metavar="DURATION", help="refresh (and rate) interval (default 1s)"
     )
     top.add_argument("--once", action="store_true", help="print one table (rates over --interval) and exit")
+
+    health = commands.add_parser(
+        "health",
+        help="ask a running shipper's /health/live (or --ready): exit 0 when it answers 200",
+        description="Ask a running shipper whether it is live (or, with --ready, ready): for a container's "
+        "HEALTHCHECK where the image has no curl. Exit 0 on 200, 1 otherwise.",
+    )
+    health.add_argument("--config", help=CONFIG_HELP + "; its [api] address is the default --url")
+    health.add_argument("--url", help="the shipper to ask, e.g. http://127.0.0.1:8686 (default: the config's [api])")
+    health.add_argument("--ready", action="store_true", help="ask /health/ready instead of /health/live")
 
     tail = commands.add_parser(
         "tail",
@@ -380,9 +390,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tail":
             return _tail(args)
         if args.command == "top":
-            from shipper.top import metrics_url, top
+            from shipper.top import api_url, top
 
-            return top(metrics_url(args.url, resolve_path(args.config)), args.token_file, args.interval, args.once)
+            url = api_url(args.url, resolve_path(args.config), "/metrics")
+            return top(url, args.token_file, args.interval, args.once)
+        if args.command == "health":
+            from shipper.top import api_url, health
+
+            return health(
+                api_url(args.url, resolve_path(args.config), "/health/ready" if args.ready else "/health/live")
+            )
         config = _load(args.config)
         if args.command == "validate":
             return _validate(config)

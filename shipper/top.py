@@ -1,4 +1,5 @@
-"""`shipper top`: a running shipper's sources and sinks at a glance, read from its /metrics.
+"""`shipper top`: a running shipper's sources and sinks at a glance, read from its /metrics (and
+`shipper health`, which asks its health endpoints).
 
 Rates are the difference of two scrapes over the time between them, so the view needs nothing
 from shipper but what Prometheus reads. On a terminal it redraws in place (the alternate screen,
@@ -92,11 +93,12 @@ def scrape(url: str, token: str | None, timeout: float = 5.0) -> Sample:
     return parse(text, time.monotonic())
 
 
-def metrics_url(given: str | None, config_path: Path) -> str:
-    """`--url` (a base URL or the /metrics URL), else the config's [api] address as this machine reaches it."""
+def api_url(given: str | None, config_path: Path, path: str) -> str:
+    """`path` of the API at `--url` (a base URL, or one with its own path), else at the config's [api]
+    address as this machine reaches it."""
     if given:
         parts = urlsplit(given if "://" in given else f"http://{given}")
-        return parts._replace(path=parts.path if parts.path not in ("", "/") else "/metrics").geturl()
+        return parts._replace(path=parts.path if parts.path not in ("", "/") else path).geturl()
     address = ApiConfig.model_fields["address"].default
     with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
         written = tomllib.loads(config_path.read_text()).get("api", {}).get("address")
@@ -106,7 +108,20 @@ def metrics_url(given: str | None, config_path: Path) -> str:
     host = host.strip("[]")
     if host in ("0.0.0.0", "::", ""):  # listening on every interface: ask over loopback
         host = "127.0.0.1"
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
+def health(url: str) -> int:
+    """`shipper health`, a container's HEALTHCHECK with no curl in the image: 0 when `url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            print(response.read().decode().strip())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"shipper health: {url}: HTTP {exc.code} {exc.read().decode(errors='replace').strip()}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"shipper health: cannot reach {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+    return 1
 
 
 def read_token(token_file: Path | None) -> str | None:
