@@ -240,3 +240,27 @@ def test_health_fails_when_shipper_does_not_answer() -> None:
     )
     assert result.returncode == 1
     assert f"cannot reach http://127.0.0.1:{port}/health/ready" in result.stderr
+
+
+def test_the_image_configs_commented_sinks_validate_once_uncommented(tmp_path: Path) -> None:
+    text = CONTAINER_CONFIG.read_text()
+    blocks = re.findall(r"^# (\[sinks\.\w+\]\n(?:# .*\n)+)", text, re.MULTILINE)
+    assert len(blocks) == 3
+    config = tmp_path / "config.toml"
+    config.write_text(text + "\n" + "\n".join(re.sub(r"^# ", "", block, flags=re.MULTILINE) for block in blocks))
+    env = {
+        "SHIPPER_STATE_DIR": str(tmp_path / "state"),
+        "DD_API_KEY": "dd-key-for-validate",
+        "LOKI_URL": "http://loki:3100",
+        "AWS_REGION": "eu-west-1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "4 sink(s)" in result.stdout
