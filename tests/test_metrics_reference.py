@@ -24,7 +24,13 @@ def test_the_reference_has_every_family_with_its_labels_as_scraped() -> None:
     """Each family's series names and labels are those /metrics really shows, once a child exists."""
     metrics.events_sent.labels("reference-test").inc(0)
     metrics.send_duration.labels("reference-test").observe(0.01)
-    exposed = {sample.name: set(sample.labels) for family in metrics.registry.collect() for sample in family.samples}
+    try:
+        exposed = {
+            sample.name: set(sample.labels) for family in metrics.registry.collect() for sample in family.samples
+        }
+    finally:  # leave the process's registry as other tests expect it
+        metrics.events_sent.remove("reference-test")
+        metrics.send_duration.remove("reference-test")
     documented = {family.name: family for family in families()}
     assert documented["shipper_events_sent"].series == ("shipper_events_sent_total",)
     assert documented["shipper_events_sent"].labels == ("sink",)

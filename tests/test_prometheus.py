@@ -221,7 +221,19 @@ def test_a_real_prometheus_scrapes_shipper_with_the_token_and_sees_the_events_it
     def alerts() -> list[Any]:
         return list(api_get(f"{prometheus.base}/api/v1/alerts")["data"]["alerts"])
 
-    wait_for(lambda: alerts() == [], 5, "no alert (pending or firing) on a healthy shipper")
+    try:
+        wait_for(lambda: alerts() == [], 5, "no alert (pending or firing) on a healthy shipper")
+    except AssertionError:
+        raise AssertionError(f"alerts on a healthy shipper: {alerts()}") from None
+
+    # What shipper exposes passes Prometheus's own lint (names, units, suffixes, help).
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        exposition = response.read().decode()
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=30
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
     assert process.stop() == 0
     assert TOKEN not in process.stderr + process.stdout.decode(errors="replace")
