@@ -9,7 +9,7 @@ import signal
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,17 +157,16 @@ def shipper(tmp_path: Path) -> Iterator[tuple[ShipperProcess, int, Path]]:
 
 
 @pytest.fixture
-def prometheus_for(tmp_path: Path) -> Iterator[type[PrometheusProcess]]:
-    """Starts PrometheusProcess(es) that end with the test, also when it fails."""
+def start_prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], PrometheusProcess]]:
+    """Starts Prometheus processes that end with the test, also when it fails."""
     started: list[PrometheusProcess] = []
 
-    class Started(PrometheusProcess):
-        def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-            super().__init__(workdir, config)
-            started.append(self)
+    def start(config: dict[str, Any]) -> PrometheusProcess:
+        started.append(PrometheusProcess(tmp_path, config))
+        return started[-1]
 
     try:
-        yield Started
+        yield start
     finally:
         for process in started:
             process.stop()
@@ -175,7 +174,9 @@ def prometheus_for(tmp_path: Path) -> Iterator[type[PrometheusProcess]]:
 
 @needs_prometheus
 def test_a_real_prometheus_scrapes_shipper_with_the_token_and_sees_the_events_it_sent(
-    tmp_path: Path, shipper: tuple[ShipperProcess, int, Path], prometheus_for: type[PrometheusProcess]
+    tmp_path: Path,
+    shipper: tuple[ShipperProcess, int, Path],
+    start_prometheus: Callable[[dict[str, Any]], PrometheusProcess],
 ) -> None:
     """Prometheus reads the token from a credentials file, stores the events-sent counter with the
     value this test caused, and evaluates the alert rules on real data; the same target scraped
@@ -184,8 +185,7 @@ def test_a_real_prometheus_scrapes_shipper_with_the_token_and_sees_the_events_it
     token_file = tmp_path / "metrics-token"
     token_file.write_text(TOKEN + "\n")  # Prometheus trims the newline a secret file usually ends with
     target = {"static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-    prometheus = prometheus_for(
-        tmp_path,
+    prometheus = start_prometheus(
         {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
@@ -206,6 +206,9 @@ def test_a_real_prometheus_scrapes_shipper_with_the_token_and_sees_the_events_it
     wait_for(lambda: bool(prometheus.query('up{job="shipper-without-token"}')), 10, "the scrape without the token")
     assert list(prometheus.query('up{job="shipper-without-token"}').values()) == [0]
     assert not prometheus.query('{job="shipper-without-token", __name__=~"shipper_.*"}')
+    targets = api_get(f"{prometheus.base}/api/v1/targets")["data"]["activeTargets"]
+    refused = [target for target in targets if target["labels"]["job"] == "shipper-without-token"]
+    assert "401" in refused[0]["lastError"]  # down because /metrics refused it, not for another reason
 
     def rules_evaluated() -> bool:
         groups = api_get(f"{prometheus.base}/api/v1/rules")["data"]["groups"]
