@@ -32,7 +32,6 @@ log = logging.getLogger("shipper.agent")
 EXIT_FAILED = 1  # a source or sink died of an error: let systemd or the orchestrator restart us
 EXIT_LOST = 3  # the shutdown deadline cut off events of a source that cannot be read again (stdin, process)
 FLUSH_TICK = 0.25
-CHECKPOINT_INTERVAL = 1.0
 FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # to a wrapped process (pino reopens files on SIGUSR2)
 _UNDELIVERED = {  # why events were left undelivered at shutdown, by drop reason
     "shutdown_timeout": "not delivered before the shutdown deadline",
@@ -70,6 +69,7 @@ class Agent:
         self.workers = WorkerPool(workers, agent.log_level, agent.log_format, self._failed) if workers else None
         self.contexts: dict[str, SourceContext] = {}
         self.sources: dict[str, Source] = {}
+        self._checkpoint_moved = asyncio.Event()  # set by a source's checkpoint store when it changes
         wrapped, wrapped_config = wrapped_source(config.sources) if command else (None, None)
         for name, source_config in config.sources.items():
             if name == wrapped and wrapped_config is not None:
@@ -83,6 +83,7 @@ class Agent:
                 state_dir=config.agent.state_dir,
                 stopping=self.stopping,
                 workers=self.workers if name in served else None,
+                checkpoint_moved=self._checkpoint_moved,
             )
             if name == wrapped:
                 context.command = command
@@ -267,10 +268,14 @@ class Agent:
                     await feed.flush()
 
     async def _checkpoint_loop(self) -> None:
+        """Persist checkpoints as soon as one moves, then wait `checkpoint_interval` before the next
+        save: under load one save (an fsync) per interval, at rest none, and a kill -9 re-sends only
+        what was acknowledged in the last interval or so."""
         while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL)
-            if any(context.checkpoints.dirty for context in self.contexts.values()):  # idle: no thread hop
-                await asyncio.to_thread(self._save_checkpoints)
+            await self._checkpoint_moved.wait()
+            self._checkpoint_moved.clear()
+            await asyncio.to_thread(self._save_checkpoints)
+            await asyncio.sleep(self.config.agent.checkpoint_interval)
 
     def _save_checkpoints(self) -> None:
         for context in self.contexts.values():

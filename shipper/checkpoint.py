@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,13 @@ def atomic_write(path: Path, data: bytes) -> None:
 class CheckpointStore:
     """One source's checkpoint state: a JSON-able dict, persisted when it changed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_change: Callable[[], None] | None = None) -> None:
         self.path = path
         self.state: dict[str, Any] = {}
         self.dirty = False
-        # Saves run in a worker thread every second and once more at exit: never two at once, or
-        # both would write the same temporary file.
+        self._on_change = on_change  # told when the state changes (from the event loop), to save it soon
+        # Saves run in a worker thread soon after a change and once more at exit: never two at
+        # once, or both would write the same temporary file.
         self._saving = threading.Lock()
 
     def load(self) -> dict[str, Any]:
@@ -76,11 +78,16 @@ class CheckpointStore:
     def update(self, key: str, value: Any) -> None:
         """Replace an entry; never mutate a stored value in place (saves snapshot shallowly)."""
         self.state[key] = value
-        self.dirty = True
+        self._changed()
 
     def remove(self, key: str) -> None:
         if self.state.pop(key, None) is not None:
-            self.dirty = True
+            self._changed()
+
+    def _changed(self) -> None:
+        self.dirty = True
+        if self._on_change is not None:
+            self._on_change()
 
     def save(self) -> None:
         """Write the current state if it changed since the last save."""

@@ -99,6 +99,9 @@ class AgentConfig(Strict):
     # memory limit (256 MiB for the first, 64 MiB more for each next one).
     parse_workers: int | str = "auto"
     dead_letter: DeadLetterConfig | None = None  # off unless a table is given (here or in a sink)
+    # How soon an acknowledged position is on disk: saves are coalesced to at most one per interval
+    # (an fsync each), and none while nothing moved. A kill -9 re-sends what was acknowledged since.
+    checkpoint_interval: Duration = Field(default=0.05, gt=0, le=60)
 
     @field_validator("parse_workers", mode="before")
     @classmethod

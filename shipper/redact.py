@@ -149,6 +149,11 @@ class Redactor:
         for pattern in config.patterns:
             rules.append(_Rule(pattern.name, (), pattern.regex))
         self._rules = rules
+        # One search for every rule's triggers, so that a clean value (nearly all of them) costs one
+        # regex call, not a substring test per trigger; rules without triggers (patterns) always run.
+        triggers = sorted({trigger for rule in rules for trigger in rule.triggers}, key=len, reverse=True)
+        self._any_trigger = re.compile("|".join(map(re.escape, triggers))).search
+        self._untriggered = any(not rule.triggers for rule in rules)
         self._paths = [tuple(path.split(".")) for path in config.fields]
         # Configured paths and patterns can match anything, so every event is walked.
         self.always = bool(self._paths or config.patterns)
@@ -257,6 +262,8 @@ class Redactor:
 
     def _value(self, value: str, found: list[str] | None) -> str:
         lowered = value.lower()
+        if not self._untriggered and self._any_trigger(lowered) is None:
+            return value
         for rule in self._rules:
             if rule.triggers:
                 for trigger in rule.triggers:

@@ -39,6 +39,7 @@ class SourceContext:
         state_dir: Path,
         stopping: asyncio.Event,
         workers: WorkerPool | None = None,
+        checkpoint_moved: asyncio.Event | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -48,7 +49,9 @@ class SourceContext:
         self.stopping = stopping
         self.workers = workers  # parse workers: feeds parse (and sinks prepare) there
         self.state_dir = state_dir
-        self.checkpoints = CheckpointStore(state_dir / "checkpoints" / f"{name}.json")
+        # The agent saves checkpoints as soon as one moves (`checkpoint_moved`, shipper/agent.py).
+        on_change = checkpoint_moved.set if checkpoint_moved is not None else None
+        self.checkpoints = CheckpointStore(state_dir / "checkpoints" / f"{name}.json", on_change)
         self.feeds: list[LineFeed] = []
         self.command: list[str] | None = None  # `shipper run -- CMD ARGS` for a process source
         self.exit_code: int | None = None  # set by a source whose end should end the agent (wrapped API)
