@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -133,3 +134,13 @@ def moto(request: pytest.FixtureRequest) -> str:
     server = start_moto()
     request.addfinalizer(server.stop)
     return moto_url(server)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _long_lived_objects_frozen() -> Iterator[None]:
+    """After each test module, what survives a collection (imported modules, botocore's and moto's
+    service models, caches) is frozen out of the garbage collector's way. Without it, every test
+    after the CloudWatch ones ran up to 4x slower: each full collection walked moto's heap."""
+    yield
+    gc.collect()
+    gc.freeze()
