@@ -564,6 +564,7 @@ def test_validate_warns_when_the_poll_interval_cannot_fit_the_rate_budget(tmp_pa
         ("project_ref", "../etc", "should match pattern"),
         ("access_token", "", "the access token is empty"),
     ],
+    ids=["start_at", "where", "attributes", "tables", "project_ref", "access_token"],  # stable across processes
 )
 def test_config_errors_name_the_key(tmp_path: Path, key: str, value: Any, words: str) -> None:
     source = {"type": "supabase", "project_ref": "abcdefghijklmnopqrst", "access_token": TOKEN, key: value}
