@@ -86,14 +86,7 @@ def test_every_embedded_config_validates(name: str, tmp_path: Path) -> None:
     config.write_text(embedded_configs()[name])
     # Only these variables (none of the machine's DD_*): what the examples set or the image sets.
     env = {"SHIPPER_STATE_DIR": str(tmp_path / "state"), "DD_API_KEY": "dd-key-for-validate"}
-    result = subprocess.run(
-        [sys.executable, "-m", "shipper", "validate", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=60,
-    )
+    result = validate(config, env)
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr
 
@@ -254,13 +247,14 @@ def test_the_image_configs_commented_sinks_validate_once_uncommented(tmp_path: P
         "LOKI_URL": "http://loki:3100",
         "AWS_REGION": "eu-west-1",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "shipper", "validate", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=60,
-    )
+    result = validate(config, env)
     assert result.returncode == 0, result.stderr
     assert "4 sink(s)" in result.stdout
+
+
+def validate(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`shipper validate` with only `env` (none of the machine's variables)."""
+    return subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "--config", str(config)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
+    )  # fmt: skip

@@ -39,6 +39,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
+from tests.fakes.faults import Fault, Faults
 from tests.fakes.threaded import FakeServer
 
 MAX_ENTRIES = 1000
@@ -56,20 +57,6 @@ class PayloadTooLarge(Exception):
 
 class BadPayload(Exception):
     pass
-
-
-@dataclass
-class Fault:
-    status: int
-    remaining: int | None
-    until: float | None
-    retry_after: str | None
-    rate_limit_reset: str | None
-
-    def active(self, now: float) -> bool:
-        if self.remaining is not None:
-            return self.remaining > 0
-        return self.until is not None and now < self.until
 
 
 @dataclass(frozen=True)
@@ -158,7 +145,7 @@ class DatadogIntake(FakeServer):
         self.validations = 0
         # Logs the intake answers 400 for (the whole request), to test isolating a malformed log.
         self.poison: Callable[[dict[str, Any]], bool] | None = None
-        self._faults: list[Fault] = []
+        self._faults = Faults()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ control
@@ -168,14 +155,14 @@ class DatadogIntake(FakeServer):
     ) -> None:
         """Answer the next `count` log POSTs with `status` (and the given rate-limit headers)."""
         with self._lock:
-            self._faults.append(Fault(status, count, None, retry_after, rate_limit_reset))
+            self._faults.add(Fault(status, count, None, retry_after, rate_limit_reset))
 
     def fail_for(
         self, seconds: float, status: int = 503, *, retry_after: str | None = None, rate_limit_reset: str | None = None
     ) -> None:
         """Answer every log POST with `status` for the next `seconds`."""
         with self._lock:
-            self._faults.append(Fault(status, None, time.monotonic() + seconds, retry_after, rate_limit_reset))
+            self._faults.add(Fault(status, None, time.monotonic() + seconds, retry_after, rate_limit_reset))
 
     def set_keys(self, *keys: str) -> None:
         """Replace the set of API keys accepted (none: every request is 403)."""
@@ -194,17 +181,6 @@ class DatadogIntake(FakeServer):
                 "oversized": len(self.oversized),
                 "validations": self.validations,
             }
-
-    def _next_fault(self) -> Fault | None:
-        with self._lock:
-            now = time.monotonic()
-            self._faults = [f for f in self._faults if f.active(now)]
-            if not self._faults:
-                return None
-            fault = self._faults[0]
-            if fault.remaining is not None:
-                fault.remaining -= 1
-            return fault
 
     # ------------------------------------------------------------ handlers
 
@@ -225,7 +201,7 @@ class DatadogIntake(FakeServer):
             known = key is not None and key in self.keys
         if not known:
             return _errors(403, "Forbidden"), 0, 0
-        fault = self._next_fault()
+        fault = self._faults.next()
         if fault is not None:
             headers = {}
             if fault.retry_after is not None:

@@ -90,6 +90,7 @@ from typing import Any, NamedTuple
 import orjson
 from aiohttp import web
 
+from tests.fakes.faults import Fault, Faults
 from tests.fakes.loki_wire import (
     BodyTooLarge,
     LabelSyntaxError,
@@ -170,20 +171,6 @@ class Push(NamedTuple):
     content_encoding: str
     entries: int
     body: str  # the answer's text ("" for 204)
-
-
-@dataclass
-class Fault:
-    status: int
-    remaining: int | None
-    until: float | None
-    retry_after: str | None = None
-    streams: dict[str, str] | None = None  # a per-stream rate limit on the streams carrying these labels
-
-    def active(self, now: float) -> bool:
-        if self.remaining is not None:
-            return self.remaining > 0
-        return self.until is not None and now < self.until
 
 
 @dataclass
@@ -303,7 +290,7 @@ class FakeLoki(FakeServer):
         self.label_queries = 0
         self.ready = True
         self._tenants: dict[str, _Tenant] = {}
-        self._faults: list[Fault] = []
+        self._faults = Faults()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ control
@@ -312,12 +299,12 @@ class FakeLoki(FakeServer):
         """Answer the next `count` pushes with `status`. A 429 is the tenant rate limit: nothing stored; like
         Loki's it comes after validation, so a push without a valid entry gets its 400 instead."""
         with self._lock:
-            self._faults.append(Fault(status, count, None, retry_after))
+            self._faults.add(Fault(status, count, None, retry_after))
 
     def fail_for(self, seconds: float, status: int = 503, *, retry_after: str | None = None) -> None:
         """Answer every push with `status` for the next `seconds`."""
         with self._lock:
-            self._faults.append(Fault(status, None, time.monotonic() + seconds, retry_after))
+            self._faults.add(Fault(status, None, time.monotonic() + seconds, retry_after))
 
     def limit_streams(
         self,
@@ -331,8 +318,8 @@ class FakeLoki(FakeServer):
         next `count` pushes or `seconds`: their entries are refused, the other streams' stored."""
         with self._lock:
             until = None if seconds is None else time.monotonic() + seconds
-            self._faults.append(
-                Fault(429, None if seconds is not None else count, until, retry_after, dict(labels or {}))
+            self._faults.add(
+                Fault(429, None if seconds is not None else count, until, retry_after, streams=dict(labels or {}))
             )
 
     def set_ready(self, ready: bool) -> None:
@@ -410,7 +397,7 @@ class FakeLoki(FakeServer):
         """Store what Loki would store, or raise the answer Loki would give (a 204 when nothing is raised)."""
         if self.gateway_max_bytes is not None and len(raw) > self.gateway_max_bytes:
             raise _Refusal(413, _nginx_page(413, "Request Entity Too Large"), {"Content-Type": "text/html"})
-        fault = self._next_fault()
+        fault = self._faults.next()
         if fault is not None and fault.status != 429:
             raise _fault_refusal(fault)
         seen.tenant = tenant = self._tenant(request)
@@ -709,16 +696,6 @@ class FakeLoki(FakeServer):
         total = len(candidate.entries)
         text += f"user '{tenant}', total ignored: {len(failed)} out of {total} for stream: {candidate.text}"
         return _Refusal(status, text)
-
-    def _next_fault(self) -> Fault | None:
-        now = time.monotonic()
-        self._faults = [f for f in self._faults if f.active(now)]
-        if not self._faults:
-            return None
-        fault = self._faults[0]
-        if fault.remaining is not None:
-            fault.remaining -= 1
-        return fault
 
     # ------------------------------------------------------------ other endpoints
 
