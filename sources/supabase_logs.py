@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from shipper.parsing.clock import iso_datetime
 from shipper.parsing.records import LEVEL_BY_WORD
 
 US = 1_000_000  # microseconds per second: every time here is epoch microseconds (ClickHouse's DateTime64(6))
@@ -100,14 +101,9 @@ def to_micros(value: object) -> int | None:
         return value
     if isinstance(value, float):
         return int(value)
-    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+    parsed = iso_datetime(value) if isinstance(value, str) else None
+    if parsed is None:
         return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
     delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86400 + delta.seconds) * US + delta.microseconds
 

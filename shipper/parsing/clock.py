@@ -70,16 +70,21 @@ def epoch_ms(value: object) -> int | None:
         else:
             ms = int(value // 1_000_000)
         return ms if 0 <= ms < MAX_MS else None
-    if isinstance(value, str) and 10 <= len(value) <= 40 and value[:4].isdigit():
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
+    if isinstance(value, str) and value[:4].isdigit() and (parsed := iso_datetime(value)) is not None:
         ms = int(parsed.timestamp() * 1000)
         return ms if 0 <= ms < MAX_MS else None
     return None
+
+
+def iso_datetime(value: str) -> datetime | None:
+    """An ISO 8601 time as written in logs (10 to 40 characters; no zone marker means UTC), or None."""
+    if not 10 <= len(value) <= 40:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def resolve_zone(name: str | None) -> tzinfo:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import threading
 import time
@@ -314,14 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     async def serve() -> None:
         keys = args.api_key or ["test-api-key"]
         intake = DatadogIntake(keys, record=not args.no_record, port=args.port, delay=args.delay)
-        await intake.start()
-        print(f"listening {intake.url}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await intake.stop()
+        await intake.serve_until_signalled()
         print(orjson.dumps(intake.stats()).decode(), file=sys.stderr, flush=True)
 
     asyncio.run(serve())

@@ -78,7 +78,6 @@ import asyncio
 import base64
 import binascii
 import re
-import signal
 import sys
 import threading
 import time
@@ -813,14 +812,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway_max_bytes=args.gateway_max_bytes,
             delay=args.delay,
         )
-        await loki.start()
-        print(f"listening {loki.url}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await loki.stop()
+        await loki.serve_until_signalled()
         summary = {k: v for k, v in loki.stats().items() if k != "tenants"}
         print(orjson.dumps(summary).decode(), file=sys.stderr, flush=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Self
@@ -74,6 +75,17 @@ class FakeServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_until_signalled(self) -> None:
+        """Run as its own process: serve, say where, and stop on SIGTERM or SIGINT."""
+        await self.start()
+        print(f"listening {self.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
         await self.stop()
 
     @contextlib.contextmanager
