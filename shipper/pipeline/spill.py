@@ -28,6 +28,7 @@ only a power loss can).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import marshal
 import os
@@ -205,9 +206,7 @@ class SpillLog:
         assert self._writing is not None
         segment, fd = self._writing, self._write_fd
         try:
-            written = os.write(fd, record)
-            if written != len(record):
-                raise OSError(f"short write ({written} of {len(record)} bytes)")
+            _write_all(fd, record)
         except OSError:
             self._abandon_segment(segment)
             raise
@@ -383,6 +382,17 @@ class SpillLog:
 
 
 # ---------------------------------------------------------------------- records
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: a write cut short (the disk filling up) is continued, so that the error
+    that follows is the disk's own (ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "the disk accepted no bytes")
+        view = view[written:]
 
 
 def encode_record(events: list[Event]) -> bytes:
