@@ -10,14 +10,17 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.conftest import free_port
 from tests.fakes.collector import Collector
 from tests.procutil import ShipperProcess, check_delivery, line_id, pino_lines, wait_for
+from tests.test_top import top
 
 RATE = 2000  # lines a second
 
@@ -31,10 +34,11 @@ def collector() -> Iterator[Collector]:
         served.stop()
 
 
-def config(tmp_path: Path, log: Path, url: str) -> Path:
+def config(tmp_path: Path, log: Path, url: str, api: int) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
         f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "1s"\n'
+        f'[api]\nenabled = true\naddress = "127.0.0.1:{api}"\n'
         f'[sources.api]\ntype = "file"\ninclude = ["{log}"]\nstart_at = "beginning"\npoll_interval = "50ms"\n'
         f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{url}"\nconcurrency = 1\n'
         'batch = { timeout = "50ms" }\nretry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
@@ -64,15 +68,21 @@ def test_an_outage_with_a_kill_9_in_it_loses_nothing_and_keeps_the_order(tmp_pat
                 time.sleep(0.05)
 
     collector.fail_status = 503
-    path = config(tmp_path, log, collector.url)
+    api = free_port()
+    path = config(tmp_path, log, collector.url, api)
     writer = threading.Thread(target=write, daemon=True)
     shipper = ShipperProcess(path, tmp_path)
     try:
         writer.start()
         wait_for(lambda: file_checkpoint(tmp_path) > 100_000, 30, "the file's checkpoint to move during the outage")
         assert collector.events == []  # nothing delivered: the checkpoint moved because the lines are on disk
-        buffered = list((tmp_path / "state" / "buffers" / "collector").glob("*.seg"))
-        assert buffered
+        assert list((tmp_path / "state" / "buffers" / "collector").glob("*.seg"))
+        health = orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{api}/health", timeout=5).read())
+        on_disk = health["sinks"]["collector"]
+        assert 0 < on_disk["disk_buffer_bytes"] <= on_disk["disk_buffer_max_bytes"] == 64 << 20
+        assert on_disk["disk_buffer_events"] > 0
+        shown = top("--config", str(path), "--once", "--interval", "0.2s")
+        assert "on disk" in next(line for line in shown.stdout.splitlines() if line.startswith("collector"))
         shipper.proc.send_signal(signal.SIGKILL)
         shipper.proc.wait(10)
         shipper = ShipperProcess(path, tmp_path)
