@@ -446,7 +446,30 @@ def config_warnings(config: Config) -> list[ConfigError]:
         if name not in read
     ]
     own = [warning for name, source in config.sources.items() for warning in source.warnings(f"sources.{name}")]
-    return unread + own
+    return unread + own + _orphaned_buffers(config)
+
+
+def _orphaned_buffers(config: Config) -> list[ConfigError]:
+    """Disk buffers holding undelivered events of a sink no longer configured (renamed, removed):
+    nothing would ever send them, so say so rather than leave them silently on disk."""
+    buffers = config.agent.state_dir / "buffers"
+    try:
+        directories = [entry for entry in buffers.iterdir() if entry.is_dir() and entry.name not in config.sinks]
+    except OSError:
+        return []
+    orphans = []
+    for directory in sorted(directories):
+        held = sum(segment.stat().st_size for segment in directory.glob("*.seg"))
+        if held:
+            orphans.append(
+                ConfigError(
+                    "sinks",
+                    f"the disk buffer {directory} holds {held} bytes of undelivered events of a sink named "
+                    f"{directory.name!r}, which is not configured: add [sinks.{directory.name}] back to deliver "
+                    "them, or delete the directory",
+                )
+            )
+    return orphans
 
 
 def _unknown_key(key: str, known: Any) -> str:

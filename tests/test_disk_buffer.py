@@ -383,3 +383,19 @@ def test_every_sink_sends_the_same_requests_from_the_disk_buffer_as_from_memory(
     assert [e.raw for e in from_disk] == [e.raw for e in in_memory]
     assert [e.stamp for e in from_disk] == [e.stamp for e in in_memory]  # type: ignore[attr-defined]
     assert [r.body for r in sink.encode(from_disk)] == [r.body for r in twin.encode(in_memory)]
+
+
+def test_a_buffer_left_by_a_sink_no_longer_configured_is_named_by_validate(tmp_path: Path) -> None:
+    from shipper.config import config_from_dict, config_warnings
+
+    log = SpillLog("old-name", tmp_path / "buffers" / "old-name", 1 << 20)
+    log.open()
+    log.append(prepared(0, 10))
+    log.close()
+    (tmp_path / "buffers" / "delivered").mkdir()  # an empty one is no concern
+    table = {"type": "console", "inputs": ["app"]}
+    config = config_from_dict(
+        {"agent": {"state_dir": str(tmp_path)}, "sources": {"app": {"type": "stdin"}}, "sinks": {"new-name": table}}
+    )
+    [warning] = [w for w in config_warnings(config) if w.key == "sinks"]
+    assert "buffers/old-name holds" in str(warning) and "add [sinks.old-name] back" in str(warning)
