@@ -399,3 +399,28 @@ def test_a_buffer_left_by_a_sink_no_longer_configured_is_named_by_validate(tmp_p
     )
     [warning] = [w for w in config_warnings(config) if w.key == "sinks"]
     assert "buffers/old-name holds" in str(warning) and "add [sinks.old-name] back" in str(warning)
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+async def test_fsync_always_syncs_each_record_before_the_source_lets_go_interval_when_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: str
+) -> None:
+    spill = SpillLog(f"fsync-{fsync}", tmp_path / "buffers" / "fsync", 1 << 30, fsync=fsync)
+    channel = Channel(f"fsync-{fsync}", 1 << 20, "block", spill, durable=True)
+    channel.open()
+    tailed = AckTracker()
+    synced_while_held: list[bool] = []
+    real_fsync = os.fsync
+    each = part(prepared(0, 100, "file"), tailed)
+
+    def watched(fd: int) -> None:
+        synced_while_held.append(each.ack.remaining > 0)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watched)
+    await channel.put(each)
+    assert tailed.committed == 99
+    assert synced_while_held == ([True] if fsync == "always" else [])  # "interval": the agent's loop syncs
+    spill.sync()  # what the agent does before saving checkpoints, and every fsync_interval
+    assert len(synced_while_held) == {"always": 2, "interval": 1, "never": 0}[fsync]
+    spill.close()
