@@ -100,6 +100,10 @@ class Channel:
         self._writable.set()
         return part
 
+    def wake(self) -> None:
+        """Make a waiting `get` return None now: its driver is handing the channel over (a reload)."""
+        self._readable.set()
+
     def close(self) -> None:
         """No more puts; `get` drains what is left and then returns None."""
         self.closed = True
