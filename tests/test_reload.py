@@ -211,6 +211,33 @@ def test_a_stdin_source_routes_by_a_changed_when_without_blocking_its_producer(t
     assert slowest < 1.0
 
 
+def test_a_removed_sink_stops_and_a_changed_file_source_restarts_from_its_checkpoints(
+    tmp_path: Path, app: Path
+) -> None:
+    kept, dropped = tmp_path / "kept.ndjson", tmp_path / "dropped.ndjson"
+    other = tmp_path / "other.log"
+    config = tmp_path / "config.toml"
+    config.write_text(agent(tmp_path, 1) + tailed(app) + file_sink("kept", kept) + file_sink("dropped", dropped))
+    shipper = ShipperProcess(config, tmp_path)
+    try:
+        append(app, range(500))
+        wait_for(lambda: len(delivered_ids(dropped)) >= 500, 30, "the lines before the reload")
+        widened = tailed(app).replace(f'include = ["{app}"]', f'include = ["{app}", "{other}"]')
+        config.write_text(agent(tmp_path, 1) + widened + file_sink("kept", kept))
+        done = reload(shipper)
+        assert (done["sinks_removed"], done["sources_restarted"]) == (["dropped"], ["api"])
+        append(app, range(500, 1000))
+        append(other, range(1000, 1500))  # read only by the restarted source
+        wait_for(lambda: set(delivered_ids(kept)) >= set(range(1500)), 30, "every line in the kept sink")
+        assert shipper.stop() == 0
+    finally:
+        shipper.ensure_stopped()
+    ids = delivered_ids(kept)
+    print(f"\n[reload] source restarted: {len(ids)} lines delivered of 1500, {len(ids) - len(set(ids))} twice")
+    assert delivered_ids(dropped) == list(range(500))  # nothing after its removal
+    assert [i for i in ids if i < 1000] == list(range(1000))  # read on from the checkpoint: none twice, none skipped
+
+
 # ---------------------------------------------------------------- the config diff
 
 
