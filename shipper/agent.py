@@ -31,7 +31,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from shipper import metrics, systemd
-from shipper.config import Config, SourceConfig, config_warnings, dead_letter_config
+from shipper.config import Config, SinkConfig, SourceConfig, config_warnings, dead_letter_config
 from shipper.errors import ConfigError, ShipperError
 from shipper.event import Event
 from shipper.log import set_level
@@ -39,6 +39,7 @@ from shipper.pipeline.channel import Channel
 from shipper.pipeline.deadletter import DeadLetters
 from shipper.pipeline.driver import SinkDriver, batch_limits
 from shipper.pipeline.feed import LineFeed
+from shipper.pipeline.spill import SpillLog, on_disk
 from shipper.reload import FEED_AGENT_KEYS, LIVE_AGENT_KEYS, ConfigDiff, diff_configs
 from shipper.sink import Sink
 from shipper.source import Source, SourceContext
@@ -70,6 +71,7 @@ class Agent:
         self.started = False
         self.drivers: dict[str, SinkDriver] = {}  # each sink's current driver
         self._driver_tasks: dict[SinkDriver, asyncio.Task[None]] = {}  # running ones, a reload's retiring ones too
+        self._checkpoint_moved = asyncio.Event()  # set by a checkpoint store (a source's, a buffer's) that changed
         for name in config.sinks:
             self._start_sink(name, config)
         routes = self._routes(config)
@@ -83,7 +85,6 @@ class Agent:
         self.sources: dict[str, Source] = {}
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._sources_changed = asyncio.Event()  # a reload started a source: the main loop waits for it too
-        self._checkpoint_moved = asyncio.Event()  # set by a source's checkpoint store when it changes
         self._wrapped = wrapped_source(config.sources)[0] if command else None
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False  # SIGHUP during a reload: reload once more after it
@@ -106,7 +107,7 @@ class Agent:
 
         sink_config = config.sinks[name]
         if channel is None:
-            channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)
+            channel = self._channel(name, sink_config)
         dead_letter = dead_letter_config(config, name)
         dead_letters = DeadLetters(name, dead_letter) if dead_letter is not None else None
         sink = sink or build_sink(name, sink_config)
@@ -161,6 +162,7 @@ class Agent:
         """Make `source` the running one of its name, feeding `routes` (through parse workers
         when every one of its sinks prepares its logs)."""
         context.routes = routes
+        context.replayable = source.replayable
         served = self.workers is not None and routes and all(route.preparer for route in routes)
         context.workers = self.workers if served else None
         if self.stopping.is_set():
@@ -173,6 +175,34 @@ class Agent:
         task.add_done_callback(self._task_ended)  # the others running on must not hide a dead one
         self._source_tasks[name] = task
         self._sources_changed.set()
+
+    def _channel(self, name: str, sink_config: SinkConfig) -> Channel:
+        """A sink's buffer: in memory, with a disk buffer under `state_dir/buffers/<sink>` for what
+        cannot wait in memory (or for everything, `buffer.type = "disk"`)."""
+        buffer, disk_bytes = sink_config.buffer, sink_config.disk_bytes
+        spill = None
+        if disk_bytes:
+            directory = self.config.agent.state_dir / "buffers" / name
+            spill = SpillLog(name, directory, disk_bytes, buffer.fsync, self._checkpoint_moved.set)
+        return Channel(name, sink_config.memory_bytes, buffer.when_full, spill, durable=buffer.type == "disk")
+
+    def _open_channels(self) -> bool:
+        """Take each sink's disk buffer (what a previous run left in it goes first). False, with the
+        reason logged and nothing taken, when one cannot be: another shipper holds it, or the disk
+        refuses."""
+        for driver in self.drivers.values():
+            try:
+                driver.channel.open()
+            except (ShipperError, OSError) as exc:
+                log.error(str(exc) if isinstance(exc, ShipperError) else f"cannot open the disk buffer: {exc}")
+                for spill in self._spills:
+                    spill.close()
+                return False
+        return True
+
+    @property
+    def _spills(self) -> list[SpillLog]:
+        return [driver.channel.spill for driver in self.drivers.values() if driver.channel.spill is not None]
 
     @property
     def ready(self) -> bool:
@@ -289,7 +319,14 @@ class Agent:
             retiring.hand_over()
             self._transition(self._hand_over(retiring, successor, deadline))
         for name in diff.sinks_added:
-            self._run_driver(self._start_sink(name, new, sinks[name]))
+            driver = self._start_sink(name, new, sinks[name])
+            try:
+                driver.channel.open()
+            except (ShipperError, OSError) as exc:
+                del self.drivers[name]
+                log.error("sink not added: cannot take its disk buffer", extra={"sink": name, "error": str(exc)})
+                continue
+            self._run_driver(driver)
         routes = self._routes(new)
         for name in diff.sources_kept:
             context = self.contexts[name]
@@ -340,15 +377,19 @@ class Agent:
             await asyncio.wait({task}, timeout=_left(deadline))
         if task.done():
             del self._driver_tasks[driver]
+            _release(driver.channel)
             return
         await self._cancel([task])
         del self._driver_tasks[driver]
         given_up = [(batch.unresolved(), batch.acks) for batch in driver.inflight]
         driver.inflight.clear()
-        while not (settled.done() and driver.channel.nevents == 0):  # parts routed before the reload
+        while True:  # what it holds, in memory or on disk, and parts routed before the reload
             part = await driver.channel.get(FLUSH_TICK)
             if part is not None:
                 given_up.append((part.events, [(part.ack, len(part.events))]))
+            elif settled.done():
+                break
+        _release(driver.channel)
         dropped = 0
         for events, acks in given_up:
             dropped += len(events)
@@ -392,6 +433,8 @@ class Agent:
             log.info("signal ignored: no wrapped process to forward it to", extra={"signal": signum.name})
 
     async def run(self) -> int:
+        if not self._open_channels():
+            return EXIT_FAILED
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
@@ -411,6 +454,8 @@ class Agent:
             asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
             asyncio.create_task(systemd.watchdog(), name="watchdog"),
         ]
+        if self._spills:
+            housekeeping.append(asyncio.create_task(self._sync_loop(), name="buffer-sync"))
         for task in housekeeping:  # one that dies would leave events held or checkpoints stale
             task.add_done_callback(self._task_ended)
         for warning in config_warnings(self.config):
@@ -465,6 +510,8 @@ class Agent:
         self._save_checkpoints()
         for source in self.sources.values():
             source.close()
+        for spill in self._spills:
+            spill.close()
         if self.api is not None:
             await self.api.stop()
         codes = [c.exit_code for c in self.contexts.values() if c.exit_code is not None]
@@ -507,13 +554,17 @@ class Agent:
         lost = False
         for driver in self._driver_tasks:
             name = driver.sink.name
-            lost |= self._account(name, driver.failed, "delivery_error")
-            lost |= self._account(name, driver.unsent(), "shutdown_timeout" if cut_off else "delivery_error")
+            lost |= self._account(name, driver.channel, driver.failed, "delivery_error")
+            reason = "shutdown_timeout" if cut_off else "delivery_error"
+            lost |= self._account(name, driver.channel, driver.unsent(), reason)
         return lost
 
-    def _account(self, sink: str, events: list[Event], reason: str) -> bool:
-        """Per source: a replayable one resends `events` after a restart (a warning), any other lost
-        them (an error and a counted drop). True when some were lost."""
+    def _account(self, sink: str, channel: Channel, events: list[Event], reason: str) -> bool:
+        """Per source: events in the sink's disk buffer are sent after a restart (a warning), and so
+        are those of a replayable source (read again); those of another source are written to the disk
+        buffer when the sink has one, else lost (an error and a counted drop). True when some were lost."""
+        if channel.spill is not None:
+            events = self._kept_on_disk(sink, channel, events)
         replayable = {name for name, source in self.sources.items() if source.replayable}
         why = _UNDELIVERED[reason]
         lost = False
@@ -533,6 +584,30 @@ class Agent:
             )
         return lost
 
+    def _kept_on_disk(self, sink: str, channel: Channel, events: list[Event]) -> list[Event]:
+        """What of `events` the sink's disk buffer does not keep for the next run: those already in it
+        (every one, `buffer.type = "disk"`) stay there, and those of a source that cannot be read again
+        are written to it now (the SIGTERM that ends `node app | shipper run` loses nothing)."""
+        assert channel.spill is not None
+        replayable = {name for name, source in self.sources.items() if source.replayable}
+        rest = [] if channel.durable else [event for event in events if not on_disk(event)]
+        persist = [event for event in rest if event.fields.get("source") not in replayable]
+        if persist:
+            try:
+                written = channel.spill.append(persist) is not None
+            except OSError as exc:
+                log.error("cannot write to the disk buffer", extra={"sink": sink, "error": str(exc)})
+                written = False
+            if written:
+                rest = [event for event in rest if event.fields.get("source") in replayable]
+        kept = len(events) - len(rest)
+        if kept:
+            log.warning(
+                "events not delivered before shutdown are kept in the disk buffer; they are sent after a restart",
+                extra={"sink": sink, "kept": kept, "path": str(channel.spill.directory)},
+            )
+        return rest
+
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_TICK)
@@ -550,7 +625,23 @@ class Agent:
             await asyncio.to_thread(self._save_checkpoints)
             await asyncio.sleep(self.config.agent.checkpoint_interval)
 
+    async def _sync_loop(self) -> None:
+        """fsync the disk buffers at least every `fsync_interval` (the checkpoint saves sync them too)."""
+        interval = min(driver.sink.config.buffer.fsync_interval for driver in self.drivers.values())
+        while True:
+            await asyncio.sleep(interval)
+            for spill in self._spills:
+                await asyncio.to_thread(spill.sync)
+
     def _save_checkpoints(self) -> None:
+        """Disk buffers first: a source's checkpoint is never on disk ahead of the data it handed to
+        a disk buffer. Then the buffers' delivered positions and the sources' checkpoints."""
+        for spill in self._spills:
+            spill.sync()
+            try:
+                spill.store.save()
+            except OSError as exc:
+                log.error("cannot write a disk buffer's position", extra={"sink": spill.sink, "error": str(exc)})
         for context in self.contexts.values():
             try:
                 context.checkpoints.save()
@@ -569,6 +660,12 @@ def _died(name: str, task: asyncio.Task[None]) -> bool:
             log.error("task failed", extra={"task": name}, exc_info=error)
         return True
     return False
+
+
+def _release(channel: Channel) -> None:
+    """Let go of a removed sink's disk buffer (its lock), now empty."""
+    if channel.spill is not None:
+        channel.spill.close()
 
 
 def _left(deadline: float) -> float:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from shipper.agent import EXIT_LOST
 from tests.conftest import free_port
 from tests.fakes.datadog_intake import DatadogIntake
 from tests.procutil import REPO, ShipperProcess, read_events, wait_for, write_config
@@ -200,10 +199,14 @@ def test_fast_writer_is_never_blocked_when_the_sink_hangs(tmp_path: Path, hangin
         assert shipper.proc.stdout is not None
         started = time.monotonic()
         shipper.proc.communicate(timeout=30)  # reads the passthrough pipe, lets shipper finish
-        assert shipper.proc.returncode == EXIT_LOST  # the writer exited 0, but the hung sink lost its lines
+        # What the hung sink holds at the deadline waits in its disk buffer for the next run (exit 0);
+        # what the wrapped API wrote faster than it could be parsed was dropped, counted and logged.
+        assert shipper.proc.returncode == 0, shipper.stderr[-3000:]
         assert time.monotonic() - started < 20
         drops = [m for m in shipper.logs() if m.get("reason") == "buffer_full"]
         assert drops and drops[0]["level"] == "error", shipper.stderr[-3000:]
+        [kept] = [m for m in shipper.logs() if "kept" in m]
+        assert kept["kept"] > 0 and kept["sink"] == "hang"
     finally:
         shipper.ensure_stopped()
 
