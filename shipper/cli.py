@@ -184,16 +184,21 @@ def _count(value: str) -> int:
 
 
 def _load(path_arg: str | None) -> Config:
-    path = resolve_path(path_arg)
+    return load_checked(resolve_path(path_arg))
+
+
+def load_checked(path: Path) -> Config:
+    """The config at `path`, validated and preflighted: as `shipper run` starts with it, and as a
+    reload (SIGHUP) checks it before changing anything."""
     config = load_config(path)
     try:
         preflight(config)
     except ConfigError as exc:
-        raise _located(exc, path) from None
+        raise located(exc, path) from None
     return config
 
 
-def _located(problem: ConfigError, path: Path) -> ConfigError:
+def located(problem: ConfigError, path: Path) -> ConfigError:
     """`problem` with the config file and, where it can be found, the line it is about."""
     problem.path = str(path)
     problem.line = problem.line or find_line(path.read_text(), problem.key)
@@ -238,7 +243,7 @@ def _validate(config: Config) -> int:
 
     asyncio.run(build())
     for warning in config_warnings(config):
-        print(f"shipper: warning: {_located(warning, config.path) if config.path else warning}", file=sys.stderr)
+        print(f"shipper: warning: {located(warning, config.path) if config.path else warning}", file=sys.stderr)
     print(f"config OK: {len(config.sources)} source(s), {len(config.sinks)} sink(s)")
     return 0
 
@@ -250,7 +255,7 @@ def _check(config: Config) -> int:
     from sources import build_source
 
     for warning in config_warnings(config):
-        print(f"shipper: warning: {_located(warning, config.path) if config.path else warning}", file=sys.stderr)
+        print(f"shipper: warning: {located(warning, config.path) if config.path else warning}", file=sys.stderr)
 
     async def check_all() -> list[tuple[str, str, bool, str]]:
         rows = []

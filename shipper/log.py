@@ -71,8 +71,13 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
         handler.setFormatter(TextFormatter(color=tty))
     root = logging.getLogger("shipper")
     root.handlers[:] = [handler]
-    root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
     root.propagate = False
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Log at `level` and above (`agent.log_level`; a reload applies it live)."""
+    logging.getLogger("shipper").setLevel({"warn": "WARNING"}.get(level, level.upper()))
 
 
 class RateLimitedLog:

@@ -169,3 +169,19 @@ source_duplicates = Counter(
     ["source"],
     registry=registry,
 )
+config_reloads = Counter(
+    "shipper_config_reloads",
+    "Config reloads (SIGHUP), by result: success, or failure (the running config was kept).",
+    ["result"],
+    registry=registry,
+)
+config_last_reload_success = Gauge(
+    "shipper_config_last_reload_success",
+    "1 when the config last loaded (at start or on SIGHUP) is the one running, 0 when its reload failed.",
+    registry=registry,
+)
+config_last_reload_timestamp = Gauge(
+    "shipper_config_last_reload_timestamp_seconds",
+    "When the config was last loaded (at start or on SIGHUP), successfully or not (Unix time).",
+    registry=registry,
+)

@@ -85,6 +85,14 @@ class _Server:
         if kind == "close":
             self.feeds.pop(feed_id, None)
             return
+        if kind == "routes":
+            feed = self.feeds.get(feed_id)
+            if isinstance(feed, WorkerFeed):
+                try:
+                    feed.routing = Routing.build(pickle.loads(body))
+                except Exception as exc:  # answered on the feed's next request, as an "open" error is
+                    self.feeds[feed_id] = exc
+            return
         ndjson: list[bytes] = []
         try:
             feed = self.feeds[feed_id]

@@ -28,6 +28,8 @@ our own child; marshal is 5-10x faster than pickle here), then a raw body. Messa
   Both reply ("ok", held_bytes, event count, [(route, NDJSON length, timestamps)], counters)
   (the routes' NDJSON, in order) or ("error", text): per route, what the sink's preparer made of
   its share of the events.
+- ("routes", feed) (pickled routes, as in "open"): route what is parsed from now on by these (a
+  config reload; the processor and its multi-line groups are kept); no reply.
 - ("close", feed): forget the feed; no reply.
 
 Counters the worker increments (parse fallbacks, redactions, a sink's truncations and re-stamps)
@@ -125,11 +127,20 @@ def feed_setup(
 ) -> bytes:
     """What a worker builds a feed from (`FeedSetup`, pickled): settings as plain trees, and per
     route its `when`, sink name and preparer. Every route must have a preparer."""
+    setup: FeedSetup = (source, plain(config), host, plain(redact), fields, _worker_routes(source, routes))
+    return pickle.dumps(setup)
+
+
+def route_setup(source: str, routes: list[SinkRoute]) -> bytes:
+    """A feed's new routes for its worker (a config reload), pickled as in `feed_setup`."""
+    return pickle.dumps(_worker_routes(source, routes))
+
+
+def _worker_routes(source: str, routes: list[SinkRoute]) -> list[tuple[Any, str, PreparerSpec]]:
     prepared = [(plain(route.when), route.sink, route.preparer) for route in routes if route.preparer is not None]
     if len(prepared) != len(routes):
         raise ValueError(f"source {source}: every sink of a parse worker's feed needs a preparer")
-    setup: FeedSetup = (source, plain(config), host, plain(redact), fields, prepared)
-    return pickle.dumps(setup)
+    return prepared
 
 
 class WorkerError(RuntimeError):
@@ -193,6 +204,10 @@ class RemoteParser:
 
     async def flush(self, now: float, force: bool, rests: list[tuple[str | None, bytes]]) -> asyncio.Future[Parsed]:
         return await self.worker.request(("flush", self.feed_id, now, force, rests))
+
+    def reroute(self, routes: bytes) -> None:
+        """Route what is parsed after this by `routes` (`route_setup`); requests sent before keep theirs."""
+        self.worker.post(("routes", self.feed_id), routes)
 
     def close(self) -> None:
         self.worker.post(("close", self.feed_id))

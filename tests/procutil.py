@@ -105,6 +105,7 @@ class ShipperProcess:
         stdout: int | IO[bytes] | None = None,
         env: dict[str, str] | None = None,
         cli: list[str] | None = None,
+        stdin: int = subprocess.DEVNULL,
     ) -> None:
         self.stderr_path = workdir / f"shipper-{time.monotonic_ns()}.stderr"
         self.stdout_path = self.stderr_path.with_suffix(".stdout")
@@ -114,7 +115,7 @@ class ShipperProcess:
         with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
             self.proc = subprocess.Popen(
                 args,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=out if stdout is None else stdout,
                 stderr=err,
                 cwd=REPO,
@@ -152,6 +153,8 @@ class ShipperProcess:
 
     def ensure_stopped(self) -> None:
         """For `finally` blocks: no shipper outlives its test."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,11 +51,11 @@ def test_unit_hardening_is_rated_ok(tmp_path: Path) -> None:
 
 def test_unit_runs_notify_with_watchdog_and_state_dir() -> None:
     text = UNIT.read_text()
-    for directive in ("Type=notify", "WatchdogSec=", "StateDirectory=shipper", "DynamicUser=yes"):
+    for directive in ("Type=notify", "WatchdogSec=", "StateDirectory=shipper", "DynamicUser=yes", "ExecReload="):
         assert directive in text
 
 
-def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
+def test_sd_notify_ready_watchdog_reloading_stopping(tmp_path: Path) -> None:
     address = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(str(address))
@@ -73,6 +74,13 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
             while len([m for m in messages if m == "WATCHDOG=1"]) < 3:
                 messages.append(server.recv(1024).decode())
             assert "READY=1" in messages
+            shipper.proc.send_signal(signal.SIGHUP)  # ExecReload: RELOADING=1 with the time, then READY=1
+            reload = []
+            while "READY=1" not in reload:
+                reload.append(server.recv(1024).decode())
+            reloading = [m for m in reload if m.startswith("RELOADING=1\n")]
+            assert len(reloading) == 1 and re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=\d+", reloading[0])
+            assert reload.index(reloading[0]) < reload.index("READY=1")
         finally:
             shipper.wait(20, b'{"level":30,"msg":"bye"}\n')
         server.settimeout(2)

@@ -47,6 +47,11 @@ class AckTracker:
         self._pending.append(ack)
         return ack
 
+    def abandon(self) -> None:
+        """Commit nothing more: a reload restarted the source, and its successor reads on from the
+        last commit (what was in flight is sent again, never skipped)."""
+        self._on_commit = None
+
     @property
     def outstanding(self) -> int:
         return len(self._pending)

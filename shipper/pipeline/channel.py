@@ -221,6 +221,10 @@ class Channel:
         """Closed, and nothing left in memory or on disk to read."""
         return self.closed and not self._items and not self._behind
 
+    def wake(self) -> None:
+        """Make a waiting `get` return None now: its driver is handing the channel over (a reload)."""
+        self._readable.set()
+
     def close(self) -> None:
         """No more puts; `get` drains what is left and then returns None."""
         self.closed = True

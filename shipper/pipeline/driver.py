@@ -109,6 +109,8 @@ class SinkDriver:
         self._on_failure = on_failure  # the agent stops when a delivery dies of a bug
         self._limit = AdaptiveLimit(sink.config.concurrency, sink.overload_reasons)  # adapted to the answers
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handing_over = False  # a reload gave the channel to another driver: take no more from it
+        self._adopted: list[Batch] = []  # a predecessor's batches it could not finish, delivered first
         name = sink.name
         self._sent = metrics.events_sent.labels(name)
         self._bytes = metrics.bytes_sent.labels(name)
@@ -128,6 +130,14 @@ class SinkDriver:
         counting) after the agent has accounted for what was left undelivered."""
         await self.sink.start()
         try:
+            adopted, self._adopted = self._adopted, []
+            for batch in adopted:
+                unresolved = batch.unresolved()
+                if unresolved:
+                    await self._dispatch(unresolved, list(batch.acks))
+                else:  # every event was sent or dropped: only its release was cut off
+                    for ack, units in batch.acks:
+                        ack.done(units)
             await self._batch_loop()
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
@@ -152,6 +162,10 @@ class SinkDriver:
         start = 0  # the first event of `part` not yet in a batch
         try:
             while True:
+                if self._handing_over:
+                    if events:
+                        await self._dispatch(events, acks)
+                    return
                 timeout = max(0.0, deadline - loop.time()) if events else None
                 part = await self.channel.get(timeout)
                 start = 0
@@ -193,10 +207,24 @@ class SinkDriver:
                         await self._dispatch(events, acks)
                         events, acks, wire = [], [], 0
         except BaseException:  # cancelled at the deadline, or a bug: what it holds is left unsent, unacked
-            held = events + (part.events[start:] if part is not None else [])
-            if held:
-                self.inflight.add(Batch((), deque([held])))
+            rest = part.events[start:] if part is not None else []
+            if part is not None and rest:
+                acks.append((part.ack, len(rest)))
+            if events or rest:  # with its acks: a successor driver (a reload) may deliver it yet
+                self.inflight.add(Batch(acks, deque([events + rest])))
             raise
+
+    def hand_over(self) -> None:
+        """Stop taking parts from the channel (a reload gives it to the sink's new settings): the
+        batches already cut are still delivered, then `run` returns."""
+        self._handing_over = True
+        self.channel.wake()
+
+    def adopt(self, predecessor: SinkDriver) -> None:
+        """Take over the batches `predecessor` left unresolved when it was cut off, acks and all:
+        encoded anew by this sink, before anything from the channel."""
+        self._adopted.extend(predecessor.inflight)
+        predecessor.inflight.clear()
 
     @property
     def healthy(self) -> bool:

@@ -28,7 +28,7 @@ from shipper.pipeline.acks import Ack, AckTracker
 from shipper.pipeline.channel import Part
 from shipper.pipeline.routing import Routing, Share
 from shipper.pipeline.transforms import Transforms, build_transforms
-from shipper.workers import Parsed, RemoteParser, feed_setup
+from shipper.workers import Parsed, RemoteParser, SinkRoute, feed_setup, route_setup
 
 if TYPE_CHECKING:
     from shipper.source import SourceContext
@@ -54,6 +54,9 @@ class LineFeed:
         self.transforms: Transforms | None = None
         self.routing: Routing | None = None
         self.remote: RemoteParser | None = None
+        # The sinks this feed routes to; a reload may swap them (`reroute`): each chunk is routed
+        # by the routes in force when its parsing began.
+        self.routes = context.routes
         if context.workers is not None:
             name, config, routes = context.name, context.config, context.routes
             setup = feed_setup(name, config, host=context.host, redact=context.redact, fields=fields, routes=routes)
@@ -61,14 +64,15 @@ class LineFeed:
         else:
             self.processor = build_processor(context.name, context.config, host=context.host, redact=context.redact)
             self.transforms = build_transforms(context.name, context.config.transforms, context.redact)
-            self.routing = Routing.build([(route.when, route.sink, route.preparer) for route in context.routes])
+            self.routing = _routing(context.routes)
         self.max_line = context.config.max_line_bytes
         self.position: int | None = None
         self._partial: dict[str | None, bytes] = {}
         # Chunks a worker is parsing: their reply, the position after them minus the partial lines
-        # held here then (None for a source without positions), and whether they consumed input
-        # (a flush that emits nothing moves no checkpoint, as without workers); in input order.
-        self._pending: deque[tuple[asyncio.Future[Parsed], int | None, bool]] = deque()
+        # held here then (None for a source without positions), whether they consumed input (a
+        # flush that emits nothing moves no checkpoint, as without workers), and the routes the
+        # worker routes them by; in input order.
+        self._pending: deque[tuple[asyncio.Future[Parsed], int | None, bool, list[SinkRoute]]] = deque()
         self._worker_holds = False  # the last reply said lines are held in an open multi-line group
         self._encoded_fields = {"source": context.name}  # what the agent reads of a prepared event
         self._lock = asyncio.Lock()
@@ -123,10 +127,11 @@ class LineFeed:
             elif body is not None and self.remote is not None:
                 unheld = self._unheld_position()
                 for piece, after in _pieces(body, self.PIECE_LINES):
+                    routes = self.routes  # what the worker routes this piece by, whatever a reload does meanwhile
                     parsing = await self.remote.parse(piece, stream, now, bool(head) and after == len(body))
                     # The position right after this piece's lines (their newline included).
                     position = None if unheld is None else unheld - (len(body) - after)
-                    self._pending.append((parsing, position, True))
+                    self._pending.append((parsing, position, True, routes))
                     await self._route_parsed(keep=self.IN_FLIGHT)
         # Let the sinks encode and send what this chunk added before the next one is parsed. A
         # source whose reads complete at once (a file in the page cache) would otherwise fill its
@@ -152,9 +157,25 @@ class LineFeed:
             elif self.remote is not None:
                 if not (force or self._pending or self._worker_holds):
                     return  # the worker holds nothing to time out: an idle feed costs no round trip
+                routes = self.routes
                 flushing = await self.remote.flush(time.time(), force, rests)
-                self._pending.append((flushing, self._unheld_position(), bool(rests)))
+                self._pending.append((flushing, self._unheld_position(), bool(rests), routes))
                 await self._route_parsed(keep=0)
+
+    def reroute(self, routes: list[SinkRoute]) -> None:
+        """Route what is parsed from now on by `routes` (a config reload): no input is read again and
+        no multi-line group is cut; chunks already being parsed keep the routes they started with."""
+        if self.remote is not None:
+            self.remote.reroute(route_setup(self.context.name, routes))
+        else:
+            self.routing = _routing(routes)
+        self.routes = routes
+
+    async def settled(self) -> None:
+        """Wait until every chunk parsed before now has been routed (after `reroute`, nothing more
+        goes to the routes it replaced)."""
+        async with self._lock:
+            await self._route_parsed(keep=0)
 
     def _acked_position(self, unheld: Any, held: int) -> Any:
         """The position a parsed chunk's ack commits: the source position after it, less the
@@ -169,7 +190,7 @@ class LineFeed:
         than `keep` are in flight."""
         pending = self._pending
         while pending and (len(pending) > keep or pending[0][0].done()):
-            parsing, unheld, consumed = pending[0]
+            parsing, unheld, consumed, routes = pending[0]
             held, count, routed = await parsing
             pending.popleft()
             self._worker_holds = held > 0
@@ -179,10 +200,10 @@ class LineFeed:
             if count:
                 self._received.inc(count)
             for index, lines, stamps in routed:
-                await self._put(index, (lines, stamps), ack)
+                await self._put(routes[index], (lines, stamps), ack)
             ack.done()
 
-    async def _put(self, index: int, share: Share, ack: Ack) -> None:
+    async def _put(self, route: SinkRoute, share: Share, ack: Ack) -> None:
         """One route's share of a chunk into its sink's channel, under `ack`: prepared logs (their
         memory is their bytes; their wire size, the NDJSON's), or events for a sink without a
         preparer (estimated)."""
@@ -194,7 +215,7 @@ class LineFeed:
             events = encoded_events(share, self._encoded_fields)
             part = Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events), len(lines))
         ack.add(len(events))
-        await self.context.routes[index].channel.put(part, self.context.replayable)
+        await route.channel.put(part, self.context.replayable)
 
     async def _parse_here(
         self, processor: Processor, lines: list[bytes], stream: str | None, now: float, open_end: bool
@@ -223,13 +244,14 @@ class LineFeed:
         """Events parsed here, with the feed's fields, transformed, routed and prepared (as a worker
         does: `parse_worker.WorkerFeed.parsed`) under `ack`."""
         if events:
-            assert self.routing is not None
+            routing, routes = self.routing, self.routes  # one consistent pair, whatever a reload does meanwhile
+            assert routing is not None
             fill_in(events, self.fields)
             self._received.inc(len(events))
             if self.transforms is not None:
                 events = self.transforms(events)
-            for index, share in self.routing.split(events):
-                await self._put(index, share, ack)
+            for index, share in routing.split(events):
+                await self._put(routes[index], share, ack)
 
 
 class RecordFeed(LineFeed):
@@ -263,7 +285,8 @@ class RecordFeed(LineFeed):
                     await self._hand_on(self.processor.parse(piece, None, now), ack)
                     ack.done()
                 elif self.remote is not None:
-                    self._pending.append((await self.remote.parse(b"\n".join(piece), None, now), at, True))
+                    routes = self.routes
+                    self._pending.append((await self.remote.parse(b"\n".join(piece), None, now), at, True, routes))
                     await self._route_parsed(keep=self.IN_FLIGHT)
         await asyncio.sleep(0)
 
@@ -277,7 +300,7 @@ class RecordFeed(LineFeed):
                 return
             nothing: asyncio.Future[Parsed] = asyncio.get_running_loop().create_future()
             nothing.set_result((0, 0, []))
-            self._pending.append((nothing, position, True))
+            self._pending.append((nothing, position, True, self.routes))
             await self._route_parsed(keep=self.IN_FLIGHT)
 
     def _acked_position(self, unheld: Any, held: int) -> Any:
@@ -288,6 +311,10 @@ class RecordFeed(LineFeed):
 
     def _local_position(self) -> Any:
         return self.position
+
+
+def _routing(routes: list[SinkRoute]) -> Routing:
+    return Routing.build([(route.when, route.sink, route.preparer) for route in routes])
 
 
 def record_lines(records: list[dict[str, Any]]) -> list[bytes]:
