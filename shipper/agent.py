@@ -367,8 +367,9 @@ class Agent:
         self._run_driver(successor)
 
     async def _remove_sink(self, name: str, driver: SinkDriver, feeds: list[LineFeed], deadline: float) -> None:
-        """A removed sink: once no feed routes to it any more, it drains within `deadline`; what it
-        holds then is dropped, counted (its sources went on without it: nothing waits for it)."""
+        """A removed sink: once no feed routes to it any more, it drains within `deadline`. What it
+        holds in memory then is dropped, counted (its sources went on without it: nothing waits for
+        it); what its disk buffer holds stays there, for the sink to send when it is configured again."""
         settled = asyncio.ensure_future(asyncio.gather(*(feed.settled() for feed in feeds), return_exceptions=True))
         task = self._driver_tasks[driver]
         await asyncio.wait({settled}, timeout=_left(deadline))
@@ -381,25 +382,34 @@ class Agent:
             return
         await self._cancel([task])
         del self._driver_tasks[driver]
+        channel = driver.channel
         given_up = [(batch.unresolved(), batch.acks) for batch in driver.inflight]
         driver.inflight.clear()
-        while True:  # what it holds, in memory or on disk, and parts routed before the reload
-            part = await driver.channel.get(FLUSH_TICK)
-            if part is not None:
-                given_up.append((part.events, [(part.ack, len(part.events))]))
-            elif settled.done():
+        while True:  # what it holds in memory, and parts routed before the reload
+            given_up.extend((part.events, [(part.ack, len(part.events))]) for part in channel.drain_unsent())
+            if settled.done():
                 break
-        _release(driver.channel)
+            await asyncio.sleep(FLUSH_TICK)
+        disk = channel.spill.tracker if channel.spill is not None else None
         dropped = 0
         for events, acks in given_up:
-            dropped += len(events)
+            if not channel.durable:
+                dropped += len([event for event in events if not on_disk(event)])
             for ack, units in acks:
-                ack.done(units)
-        metrics.events_dropped.labels(name, "sink_removed").inc(dropped)
-        log.error(
-            "removed sink did not drain within shutdown_timeout; its remaining events are dropped",
-            extra={"sink": name, "dropped": dropped},
-        )
+                if ack.tracker is not disk:  # a disk buffer's record stays until delivered
+                    ack.done(units)
+        _release(channel)
+        if dropped:
+            metrics.events_dropped.labels(name, "sink_removed").inc(dropped)
+            log.error(
+                "removed sink did not drain within shutdown_timeout; the events it held in memory are dropped",
+                extra={"sink": name, "dropped": dropped},
+            )
+        if channel.spill is not None and channel.spill.nbytes:
+            log.warning(
+                "removed sink's disk buffer keeps its undelivered events; configure the sink again to send them",
+                extra={"sink": name, "path": str(channel.spill.directory), "bytes": channel.spill.nbytes},
+            )
 
     async def _replace_source(
         self, name: str, successor: Successor | None, routes: list[SinkRoute], deadline: float
@@ -663,8 +673,13 @@ def _died(name: str, task: asyncio.Task[None]) -> bool:
 
 
 def _release(channel: Channel) -> None:
-    """Let go of a removed sink's disk buffer (its lock), now empty."""
+    """Let go of a removed sink's disk buffer: its delivered position saved, its lock released."""
     if channel.spill is not None:
+        channel.spill.sync()
+        try:
+            channel.spill.store.save()
+        except OSError as exc:
+            log.error("cannot write a disk buffer's position", extra={"sink": channel.sink, "error": str(exc)})
         channel.spill.close()
 
 

@@ -18,7 +18,8 @@ import pytest
 from shipper.config import parse_config
 from shipper.reload import ConfigDiff, diff_configs
 from tests.conftest import free_port
-from tests.procutil import RECENT_MS, ShipperProcess, delivered_ids, pino_lines, wait_for
+from tests.fakes.collector import Collector
+from tests.procutil import RECENT_MS, ShipperProcess, delivered_ids, line_id, pino_lines, wait_for
 
 REPLAYABLE = {"file": True, "supabase": True, "stdin": False, "process": False}
 
@@ -236,6 +237,43 @@ def test_a_removed_sink_stops_and_a_changed_file_source_restarts_from_its_checkp
     print(f"\n[reload] source restarted: {len(ids)} lines delivered of 1500, {len(ids) - len(set(ids))} twice")
     assert delivered_ids(dropped) == list(range(500))  # nothing after its removal
     assert [i for i in ids if i < 1000] == list(range(1000))  # read on from the checkpoint: none twice, none skipped
+
+
+def test_a_removed_sink_keeps_its_disk_buffer_until_it_is_configured_again(tmp_path: Path, app: Path) -> None:
+    """Removed during an outage, a sink with a disk buffer leaves its records there (the kept sink's
+    source goes on); configured again, it sends them."""
+    kept = tmp_path / "kept.ndjson"
+    collector = Collector().start()
+    collector.fail_status = 503
+    remote = (
+        f'[sinks.remote]\ntype = "http"\ninputs = ["api"]\nurl = "{collector.url}"\nbatch = {{ timeout = "50ms" }}\n'
+        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\nbuffer = { type = "disk" }\n\n'
+    )
+    head = agent(tmp_path, 0).replace('shutdown_timeout = "10s"', 'shutdown_timeout = "1s"') + tailed(app)
+    config = tmp_path / "config.toml"
+    config.write_text(head + file_sink("kept", kept) + remote)
+    shipper = ShipperProcess(config, tmp_path)
+    buffer = tmp_path / "state" / "buffers" / "remote"
+    try:
+        append(app, range(300))
+        wait_for(lambda: len(delivered_ids(kept)) >= 300 and any(buffer.glob("*.seg")), 30, "both sinks to take it")
+        config.write_text(head + file_sink("kept", kept))
+        assert reload(shipper)["sinks_removed"] == ["remote"]
+        wait_for(lambda: any("disk buffer keeps" in line["msg"] for line in shipper.logs()), 20, "the warning")
+        append(app, range(300, 400))
+        wait_for(lambda: len(delivered_ids(kept)) >= 400, 30, "the kept sink going on")
+        assert any(buffer.glob("*.seg")) and collector.events == []
+
+        collector.fail_status = None
+        config.write_text(head + file_sink("kept", kept) + remote)
+        assert reload(shipper)["sinks_added"] == ["remote"]
+        wait_for(lambda: {line_id(e) for e in collector.events} >= set(range(300)), 30, "the buffered lines sent")
+        assert shipper.stop() == 0
+    finally:
+        shipper.ensure_stopped()
+        collector.stop()
+    assert delivered_ids(kept) == list(range(400))
+    assert not [line for line in shipper.logs() if line.get("reason") == "sink_removed"]  # nothing dropped
 
 
 # ---------------------------------------------------------------- the config diff
