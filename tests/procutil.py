@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -92,6 +93,28 @@ def check_delivery(name: str, expected: Iterable[int], ids: list[int]) -> int:
     assert not missing, f"{len(missing)} lines lost, first ones: {missing[:20]}"
     assert not counts.keys() - want, f"unexpected lines: {sorted(counts.keys() - want)[:20]}"
     return duplicates
+
+
+class RssSampler:
+    """The peak resident memory of processes, read from /proc every 50 ms while each runs (a
+    restarted shipper is watched by the same sampler: its peak is over every run)."""
+
+    def __init__(self) -> None:
+        self.peak_kib = 0
+
+    def watch(self, proc: subprocess.Popen[Any]) -> None:
+        threading.Thread(target=self._sample, args=(proc,), daemon=True).start()
+
+    def _sample(self, proc: subprocess.Popen[Any]) -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(0.05)
 
 
 class ShipperProcess:
