@@ -15,8 +15,9 @@ parsed. When the pipeline is full the push waits and the backlog stays in the fi
 only over delivered data (the feed's on_commit) and the agent saves them atomically.
 
 Rotation. A renamed or deleted file keeps being read through its open descriptor until it has
-been idle for `rotate_wait`. A file that shrinks below the read offset, or whose head changes,
-was truncated or rewritten: the unread rest is looked for in a sibling holding the same content
+been idle for `rotate_wait`. A file that shrinks below the read offset, or whose head or last read
+bytes change (looked at whenever its size or mtime changes: a rewrite may keep the length), was
+truncated or rewritten: the unread rest is looked for in a sibling holding the same content
 (the copy) and read from there, and the file itself is read again from 0 with a new feed. There
 is only ever one reader per inode, so a stale reader cannot re-read rewritten data (vector#23619).
 """
@@ -144,6 +145,7 @@ class _Watcher:
         self.dev = st.st_dev
         self.ino = st.st_ino
         self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
         self.offset = offset  # read so far; the feed's tracker knows what was delivered
         self.head = head
         self.head_crc = zlib.crc32(head)
@@ -419,8 +421,11 @@ class FileSource(Source):
         return e.offset
 
     def _intact(self, w: _Watcher) -> bool:
-        """`w`'s file still holds what `w` read: not shorter than the offset, same head."""
-        return os.fstat(w.fd).st_size >= w.offset and (not w.head or os.pread(w.fd, len(w.head), 0) == w.head)
+        """`w`'s file still holds what `w` read: not shorter than the offset, same head, and the same
+        last bytes before the offset (a rewrite may keep a header line, or the whole first KiB)."""
+        if os.fstat(w.fd).st_size < w.offset or (w.head and os.pread(w.fd, len(w.head), 0) != w.head):
+            return False
+        return not w.tail or os.pread(w.fd, len(w.tail), w.offset - len(w.tail)) == w.tail
 
     @staticmethod
     def _is_prefix_copy(w: _Watcher, fd: int, st: os.stat_result) -> bool:
@@ -560,11 +565,13 @@ class FileSource(Source):
         try:
             while not self.context.stopping.is_set():
                 st = os.fstat(w.fd)
-                if st.st_size < w.offset or (st.st_size != w.size and not self._intact(w)):
+                # Written to since the last look (a rewrite in place may keep the size): still what was read?
+                changed = st.st_size != w.size or st.st_mtime_ns != w.mtime_ns
+                if st.st_size < w.offset or (changed and not self._intact(w)):
                     if not await self._truncated(w, st):
                         return
                     continue
-                w.size = st.st_size
+                w.size, w.mtime_ns = st.st_size, st.st_mtime_ns
                 if w.size > w.offset:
                     await self._read(w)
                     w.idle_since = time.monotonic()

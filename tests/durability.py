@@ -123,9 +123,14 @@ class Figures:
 
 
 def figures(
-    scenario: str, written: int, ids: list[int], group: Callable[[int], int], peak_rss_kib: int, drops: dict[str, float]
+    scenario: str,
+    written: range,
+    ids: list[int],
+    group: Callable[[int], int],
+    peak_rss_kib: int,
+    drops: dict[str, float],
 ) -> Figures:
-    """The figures of `ids` (as delivered, in order) against lines 0..written-1; order is checked
+    """The figures of `ids` (as delivered, in order) against the lines `written`; order is checked
     on each line's first delivery, among the lines of the same `group` (the file it was written to)."""
     counts = Counter(ids)
     last: dict[int, int] = {}
@@ -141,12 +146,12 @@ def figures(
         last[key] = max(line, last.get(key, -1))
     return Figures(
         scenario=scenario,
-        written=written,
+        written=len(written),
         delivered=len(ids),
         distinct=len(counts),
         duplicated=sum(count - 1 for count in counts.values()),
-        missing=sorted(set(range(written)) - counts.keys()),
-        unexpected=sorted(counts.keys() - set(range(written))),
+        missing=sorted(set(written) - counts.keys()),
+        unexpected=sorted(counts.keys() - set(written)),
         order_violations=violations,
         peak_rss_mib=peak_rss_kib / 1024,
         drops=drops,
@@ -242,9 +247,16 @@ class DurabilityRun:
     def wait_delivered(self, count: int, timeout: float = 60) -> None:
         wait_for(lambda: len(set(self.delivered())) >= count, timeout, f"{count} distinct lines delivered")
 
-    def report(self, written: int, group: Callable[[int], int] = lambda line: 0) -> Figures:
-        """The figures of this scenario, shown in pytest's summary."""
-        found = figures(self.scenario, written, self.delivered(), group, self.rss.peak_kib, dict(self.drops))
+    def wait_following(self, source: str = "api") -> None:
+        """Until the source has saved its first checkpoint: it found its files (a rotation before
+        that would take a file away that shipper never saw)."""
+        checkpoints = self.tmp_path / "state" / "checkpoints" / f"{source}.json"
+        wait_for(checkpoints.exists, 15, f"source {source}'s first checkpoint")
+
+    def report(self, written: int | range, group: Callable[[int], int] = lambda line: 0) -> Figures:
+        """The figures of this scenario (lines 0..`written`-1, or those in `written`), shown in pytest's summary."""
+        lines = range(written) if isinstance(written, int) else written
+        found = figures(self.scenario, lines, self.delivered(), group, self.rss.peak_kib, dict(self.drops))
         self._report(found.line())
         print(found.line())
         return found
