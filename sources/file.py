@@ -107,21 +107,31 @@ class _Entry:
     seen: float
 
     @classmethod
-    def parse(cls, raw: Any) -> _Entry | None:
-        """The entry, or None when it is not one this version can trust."""
+    def parse(cls, raw: Any) -> _Entry:
+        """The entry; ValueError saying why when it is not one this version can trust."""
         if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
-            return None
+            raise ValueError("not an object with a path")
         ints: list[int] = []
         for name in ("dev", "ino", "offset", "size", "head", "crc"):
             value = raw.get(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                return None
+                raise ValueError(f"{name} is not a whole number of at least 0: {value!r}")
             ints.append(value)
         seen = raw.get("seen")
         if not isinstance(seen, (int, float)) or isinstance(seen, bool):
-            return None
+            raise ValueError(f"seen is not a time: {seen!r}")
         dev, ino, offset, size, head, crc = ints
+        if offset > size:
+            raise ValueError(f"offset {offset} is beyond the size {size} recorded with it")
         return cls(raw["path"], dev, ino, offset, size, head, crc, float(seen))
+
+    @classmethod
+    def trusted(cls, raw: Any) -> _Entry | None:
+        """The entry, or None when it is not one (rejected when the checkpoints were loaded)."""
+        try:
+            return cls.parse(raw)
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +269,12 @@ class FileSource(Source):
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        entries = [e for e in map(_Entry.parse, self.context.checkpoints.load().values()) if e is not None]
+        entries = []
+        for key, raw in list(self.context.checkpoints.load().items()):
+            try:
+                entries.append(_Entry.parse(raw))
+            except ValueError as exc:  # the file's start then comes from `start_at`, or a fingerprint match
+                self.context.checkpoints.reject(key, str(exc))
         self._known_paths = {e.path for e in entries}
         self._known_idents = {(e.dev, e.ino) for e in entries}
         try:
@@ -363,7 +378,7 @@ class FileSource(Source):
         owned = {w.key for w in self.watchers.values()}
         out: dict[str, _Entry] = {}
         for key, raw in self.context.checkpoints.state.items():
-            entry = _Entry.parse(raw)
+            entry = _Entry.trusted(raw)
             if entry is not None and key not in owned:
                 out[key] = entry
         return out
@@ -500,7 +515,7 @@ class FileSource(Source):
         owned = {w.key for w in self.watchers.values()}
         now = time.time()
         for key, raw in list(self.context.checkpoints.state.items()):
-            entry = _Entry.parse(raw)
+            entry = _Entry.trusted(raw)
             if key not in owned and (entry is None or now - entry.seen > self.config.forget_after):
                 self.context.checkpoints.remove(key)
 

@@ -200,13 +200,17 @@ class DurabilityRun:
         self._started: list[ShipperProcess] = []
         self._report = report
 
+    @property
+    def api_table(self) -> str:
+        """The config's `[api]` table: /metrics on loopback, where the drops are read."""
+        return f'\n[api]\nenabled = true\naddress = "127.0.0.1:{self.api_port}"\n'
+
     def config(self, source: str, extra: str = "") -> Path:
         """A config with one source (`source`: its table's body), a file sink and the API on loopback."""
-        api = f'[api]\nenabled = true\naddress = "127.0.0.1:{self.api_port}"\n'
-        return write_config(self.tmp_path, source, self.out, extra=api + extra)
+        return write_config(self.tmp_path, source, self.out, extra=self.api_table + extra)
 
-    def start(self, config: Path) -> ShipperProcess:
-        self.shipper = ShipperProcess(config, self.tmp_path)
+    def start(self, config: Path, env: dict[str, str] | None = None) -> ShipperProcess:
+        self.shipper = ShipperProcess(config, self.tmp_path, env=env)
         self._started.append(self.shipper)
         self.rss.watch(self.shipper.proc)
         return self.shipper
@@ -253,10 +257,14 @@ class DurabilityRun:
         checkpoints = self.tmp_path / "state" / "checkpoints" / f"{source}.json"
         wait_for(checkpoints.exists, 15, f"source {source}'s first checkpoint")
 
-    def report(self, written: int | range, group: Callable[[int], int] = lambda line: 0) -> Figures:
-        """The figures of this scenario (lines 0..`written`-1, or those in `written`), shown in pytest's summary."""
+    def report(
+        self, written: int | range, group: Callable[[int], int] = lambda line: 0, delivered: list[int] | None = None
+    ) -> Figures:
+        """The figures of this scenario (lines 0..`written`-1, or those in `written`; `delivered`: the
+        ids that arrived, when they are not pino lines'), shown in pytest's summary."""
         lines = range(written) if isinstance(written, int) else written
-        found = figures(self.scenario, lines, self.delivered(), group, self.rss.peak_kib, dict(self.drops))
+        arrived = self.delivered() if delivered is None else delivered
+        found = figures(self.scenario, lines, arrived, group, self.rss.peak_kib, dict(self.drops))
         self._report(found.line())
         print(found.line())
         return found
