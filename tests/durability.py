@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +124,7 @@ class Figures:
 
 def figures(
     scenario: str,
-    written: range,
+    written: Collection[int],
     ids: list[int],
     group: Callable[[int], int],
     peak_rss_kib: int,
@@ -205,8 +205,9 @@ class DurabilityRun:
         """The config's `[api]` table: /metrics on loopback, where the drops are read."""
         return f'\n[api]\nenabled = true\naddress = "127.0.0.1:{self.api_port}"\n'
 
-    def config(self, source: str, extra: str = "") -> Path:
-        """A config with one source (`source`: its table's body), a file sink and the API on loopback."""
+    def config(self, source: str | Mapping[str, str], extra: str = "") -> Path:
+        """A config with a source (`source`: its table's body; or bodies by name), a file sink reading
+        every source, and the API on loopback."""
         return write_config(self.tmp_path, source, self.out, extra=self.api_table + extra)
 
     def start(self, config: Path, env: dict[str, str] | None = None) -> ShipperProcess:
@@ -258,7 +259,10 @@ class DurabilityRun:
         wait_for(checkpoints.exists, 15, f"source {source}'s first checkpoint")
 
     def report(
-        self, written: int | range, group: Callable[[int], int] = lambda line: 0, delivered: list[int] | None = None
+        self,
+        written: int | Collection[int],
+        group: Callable[[int], int] = lambda line: 0,
+        delivered: list[int] | None = None,
     ) -> Figures:
         """The figures of this scenario (lines 0..`written`-1, or those in `written`; `delivered`: the
         ids that arrived, when they are not pino lines'), shown in pytest's summary."""

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -180,13 +180,18 @@ class ShipperProcess:
             self.proc.wait()
 
 
-def write_config(tmp_path: Path, source: str, sink_path: Path, extra: str = "", name: str = "api") -> Path:
-    """A config with one source table (`source` is its body) and a file sink reading it."""
+def write_config(
+    tmp_path: Path, source: str | Mapping[str, str], sink_path: Path, extra: str = "", name: str = "api"
+) -> Path:
+    """A config with a source table (`source` is its body; or bodies by source name) and a file sink
+    reading every source."""
+    sources = {name: source} if isinstance(source, str) else source
+    tables = "".join(f"[sources.{each}]\n{body}\n\n" for each, body in sources.items())
+    inputs = ", ".join(f'"{each}"' for each in sources)
     path = tmp_path / "config.toml"
     path.write_text(
-        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\n\n'
-        f"[sources.{name}]\n{source}\n\n"
-        f'[sinks.out]\ntype = "file"\ninputs = ["{name}"]\npath = "{sink_path}"\nbatch = {{ timeout = "50ms" }}\n\n'
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\n\n{tables}'
+        f'[sinks.out]\ntype = "file"\ninputs = [{inputs}]\npath = "{sink_path}"\nbatch = {{ timeout = "50ms" }}\n\n'
         f"{extra}"
     )
     return path

@@ -21,7 +21,7 @@ from tests.durability import DurabilityRun, Figures, Writer, scaled
 from tests.procutil import pino_lines
 
 RATE = 2000
-SECONDS = 5
+SECONDS = 4
 GLOBS = {"only_app_log": "app.log", "rotated_files_too": "app.log*"}
 # Rotated files are let go soon after they went idle, and the glob is scanned often: rotations race
 # with discovery and with the end of the previous file's reader, where re-reads and losses hide.
@@ -56,7 +56,7 @@ def run_storm(durability: DurabilityRun, tmp_path: Path, glob: str, rotation: Ca
         writer.rotate_every(1.0, lambda: rotation(app))
         writer.join()
         durability.wait_delivered(writer.written)
-        time.sleep(1.0)  # a re-read would come with the next scans of the glob: give it a few
+        time.sleep(0.6)  # a re-read would come with the next scans of the glob (every 250 ms): give it two
         assert durability.stop() == 0
     finally:
         writer.stop()
@@ -115,7 +115,7 @@ def test_file_truncated_and_rewritten_with_other_content(
     durability.wait_delivered(len(first))
     app.write_bytes(new)  # open with O_TRUNC, then one write
     durability.wait_delivered(len(first) + len(second))
-    time.sleep(1.0)  # a re-read of either content would follow within the next polls
+    time.sleep(0.6)  # a re-read of either content would follow within the next polls (every 250 ms)
     assert durability.stop() == 0
     found = durability.report(range(first.start, second.stop), group=lambda line: line >= second.start)
     assert not found.missing, "lines lost"
