@@ -2,7 +2,8 @@
 
 Every state file shipper writes under `state_dir` is a source's checkpoint file
 (`checkpoints/<source>.json`: the file source's offsets, the Supabase source's cursors; the
-Supabase lock file holds no state). Between two runs each is truncated, zeroed (as many NULs),
+Supabase lock file, `locks/supabase-<ref>.lock`, only says who holds it and is rewritten on start:
+garbled, it changes nothing). Between two runs each is truncated, zeroed (as many NULs),
 garbled in the middle or emptied: the second run must say so in an error line naming the file,
 move it aside (`.corrupt`), count it in `shipper_state_corrupt_total`, exit 0 when stopped, and
 start from the configured `start_at`: everything again with "beginning" (duplicates counted), nothing
@@ -201,6 +202,8 @@ def test_corrupt_or_impossible_supabase_checkpoints_fall_back_to_start_at(
         wait_for(lambda: len(delivered_rows(durability)) >= len(table), 30, "the backlogs")
         assert durability.stop() == 0
         left = {name: damage(tmp_path / "state" / "checkpoints" / f"{name}.json") for name, damage in damages.items()}
+        for lock in (tmp_path / "state" / "locks").iterdir():  # no state: who holds it, rewritten on start
+            lock.write_bytes(garbled(lock.read_bytes()))
         for api in apis.values():
             table += add(api, 50, now_us() - 2 * US, 10_000, prefix="between")
         second = durability.start(config, env=ENV)
@@ -218,6 +221,7 @@ def test_corrupt_or_impossible_supabase_checkpoints_fall_back_to_start_at(
         if damaged is not None:
             assert_set_aside(second, checkpoints / f"{name}.json", damaged)
     assert_rejected(second, checkpoints / "future.json", "is in the future")
+    assert len([line for line in second.logs() if line["level"] == "error"]) == len(damages)  # nothing about locks
     assert found.drops == {"state_corrupt:corrupt": len(CORRUPTIONS), "state_corrupt:invalid_entry": 1}
 
 
