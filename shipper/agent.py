@@ -18,12 +18,13 @@ from collections import Counter
 from collections.abc import Iterable
 
 from shipper import metrics, systemd
-from shipper.config import Config, config_warnings, dead_letter_config
+from shipper.config import Config, SinkConfig, config_warnings, dead_letter_config
 from shipper.errors import ShipperError
 from shipper.event import Event
 from shipper.pipeline.channel import Channel
 from shipper.pipeline.deadletter import DeadLetters
 from shipper.pipeline.driver import SinkDriver
+from shipper.pipeline.spill import SpillLog, on_disk
 from shipper.source import Source, SourceContext
 from shipper.workers import SinkRoute, WorkerPool, resolve_worker_count
 
@@ -53,8 +54,9 @@ class Agent:
         self.drivers: dict[str, SinkDriver] = {}
         # Per source, the sinks it feeds in config order (shipper/pipeline/routing.py routes by these).
         routes: dict[str, list[SinkRoute]] = {name: [] for name in config.sources}
+        self._checkpoint_moved = asyncio.Event()  # set by a checkpoint store (a source's, a buffer's) that changed
         for name, sink_config in config.sinks.items():
-            channel = Channel(name, sink_config.buffer.max_bytes, sink_config.buffer.when_full)
+            channel = self._channel(name, sink_config)
             sink = build_sink(name, sink_config)
             dead_letter = dead_letter_config(config, name)
             dead_letters = DeadLetters(name, dead_letter) if dead_letter is not None else None
@@ -69,7 +71,6 @@ class Agent:
         self.workers = WorkerPool(workers, agent.log_level, agent.log_format, self._failed) if workers else None
         self.contexts: dict[str, SourceContext] = {}
         self.sources: dict[str, Source] = {}
-        self._checkpoint_moved = asyncio.Event()  # set by a source's checkpoint store when it changes
         wrapped, wrapped_config = wrapped_source(config.sources) if command else (None, None)
         for name, source_config in config.sources.items():
             if name == wrapped and wrapped_config is not None:
@@ -89,11 +90,40 @@ class Agent:
                 context.command = command
             self.contexts[name] = context
             self.sources[name] = build_source(name, source_config, context)
+            context.replayable = self.sources[name].replayable
         self.api = None
         if config.api.enabled:
             from shipper.api import ApiServer  # aiohttp's server: imported only when the API is on
 
             self.api = ApiServer(config.api, self)
+
+    def _channel(self, name: str, sink_config: SinkConfig) -> Channel:
+        """A sink's buffer: in memory, with a disk buffer under `state_dir/buffers/<sink>` for what
+        cannot wait in memory (or for everything, `buffer.type = "disk"`)."""
+        buffer, disk_bytes = sink_config.buffer, sink_config.disk_bytes
+        spill = None
+        if disk_bytes:
+            directory = self.config.agent.state_dir / "buffers" / name
+            spill = SpillLog(name, directory, disk_bytes, buffer.fsync, self._checkpoint_moved.set)
+        return Channel(name, sink_config.memory_bytes, buffer.when_full, spill, durable=buffer.type == "disk")
+
+    def _open_channels(self) -> bool:
+        """Take each sink's disk buffer (what a previous run left in it goes first). False, with the
+        reason logged and nothing taken, when one cannot be: another shipper holds it, or the disk
+        refuses."""
+        for driver in self.drivers.values():
+            try:
+                driver.channel.open()
+            except (ShipperError, OSError) as exc:
+                log.error(str(exc) if isinstance(exc, ShipperError) else f"cannot open the disk buffer: {exc}")
+                for spill in self._spills:
+                    spill.close()
+                return False
+        return True
+
+    @property
+    def _spills(self) -> list[SpillLog]:
+        return [driver.channel.spill for driver in self.drivers.values() if driver.channel.spill is not None]
 
     @property
     def ready(self) -> bool:
@@ -130,6 +160,8 @@ class Agent:
             log.info("signal ignored: no wrapped process to forward it to", extra={"signal": signum.name})
 
     async def run(self) -> int:
+        if not self._open_channels():
+            return EXIT_FAILED
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
@@ -151,6 +183,8 @@ class Agent:
             asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
             asyncio.create_task(systemd.watchdog(), name="watchdog"),
         ]
+        if self._spills:
+            housekeeping.append(asyncio.create_task(self._sync_loop(), name="buffer-sync"))
         for task in housekeeping:  # one that dies would leave events held or checkpoints stale
             task.add_done_callback(self._task_ended)
         for warning in config_warnings(self.config):
@@ -193,6 +227,8 @@ class Agent:
         self._save_checkpoints()
         for source in self.sources.values():
             source.close()
+        for spill in self._spills:
+            spill.close()
         if self.api is not None:
             await self.api.stop()
         codes = [c.exit_code for c in self.contexts.values() if c.exit_code is not None]
@@ -234,13 +270,17 @@ class Agent:
         it was lost."""
         lost = False
         for name, driver in self.drivers.items():
-            lost |= self._account(name, driver.failed, "delivery_error")
-            lost |= self._account(name, driver.unsent(), "shutdown_timeout" if cut_off else "delivery_error")
+            lost |= self._account(name, driver.channel, driver.failed, "delivery_error")
+            reason = "shutdown_timeout" if cut_off else "delivery_error"
+            lost |= self._account(name, driver.channel, driver.unsent(), reason)
         return lost
 
-    def _account(self, sink: str, events: list[Event], reason: str) -> bool:
-        """Per source: a replayable one resends `events` after a restart (a warning), any other lost
-        them (an error and a counted drop). True when some were lost."""
+    def _account(self, sink: str, channel: Channel, events: list[Event], reason: str) -> bool:
+        """Per source: events in the sink's disk buffer are sent after a restart (a warning), and so
+        are those of a replayable source (read again); those of another source are written to the disk
+        buffer when the sink has one, else lost (an error and a counted drop). True when some were lost."""
+        if channel.spill is not None:
+            events = self._kept_on_disk(sink, channel, events)
         replayable = {name for name, source in self.sources.items() if source.replayable}
         why = _UNDELIVERED[reason]
         lost = False
@@ -260,6 +300,30 @@ class Agent:
             )
         return lost
 
+    def _kept_on_disk(self, sink: str, channel: Channel, events: list[Event]) -> list[Event]:
+        """What of `events` the sink's disk buffer does not keep for the next run: those already in it
+        (every one, `buffer.type = "disk"`) stay there, and those of a source that cannot be read again
+        are written to it now (the SIGTERM that ends `node app | shipper run` loses nothing)."""
+        assert channel.spill is not None
+        replayable = {name for name, source in self.sources.items() if source.replayable}
+        rest = [] if channel.durable else [event for event in events if not on_disk(event)]
+        persist = [event for event in rest if event.fields.get("source") not in replayable]
+        if persist:
+            try:
+                written = channel.spill.append(persist) is not None
+            except OSError as exc:
+                log.error("cannot write to the disk buffer", extra={"sink": sink, "error": str(exc)})
+                written = False
+            if written:
+                rest = [event for event in rest if event.fields.get("source") in replayable]
+        kept = len(events) - len(rest)
+        if kept:
+            log.warning(
+                "events not delivered before shutdown are kept in the disk buffer; they are sent after a restart",
+                extra={"sink": sink, "kept": kept, "path": str(channel.spill.directory)},
+            )
+        return rest
+
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_TICK)
@@ -277,7 +341,23 @@ class Agent:
             await asyncio.to_thread(self._save_checkpoints)
             await asyncio.sleep(self.config.agent.checkpoint_interval)
 
+    async def _sync_loop(self) -> None:
+        """fsync the disk buffers at least every `fsync_interval` (the checkpoint saves sync them too)."""
+        interval = min(driver.sink.config.buffer.fsync_interval for driver in self.drivers.values())
+        while True:
+            await asyncio.sleep(interval)
+            for spill in self._spills:
+                await asyncio.to_thread(spill.sync)
+
     def _save_checkpoints(self) -> None:
+        """Disk buffers first: a source's checkpoint is never on disk ahead of the data it handed to
+        a disk buffer. Then the buffers' delivered positions and the sources' checkpoints."""
+        for spill in self._spills:
+            spill.sync()
+            try:
+                spill.store.save()
+            except OSError as exc:
+                log.error("cannot write a disk buffer's position", extra={"sink": spill.sink, "error": str(exc)})
         for context in self.contexts.values():
             try:
                 context.checkpoints.save()

@@ -27,6 +27,7 @@ from shipper.health import worst
 
 if TYPE_CHECKING:
     from shipper.agent import Agent
+    from shipper.pipeline.channel import Channel
 
 log = logging.getLogger("shipper.api")
 
@@ -99,6 +100,7 @@ class ApiServer:
                     "buffer_max_bytes": driver.channel.max_bytes,
                     "inflight_requests": len(driver.inflight),
                     "inflight_events": driver.inflight_events,
+                    **_disk_buffer(driver.channel),
                 }
                 for name, driver in drivers.items()
             },
@@ -116,3 +118,15 @@ class ApiServer:
             report["failing_sinks"] = failing
             report["ready"] = self.agent.ready and not failing
         return web.json_response(report, status=200 if report["ready"] else 503)
+
+
+def _disk_buffer(channel: Channel) -> dict[str, int]:
+    """A sink's disk buffer in /health: what waits on disk, against its bound."""
+    spill = channel.spill
+    if spill is None:
+        return {}
+    return {
+        "disk_buffer_bytes": spill.nbytes,
+        "disk_buffer_events": spill.nevents,
+        "disk_buffer_max_bytes": spill.max_bytes,
+    }

@@ -281,9 +281,24 @@ class SourceConfig(Strict):
 # ---------------------------------------------------------------- sinks
 
 
+MEMORY_BUFFER_BYTES = 32 * 1024 * 1024
+DISK_BUFFER_BYTES = 1024 * 1024 * 1024
+
+
 class BufferConfig(Strict):
-    max_bytes: Size = 32 * 1024 * 1024  # per sink, in estimated memory (shipper/event.py)
+    """A sink's buffer (shipper/pipeline/channel.py). In memory by default: `max_bytes` of estimated
+    memory (shipper/event.py; the sink's default when unset), then replayable sources wait
+    (`when_full = "block"`) or lose the newest (`drop_newest`), while sources that cannot be read
+    again spill to disk up to `spill_max_bytes` (0: never). `type = "disk"`: every event is written
+    to disk first, `max_bytes` is the bound on disk (default 1 GiB) and memory holds the sink's
+    default as read-ahead."""
+
+    type: Literal["memory", "disk"] = "memory"
+    max_bytes: Size | None = None
     when_full: Literal["block", "drop_newest"] = "block"
+    spill_max_bytes: Size = 256 * 1024 * 1024
+    fsync: Literal["interval", "always", "never"] = "interval"
+    fsync_interval: Duration = Field(default=1.0, gt=0)
 
 
 class BatchConfig(Strict):
@@ -307,6 +322,8 @@ class SinkConfig(Strict):
     type: str
     inputs: list[str] = Field(min_length=1)
     when: WhenConfig | None = None
+    # In-memory buffer when `buffer.max_bytes` is unset (shipper/pipeline/channel.py).
+    memory_buffer_bytes: ClassVar[int] = MEMORY_BUFFER_BYTES
     buffer: BufferConfig = BufferConfig()
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
@@ -315,6 +332,20 @@ class SinkConfig(Strict):
     # (shipper/health.py); a destination refusing shipper (401/403) fails it at once.
     unhealthy_after: Duration = 30.0
     dead_letter: DeadLetterConfig | None = None
+
+    @property
+    def memory_bytes(self) -> int:
+        """The bound of this sink's buffer in memory."""
+        buffer = self.buffer
+        return buffer.max_bytes if buffer.type == "memory" and buffer.max_bytes else self.memory_buffer_bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        """The bound of this sink's disk buffer (0: none)."""
+        buffer = self.buffer
+        if buffer.type == "disk":
+            return buffer.max_bytes or DISK_BUFFER_BYTES
+        return buffer.spill_max_bytes
 
 
 class HttpSinkConfig(SinkConfig):
@@ -415,7 +446,30 @@ def config_warnings(config: Config) -> list[ConfigError]:
         if name not in read
     ]
     own = [warning for name, source in config.sources.items() for warning in source.warnings(f"sources.{name}")]
-    return unread + own
+    return unread + own + _orphaned_buffers(config)
+
+
+def _orphaned_buffers(config: Config) -> list[ConfigError]:
+    """Disk buffers holding undelivered events of a sink no longer configured (renamed, removed):
+    nothing would ever send them, so say so rather than leave them silently on disk."""
+    buffers = config.agent.state_dir / "buffers"
+    try:
+        directories = [entry for entry in buffers.iterdir() if entry.is_dir() and entry.name not in config.sinks]
+    except OSError:
+        return []
+    orphans = []
+    for directory in sorted(directories):
+        held = sum(segment.stat().st_size for segment in directory.glob("*.seg"))
+        if held:
+            orphans.append(
+                ConfigError(
+                    "sinks",
+                    f"the disk buffer {directory} holds {held} bytes of undelivered events of a sink named "
+                    f"{directory.name!r}, which is not configured: add [sinks.{directory.name}] back to deliver "
+                    "them, or delete the directory",
+                )
+            )
+    return orphans
 
 
 def _unknown_key(key: str, known: Any) -> str:

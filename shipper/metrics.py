@@ -59,6 +59,21 @@ retries = Counter("shipper_retries", "Request retries, by reason.", ["sink", "re
 buffer_bytes = Gauge("shipper_buffer_bytes", "Bytes waiting in a sink's channel.", ["sink"], registry=registry)
 buffer_events = Gauge("shipper_buffer_events", "Events waiting in a sink's channel.", ["sink"], registry=registry)
 buffer_capacity = Gauge("shipper_buffer_capacity_bytes", "Configured channel bound.", ["sink"], registry=registry)
+buffer_disk_bytes = Gauge(
+    "shipper_buffer_disk_bytes", "Bytes of a sink's disk buffer files (compressed events).", ["sink"], registry=registry
+)
+buffer_disk_events = Gauge(
+    "shipper_buffer_disk_events", "Events in a sink's disk buffer files, not yet deleted.", ["sink"], registry=registry
+)
+buffer_disk_capacity = Gauge(
+    "shipper_buffer_disk_capacity_bytes", "Configured bound of a sink's disk buffer.", ["sink"], registry=registry
+)
+buffer_corrupt_bytes = Counter(
+    "shipper_buffer_corrupt_bytes",
+    "Bytes of a disk buffer skipped because they failed their checks (torn or garbled records).",
+    ["sink"],
+    registry=registry,
+)
 inflight_requests = Gauge(
     "shipper_inflight_requests",
     "Requests not yet resolved: being sent, or waiting to be retried.",

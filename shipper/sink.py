@@ -129,7 +129,7 @@ class Sink(ABC):
     def encoded(self, events: list[Event]) -> list[Event]:
         """`events` in this sink's wire form: those not prepared where they were parsed (a direct
         call, a test) are prepared here, in order."""
-        if all(event.__class__ is Encoded for event in events):
+        if all(isinstance(event, Encoded) for event in events):
             return events
         if self._own_preparer is None:
             from shipper.pipeline.routing import build_preparer
@@ -141,7 +141,7 @@ class Sink(ABC):
         preparer = self._own_preparer
         out: list[Event] = []
         for event in events:
-            if event.__class__ is Encoded:
+            if isinstance(event, Encoded):
                 out.append(event)
                 continue
             lines, stamps = preparer.prepare([event])

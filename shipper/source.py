@@ -57,6 +57,8 @@ class SourceContext:
         self.exit_code: int | None = None  # set by a source whose end should end the agent (wrapped API)
         self.stop_signal: int | None = None  # the signal that stopped the agent, for a wrapped process
         self.health: Health | None = None  # set by a source that calls an API (/health shows it)
+        # Whether its input can be read again: when not, its events spill to disk rather than wait.
+        self.replayable = True
 
     def open_feed(
         self,

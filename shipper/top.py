@@ -208,13 +208,14 @@ def render(before: Sample, now: Sample, url: str) -> list[str]:
     sink_rows = []
     for name in sinks:
         buffered = now.by("shipper_buffer_bytes", "sink").get(name, 0.0)
+        on_disk = _on_disk(now.by("shipper_buffer_disk_bytes", "sink").get(name))
         capacity = now.by("shipper_buffer_capacity_bytes", "sink").get(name, 0.0)
         sink_rows.append([
             name,
             f"{_rate(before, now, 'shipper_events_sent_total', 'sink', name):,.1f}",
             f"{_size(_rate(before, now, 'shipper_bytes_sent_total', 'sink', name))}/s",
             _count(now.by("shipper_events_sent_total", "sink").get(name, 0)),
-            f"{_bar(buffered, capacity)} {_size(buffered)}",
+            f"{_bar(buffered, capacity)} {_size(buffered)}{on_disk}",
             _count(now.by("shipper_inflight_requests", "sink").get(name, 0)),
             _reasons(now.by_reason("shipper_retries_total", "sink", name)),
             _reasons(now.by_reason("shipper_events_dropped_total", "sink", name)),
@@ -231,6 +232,11 @@ def render(before: Sample, now: Sample, url: str) -> list[str]:
             {1, 2, 3, 5},
         ),
     ]
+
+
+def _on_disk(nbytes: float | None) -> str:
+    """What waits in a sink's disk buffer, when anything does."""
+    return f" +{_size(nbytes)} on disk" if nbytes else ""
 
 
 # ---------------------------------------------------------------------------------- modes

@@ -38,7 +38,7 @@ import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shipper import __version__
-from shipper.config import BufferConfig, HttpSinkConfig
+from shipper.config import HttpSinkConfig
 from shipper.errors import ConfigError
 from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink
@@ -128,7 +128,7 @@ class CloudWatchConfig(HttpSinkConfig):
     max_event_bytes: Size = Field(default=MAX_EVENT_BYTES, ge=4096, le=MAX_CALL_BYTES)
     out_of_range: OutOfRange = "restamp"
     # Prepared events are bytes (~2x their line: the fields as JSON, escaped): ~22,000 pino lines.
-    buffer: BufferConfig = BufferConfig(max_bytes=16 * 1024 * 1024)
+    memory_buffer_bytes: ClassVar[int] = 16 * 1024 * 1024
 
     @field_validator("log_group")
     @classmethod

@@ -16,13 +16,13 @@ import re
 import time
 from base64 import b64encode
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 import orjson
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from shipper.config import BufferConfig, HttpSinkConfig, environ_of
+from shipper.config import HttpSinkConfig, environ_of
 from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink, connection_failure, environment_proxy
 from shipper.rules import OutOfRange
@@ -69,7 +69,7 @@ class DatadogConfig(HttpSinkConfig):
     # 16 MiB, not the 32 of other sinks: logs prepared in a parse worker cost ~0.6 KB each, not
     # ~1.6 KB, so this holds ~29,000 of them (more than 32 MiB of parsed events); with a slow
     # intake filling it, the agent and its worker peak at ~108 MiB RSS (~92 PSS).
-    buffer: BufferConfig = BufferConfig(max_bytes=16 * 1024 * 1024)
+    memory_buffer_bytes: ClassVar[int] = 16 * 1024 * 1024
     out_of_range: OutOfRange = "restamp"
 
     @model_validator(mode="before")

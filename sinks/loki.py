@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 from base64 import b64encode
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import cramjam
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shipper import tally
-from shipper.config import BufferConfig, HttpSinkConfig
+from shipper.config import HttpSinkConfig
 from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink, connection_failure, retry_after
 from shipper.rules import OutOfRange
@@ -67,7 +67,7 @@ class LokiConfig(HttpSinkConfig):
     out_of_range: OutOfRange = "restamp"
     # 16 MiB, as Datadog's: prepared entries cost their line and ~130 bytes each, not a parsed event's
     # ~1.6 KB, so this holds more events than 32 MiB of parsed ones; the bench peaks under 100 MiB RSS.
-    buffer: BufferConfig = BufferConfig(max_bytes=16 * 1024 * 1024)
+    memory_buffer_bytes: ClassVar[int] = 16 * 1024 * 1024
 
     @field_validator("endpoint")
     @classmethod

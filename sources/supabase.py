@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,13 +33,14 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from shipper import __version__, metrics
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RetryConfig, SourceConfig
-from shipper.errors import ConfigError, ShipperError
+from shipper.errors import ConfigError
 from shipper.health import Health
 from shipper.httpsink import connection_failure, retry_after
 from shipper.log import RateLimitedLog
 from shipper.pipeline.feed import RecordFeed
 from shipper.sink import DELIVERED, CheckResult, Outcome
 from shipper.source import Source, SourceContext
+from shipper.statelock import StateLock
 from shipper.units import Duration
 from sources.supabase_logs import (
     DEFAULT_ATTRIBUTES,
@@ -376,38 +374,6 @@ def session(config: SupabaseConfig) -> aiohttp.ClientSession:
 # ---------------------------------------------------------------------------------- one poller per project
 
 
-class ProjectLock:
-    """Holds `<state_dir>/locks/supabase-<ref>.lock` (flock) while this process polls the project: a
-    second poller with the same state directory refuses to start instead of sending every row
-    twice. (Pollers on other machines share no state directory: run exactly one; docs/supabase.md.)"""
-
-    def __init__(self, state_dir: Path, ref: str) -> None:
-        self.path = state_dir / "locks" / f"supabase-{ref}.lock"
-        self.ref = ref
-        self._fd: int | None = None
-
-    def acquire(self, holder: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise ShipperError(
-                f"Supabase project {self.ref} is already polled by {owner} with this state directory "
-                f"({self.path} is locked); run exactly one poller per project"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} (source {holder})\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = None
-
-
 # ---------------------------------------------------------------------------------- the source
 
 
@@ -448,7 +414,12 @@ class SupabaseSource(Source):
     def __init__(self, name: str, config: SourceConfig, context: SourceContext) -> None:
         super().__init__(name, config, context)
         self.key = f"sources.{name}"
-        self.lock = ProjectLock(context.state_dir, self.config.project_ref)
+        ref = self.config.project_ref
+        self.lock = StateLock(
+            context.state_dir / "locks" / f"supabase-{ref}.lock",
+            f"Supabase project {ref} is already polled by {{owner}} with this state directory ({{path}} is "
+            "locked); run exactly one poller per project",
+        )
         self.health = Health(name, self.config.unhealthy_after, kind="source")
         self.budget = RateBudget(self.config.requests_per_minute)
         self._problems = RateLimitedLog(log, interval=60.0)
@@ -457,7 +428,7 @@ class SupabaseSource(Source):
         self._tables: list[_Table] = []
 
     async def run(self) -> None:
-        self.lock.acquire(self.name)  # before the checkpoints are read: they are this poller's alone
+        self.lock.acquire(f"source {self.name}")  # before the checkpoints are read: they are this poller's alone
         context = self.context
         context.health = self.health
         metrics.source_healthy.labels(self.name).set_function(lambda: self.health.healthy)

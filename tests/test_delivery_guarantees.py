@@ -28,13 +28,16 @@ def config(tmp_path: Path, log: Path, url: str) -> Path:
     return path
 
 
-def stdin_config(tmp_path: Path, url: str) -> Path:
+NO_DISK_BUFFER = "buffer = { spill_max_bytes = 0 }\n"
+
+
+def stdin_config(tmp_path: Path, url: str, sink: str = "") -> Path:
     """stdin to the collector, with a short shutdown deadline and fast retries."""
     path = tmp_path / "config.toml"
     path.write_text(
         f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "500ms"\n[sources.api]\ntype = "stdin"\n'
         f'[sinks.collector]\ntype = "http"\ninputs = ["api"]\nurl = "{url}"\n'
-        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
+        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n' + sink
     )
     return path
 
@@ -79,11 +82,11 @@ def test_checkpoint_holds_through_an_outage_and_a_restart(tmp_path: Path, collec
     assert checkpointed_offsets(tmp_path) == [log.stat().st_size]
 
 
-def test_stdin_events_cut_by_the_deadline_are_lost_loudly_with_exit_code_3(
+def test_without_a_disk_buffer_stdin_events_cut_by_the_deadline_are_lost_loudly_with_exit_code_3(
     tmp_path: Path, collector: Collector
 ) -> None:
     collector.fail_status = 503
-    shipper = Shipper(["run", "--config", str(stdin_config(tmp_path, collector.url))])
+    shipper = Shipper(["run", "--config", str(stdin_config(tmp_path, collector.url, NO_DISK_BUFFER))])
     try:
         shipper.feed(pino_lines(range(300)), close=False)
         wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
@@ -95,6 +98,35 @@ def test_stdin_events_cut_by_the_deadline_are_lost_loudly_with_exit_code_3(
     [cut] = [m for m in logs if "lost" in m]
     assert cut["level"] == "error" and cut["lost"] == 300 and cut["source"] == "api" and cut["sink"] == "collector"
     assert not [m for m in logs if "resent_on_restart" in m]  # stdin cannot be read again
+
+
+def test_stdin_events_cut_by_the_deadline_wait_in_the_disk_buffer_for_the_next_run(
+    tmp_path: Path, collector: Collector
+) -> None:
+    """SIGTERM during an outage: what stdin handed shipper is written to the sink's disk buffer (by
+    default), exit 0, and the next run delivers it first, once, in order."""
+    collector.fail_status = 503
+    config = stdin_config(tmp_path, collector.url)
+    first = Shipper(["run", "--config", str(config)])
+    try:
+        first.feed(pino_lines(range(300)), close=False)
+        wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
+        first.proc.send_signal(signal.SIGTERM)
+    finally:
+        code = first.wait(20)
+    assert code == 0, first.stderr.decode()[-3000:]
+    logs = [orjson.loads(line) for line in first.stderr.splitlines() if line.startswith(b'{"ts"')]
+    [kept] = [m for m in logs if "kept" in m]
+    assert kept["kept"] == 300 and kept["level"] == "warning" and kept["sink"] == "collector"
+    assert not [m for m in logs if "lost" in m]
+    assert collector.events == []
+
+    collector.fail_status = None
+    second = Shipper(["run", "--config", str(config)])
+    second.feed(pino_lines(range(300, 400)))  # the next run's own input comes after the kept events
+    assert second.wait(30) == 0, second.stderr.decode()[-3000:]
+    assert [line_id(e) for e in collector.events] == list(range(400))
+    assert not list((tmp_path / "state" / "buffers" / "collector").glob("*.seg"))  # delivered, so deleted
 
 
 def test_at_stdin_eof_shipper_waits_past_the_deadline_to_deliver(tmp_path: Path, collector: Collector) -> None:
@@ -111,7 +143,7 @@ def test_at_stdin_eof_shipper_waits_past_the_deadline_to_deliver(tmp_path: Path,
 
 def test_a_wrapped_api_exiting_cleanly_still_exits_3_when_its_events_are_lost(
     tmp_path: Path, collector: Collector
-) -> None:
+) -> None:  # (without a disk buffer to keep them)
     """The wrapped API's exit code is shipper's, but a clean 0 must not hide that its logs were lost."""
     collector.fail_status = 503
     app = (
@@ -125,7 +157,7 @@ def test_a_wrapped_api_exiting_cleanly_still_exits_3_when_its_events_are_lost(
         f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "500ms"\n'
         '[sources.app]\ntype = "process"\npassthrough = false\n'
         f'[sinks.collector]\ntype = "http"\ninputs = ["app"]\nurl = "{collector.url}"\n'
-        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n'
+        'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n' + NO_DISK_BUFFER
     )
     shipper = ShipperProcess(path, tmp_path, command=[sys.executable, "-c", app])
     try:

@@ -32,6 +32,7 @@ from shipper.pipeline.acks import AckTracker
 from shipper.pipeline.channel import Channel, Part
 from shipper.pipeline.deadletter import KEY, DeadLetters
 from shipper.pipeline.driver import SinkDriver
+from shipper.pipeline.spill import SpillLog
 from shipper.sink import BatchLimits, Outcome, Rejection, Request, Sink
 
 # How a request holding an event is answered. The transient ones (retry, unhealthy, raise) are
@@ -264,14 +265,19 @@ def test_cancelling_the_driver_holds_every_ack_and_stops_every_delivery() -> Non
     assert sorted(unsent) == list(range(8))  # each event once: the batch in flight, the one held back
 
 
-async def test_the_agent_exits_1_when_a_delivery_dies_and_counts_what_stdin_lost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spill", [False, True], ids=["no-disk-buffer", "disk-buffer"])
+async def test_the_agent_exits_1_when_a_delivery_dies_and_keeps_or_counts_what_stdin_left(
+    tmp_path: Path, spill: bool
+) -> None:
+    """A delivery that dies of a bug stops the agent with exit 1. What stdin handed it cannot be read
+    again: written to the sink's disk buffer for the next run, or, without one, counted as lost."""
     from shipper.agent import EXIT_FAILED, Agent
     from shipper.config import parse_config
 
     config = parse_config(
         f'[agent]\nstate_dir = "{tmp_path}"\n[sources.api]\ntype = "stdin"\n'
         f'[sinks.out]\ntype = "file"\ninputs = ["api"]\npath = "{tmp_path}/out.ndjson"\n'
-        'batch = { timeout = "10ms" }\n',
+        'batch = { timeout = "10ms" }\n' + ("" if spill else "buffer = { spill_max_bytes = 0 }\n"),
         None,
         {},
     )
@@ -290,4 +296,14 @@ async def test_the_agent_exits_1_when_a_delivery_dies_and_counts_what_stdin_lost
     agent.drivers["out"].sink.send = broken_send  # type: ignore[method-assign]
     before = sample("shipper_events_dropped_total", sink="out", reason="delivery_error")
     assert await asyncio.wait_for(agent.run(), 10) == EXIT_FAILED
-    assert sample("shipper_events_dropped_total", sink="out", reason="delivery_error") - before == 2
+    dropped = sample("shipper_events_dropped_total", sink="out", reason="delivery_error") - before
+    if not spill:
+        assert dropped == 2
+        return
+    assert dropped == 0
+    spill_log = SpillLog("out", tmp_path / "buffers" / "out", 1 << 20)
+    spill_log.open()
+    record = spill_log.read()
+    assert record is not None
+    assert [orjson.loads(event.raw)["message"] for event in record[0]] == ["a", "b"]
+    spill_log.close()

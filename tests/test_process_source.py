@@ -163,8 +163,13 @@ def hanging_server() -> Iterator[int]:
     server.close()
 
 
-def test_fast_writer_is_never_blocked_when_the_sink_hangs(tmp_path: Path, hanging_server: int) -> None:
+@pytest.mark.parametrize("disk", ["roomy", "tiny"])
+def test_fast_writer_is_never_blocked_when_the_sink_hangs(tmp_path: Path, hanging_server: int, disk: str) -> None:
+    """The wrapped API writes as fast as it can while the only sink hangs: its writes never wait.
+    Memory fills, then the disk buffer; with a tiny disk bound it fills too and the newest are
+    dropped, counted; what is left at the deadline is kept on disk while there is room."""
     lines, api_port = 150_000, free_port()
+    spill = "32KiB" if disk == "tiny" else "256MiB"
     stats = tmp_path / "stats.json"
     config = tmp_path / "config.toml"
     config.write_text(
@@ -172,7 +177,7 @@ def test_fast_writer_is_never_blocked_when_the_sink_hangs(tmp_path: Path, hangin
         f'[api]\nenabled = true\naddress = "127.0.0.1:{api_port}"\n'
         '[sources.app]\ntype = "process"\nmax_buffer_bytes = "1MiB"\ndrain_timeout = "1s"\n'
         f'[sinks.hang]\ntype = "http"\ninputs = ["app"]\nurl = "http://127.0.0.1:{hanging_server}/logs"\n'
-        'request_timeout = "60s"\nbuffer = { max_bytes = "256KiB" }\n'
+        f'request_timeout = "60s"\nbuffer = {{ max_bytes = "256KiB", spill_max_bytes = "{spill}" }}\n'
     )
     command = [sys.executable, "-c", WRITER, str(lines), str(stats), "3"]
     # shipper's stdout is a pipe nobody reads until the end: passthrough must not block on it either
@@ -197,15 +202,36 @@ def test_fast_writer_is_never_blocked_when_the_sink_hangs(tmp_path: Path, hangin
         ]
         assert blocked_stdout and float(blocked_stdout[0].split()[-1]) > 0, blocked_stdout
         print(f"[never-block] {buffer_full[0]}\n[never-block] {blocked_stdout[0]}")
+        on_disk = metric(scrape, "shipper_buffer_disk_bytes", 'sink="hang"')
+        sink_drops = metric(scrape, "shipper_events_dropped_total", 'reason="buffer_full",sink="hang"')
+        rss = metric(scrape, "process_resident_memory_bytes", "")
+        print(f"[never-block] disk buffer {on_disk:.0f} B, {sink_drops:.0f} dropped there, RSS {rss / 2**20:.0f} MiB")
+        assert 0 < on_disk <= (32 if disk == "tiny" else 256 * 1024) * 1024
+        assert (sink_drops > 0) == (disk == "tiny")  # a full disk buffer drops the newest, counted
+        assert rss < 150 * 2**20  # memory stays bounded whatever the child writes
         assert shipper.proc.stdout is not None
         started = time.monotonic()
         shipper.proc.communicate(timeout=30)  # reads the passthrough pipe, lets shipper finish
-        assert shipper.proc.returncode == EXIT_LOST  # the writer exited 0, but the hung sink lost its lines
         assert time.monotonic() - started < 20
+        # What the wrapped API wrote faster than it could be parsed was dropped, counted and logged.
         drops = [m for m in shipper.logs() if m.get("reason") == "buffer_full"]
         assert drops and drops[0]["level"] == "error", shipper.stderr[-3000:]
+        if disk == "roomy":  # what the hung sink holds at the deadline waits on disk for the next run
+            assert shipper.proc.returncode == 0, shipper.stderr[-3000:]
+            [kept] = [m for m in shipper.logs() if "kept" in m]
+            assert kept["kept"] > 0 and kept["sink"] == "hang"
+        else:  # no room left on disk for it: lost, said, and exit 3 although the API exited 0
+            assert shipper.proc.returncode == EXIT_LOST, shipper.stderr[-3000:]
+            [lost] = [m for m in shipper.logs() if "lost" in m]
+            assert lost["lost"] > 0 and lost["sink"] == "hang" and lost["level"] == "error"
     finally:
         shipper.ensure_stopped()
+
+
+def metric(scrape: str, name: str, labels: str) -> float:
+    """A sample of a /metrics text: `labels` as Prometheus writes them, sorted ("" for none)."""
+    wanted = f"{name}{{{labels}}} " if labels else f"{name} "
+    return sum(float(line.split()[-1]) for line in scrape.splitlines() if line.startswith(wanted))
 
 
 SIGNALLED_CHILD = textwrap.dedent(

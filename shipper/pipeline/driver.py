@@ -159,7 +159,7 @@ class SinkDriver:
                     if events:
                         await self._dispatch(events, acks)
                         events, acks, wire = [], [], 0
-                    if self.channel.closed and not self.channel.nevents:
+                    if self.channel.drained:
                         return
                     continue
                 if not events:

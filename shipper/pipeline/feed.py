@@ -194,7 +194,7 @@ class LineFeed:
             events = encoded_events(share, self._encoded_fields)
             part = Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events), len(lines))
         ack.add(len(events))
-        await self.context.routes[index].channel.put(part)
+        await self.context.routes[index].channel.put(part, self.context.replayable)
 
     async def _parse_here(
         self, processor: Processor, lines: list[bytes], stream: str | None, now: float, open_end: bool
