@@ -46,8 +46,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 class CheckpointStore:
     """One source's checkpoint state: a JSON-able dict, persisted when it changed."""
 
-    def __init__(self, path: Path, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, path: Path, on_change: Callable[[], None] | None = None, kind: str = "checkpoint") -> None:
         self.path = path
+        self.kind = kind  # what it holds (a source's checkpoints, a disk buffer's position): the metric's label
         self.state: dict[str, Any] = {}
         self.dirty = False
         self._on_change = on_change  # told when the state changes (from the event loop), to save it soon
@@ -75,7 +76,7 @@ class CheckpointStore:
                 "checkpoint file is corrupt; starting without it",
                 extra={"path": str(self.path), "moved_to": str(aside), "error": str(exc)},
             )
-            metrics.state_corrupt.labels("checkpoint", "corrupt").inc()
+            metrics.state_corrupt.labels(self.kind, "corrupt").inc()
             return {}
         self.state = doc["state"]
         return self.state
@@ -91,7 +92,7 @@ class CheckpointStore:
             "checkpoint entry is invalid; not trusted",
             extra={"path": str(self.path), "entry": key, "error": why},
         )
-        metrics.state_corrupt.labels("checkpoint", "invalid_entry").inc()
+        metrics.state_corrupt.labels(self.kind, "invalid_entry").inc()
         self.remove(key)
 
     def remove(self, key: str) -> None:

@@ -128,7 +128,7 @@ file_bytes_lost = Counter(
 state_corrupt = Counter(
     "shipper_state_corrupt",
     "State files found corrupt (set aside) and entries in them with impossible values (dropped), never trusted: "
-    "by kind of file (checkpoint) and reason (corrupt, invalid_entry).",
+    "by kind of file (checkpoint: a source's; buffer_position: a disk buffer's) and reason (corrupt, invalid_entry).",
     ["file_kind", "reason"],
     registry=registry,
 )

@@ -1,9 +1,10 @@
 """Durability scenario 5 (issue #15): corrupted state between two runs is detected, reported, recovered.
 
-Every state file shipper writes under `state_dir` is a source's checkpoint file
-(`checkpoints/<source>.json`: the file source's offsets, the Supabase source's cursors; the
-Supabase lock file, `locks/supabase-<ref>.lock`, only says who holds it and is rewritten on start:
-garbled, it changes nothing). Between two runs each is truncated, zeroed (as many NULs),
+The state files shipper writes under `state_dir` are checkpoint files: a source's
+(`checkpoints/<source>.json`: the file source's offsets, the Supabase source's cursors) and a disk
+buffer's (`buffers/<sink>/position.json`; its segments' own damage is tests/test_disk_buffer.py's).
+The lock files (`locks/*.lock`) only say who holds them and are rewritten on start: garbled, they
+change nothing. Between two runs each is truncated, zeroed (as many NULs),
 garbled in the middle or emptied: the second run must say so in an error line naming the file,
 move it aside (`.corrupt`), count it in `shipper_state_corrupt_total`, exit 0 when stopped, and
 start from the configured `start_at`: everything again with "beginning" (duplicates counted), nothing
@@ -21,11 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shipper.checkpoint import CheckpointStore
 from sources.supabase_logs import iso_micros
 from tests.durability import DurabilityRun, Figures
 from tests.fakes.supabase_api import US, LogRow, SupabaseLogsApi, now_us, rows
 from tests.procutil import ShipperProcess, pino_lines, read_events, wait_for
+from tests.test_disk_buffer import deliver, ids, prepared, read_all, spill_log
+from tests.test_driver_acks import sample
 from tests.test_supabase_e2e import ENV, TOKEN, supabase_source
 
 Damage = Callable[[Path], bytes | None]  # hits a checkpoint file; what it left there, when it broke it
@@ -227,3 +232,28 @@ def test_corrupt_or_impossible_supabase_checkpoints_fall_back_to_start_at(
 
 def delivered_rows(durability: DurabilityRun) -> list[str]:
     return [event["id"] for event in read_events(durability.out)]
+
+
+# ------------------------------------------------------------------ a disk buffer's position
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_corrupt_disk_buffer_position_is_counted_as_such_and_the_buffer_replayed(
+    tmp_path: Path, how: Callable[[bytes], bytes]
+) -> None:
+    """The disk buffer's `position.json` is a checkpoint file too: set aside and counted under its
+    own kind, and what the buffer holds is sent again (tests/test_disk_buffer.py: never a loss)."""
+    log = spill_log(tmp_path)
+    log.append(prepared(0, 100))
+    log.append(prepared(100, 100))
+    records = read_all(log)
+    deliver(records[:1])
+    log.store.save()
+    log.close()
+    before = sample("shipper_state_corrupt_total", file_kind="buffer_position", reason="corrupt")
+    damaged = corrupted(how)(log.store.path)
+    again = spill_log(tmp_path)
+    assert [ids(events)[0] for events, _ in read_all(again)] == [0, 100]
+    again.close()
+    assert sample("shipper_state_corrupt_total", file_kind="buffer_position", reason="corrupt") == before + 1
+    assert log.store.path.with_name("position.json.corrupt").read_bytes() == damaged
