@@ -3,7 +3,9 @@
 A checkpoint file is JSON with a CRC32 of its payload, written to a temporary file, fsynced and
 renamed over the old one (then the directory is fsynced), so kill -9 at any moment leaves either
 the old or the new checkpoint, never a torn or NUL-filled one (loki#6268). A file that fails
-validation is moved aside and reported, and the source starts as if it had none.
+validation is moved aside and reported, and the source starts as if it had none; an entry whose
+values a source finds impossible (a negative offset, a cursor in the future) is rejected, reported
+and dropped the same way. Both are counted in `shipper_state_corrupt_total`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from shipper import metrics
 
 log = logging.getLogger("shipper.checkpoint")
 
@@ -42,8 +46,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 class CheckpointStore:
     """One source's checkpoint state: a JSON-able dict, persisted when it changed."""
 
-    def __init__(self, path: Path, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, path: Path, on_change: Callable[[], None] | None = None, kind: str = "checkpoint") -> None:
         self.path = path
+        self.kind = kind  # what it holds (a source's checkpoints, a disk buffer's position): the metric's label
         self.state: dict[str, Any] = {}
         self.dirty = False
         self._on_change = on_change  # told when the state changes (from the event loop), to save it soon
@@ -71,6 +76,7 @@ class CheckpointStore:
                 "checkpoint file is corrupt; starting without it",
                 extra={"path": str(self.path), "moved_to": str(aside), "error": str(exc)},
             )
+            metrics.state_corrupt.labels(self.kind, "corrupt").inc()
             return {}
         self.state = doc["state"]
         return self.state
@@ -79,6 +85,15 @@ class CheckpointStore:
         """Replace an entry; never mutate a stored value in place (saves snapshot shallowly)."""
         self.state[key] = value
         self._changed()
+
+    def reject(self, key: str, why: str) -> None:
+        """Drop an entry whose values cannot be true (checksummed, yet nonsense): reported, never trusted."""
+        log.error(
+            "checkpoint entry is invalid; not trusted",
+            extra={"path": str(self.path), "entry": key, "error": why},
+        )
+        metrics.state_corrupt.labels(self.kind, "invalid_entry").inc()
+        self.remove(key)
 
     def remove(self, key: str) -> None:
         if self.state.pop(key, None) is not None:

@@ -125,6 +125,13 @@ file_bytes_lost = Counter(
     ["source"],
     registry=registry,
 )
+state_corrupt = Counter(
+    "shipper_state_corrupt",
+    "State files found corrupt (set aside) and entries in them with impossible values (dropped), never trusted: "
+    "by kind of file (checkpoint: a source's; buffer_position: a disk buffer's) and reason (corrupt, invalid_entry).",
+    ["file_kind", "reason"],
+    registry=registry,
+)
 passthrough_dropped = Counter(
     "shipper_passthrough_dropped_bytes",
     "Bytes of the wrapped process's output not copied to shipper's own stdout/stderr because it was blocked.",

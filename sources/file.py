@@ -15,8 +15,9 @@ parsed. When the pipeline is full the push waits and the backlog stays in the fi
 only over delivered data (the feed's on_commit) and the agent saves them atomically.
 
 Rotation. A renamed or deleted file keeps being read through its open descriptor until it has
-been idle for `rotate_wait`. A file that shrinks below the read offset, or whose head changes,
-was truncated or rewritten: the unread rest is looked for in a sibling holding the same content
+been idle for `rotate_wait`. A file that shrinks below the read offset, or whose head or last read
+bytes change (looked at whenever its size or mtime changes: a rewrite may keep the length), was
+truncated or rewritten: the unread rest is looked for in a sibling holding the same content
 (the copy) and read from there, and the file itself is read again from 0 with a new feed. There
 is only ever one reader per inode, so a stale reader cannot re-read rewritten data (vector#23619).
 """
@@ -106,21 +107,31 @@ class _Entry:
     seen: float
 
     @classmethod
-    def parse(cls, raw: Any) -> _Entry | None:
-        """The entry, or None when it is not one this version can trust."""
+    def parse(cls, raw: Any) -> _Entry:
+        """The entry; ValueError saying why when it is not one this version can trust."""
         if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
-            return None
+            raise ValueError("not an object with a path")
         ints: list[int] = []
         for name in ("dev", "ino", "offset", "size", "head", "crc"):
             value = raw.get(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                return None
+                raise ValueError(f"{name} is not a whole number of at least 0: {value!r}")
             ints.append(value)
         seen = raw.get("seen")
         if not isinstance(seen, (int, float)) or isinstance(seen, bool):
-            return None
+            raise ValueError(f"seen is not a time: {seen!r}")
         dev, ino, offset, size, head, crc = ints
+        if offset > size:
+            raise ValueError(f"offset {offset} is beyond the size {size} recorded with it")
         return cls(raw["path"], dev, ino, offset, size, head, crc, float(seen))
+
+    @classmethod
+    def trusted(cls, raw: Any) -> _Entry | None:
+        """The entry, or None when it is not one (rejected when the checkpoints were loaded)."""
+        try:
+            return cls.parse(raw)
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +155,7 @@ class _Watcher:
         self.dev = st.st_dev
         self.ino = st.st_ino
         self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
         self.offset = offset  # read so far; the feed's tracker knows what was delivered
         self.head = head
         self.head_crc = zlib.crc32(head)
@@ -257,7 +269,12 @@ class FileSource(Source):
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        entries = [e for e in map(_Entry.parse, self.context.checkpoints.load().values()) if e is not None]
+        entries = []
+        for key, raw in list(self.context.checkpoints.load().items()):
+            try:
+                entries.append(_Entry.parse(raw))
+            except ValueError as exc:  # the file's start then comes from `start_at`, or a fingerprint match
+                self.context.checkpoints.reject(key, str(exc))
         self._known_paths = {e.path for e in entries}
         self._known_idents = {(e.dev, e.ino) for e in entries}
         try:
@@ -361,7 +378,7 @@ class FileSource(Source):
         owned = {w.key for w in self.watchers.values()}
         out: dict[str, _Entry] = {}
         for key, raw in self.context.checkpoints.state.items():
-            entry = _Entry.parse(raw)
+            entry = _Entry.trusted(raw)
             if entry is not None and key not in owned:
                 out[key] = entry
         return out
@@ -419,8 +436,11 @@ class FileSource(Source):
         return e.offset
 
     def _intact(self, w: _Watcher) -> bool:
-        """`w`'s file still holds what `w` read: not shorter than the offset, same head."""
-        return os.fstat(w.fd).st_size >= w.offset and (not w.head or os.pread(w.fd, len(w.head), 0) == w.head)
+        """`w`'s file still holds what `w` read: not shorter than the offset, same head, and the same
+        last bytes before the offset (a rewrite may keep a header line, or the whole first KiB)."""
+        if os.fstat(w.fd).st_size < w.offset or (w.head and os.pread(w.fd, len(w.head), 0) != w.head):
+            return False
+        return not w.tail or os.pread(w.fd, len(w.tail), w.offset - len(w.tail)) == w.tail
 
     @staticmethod
     def _is_prefix_copy(w: _Watcher, fd: int, st: os.stat_result) -> bool:
@@ -495,7 +515,7 @@ class FileSource(Source):
         owned = {w.key for w in self.watchers.values()}
         now = time.time()
         for key, raw in list(self.context.checkpoints.state.items()):
-            entry = _Entry.parse(raw)
+            entry = _Entry.trusted(raw)
             if key not in owned and (entry is None or now - entry.seen > self.config.forget_after):
                 self.context.checkpoints.remove(key)
 
@@ -560,11 +580,13 @@ class FileSource(Source):
         try:
             while not self.context.stopping.is_set():
                 st = os.fstat(w.fd)
-                if st.st_size < w.offset or (st.st_size != w.size and not self._intact(w)):
+                # Written to since the last look (a rewrite in place may keep the size): still what was read?
+                changed = st.st_size != w.size or st.st_mtime_ns != w.mtime_ns
+                if st.st_size < w.offset or (changed and not self._intact(w)):
                     if not await self._truncated(w, st):
                         return
                     continue
-                w.size = st.st_size
+                w.size, w.mtime_ns = st.st_size, st.st_mtime_ns
                 if w.size > w.offset:
                     await self._read(w)
                     w.idle_since = time.monotonic()

@@ -457,9 +457,12 @@ class SupabaseSource(Source):
         for name in config.tables:
             key = f"{config.project_ref}/{name}"
             position = Position.from_state(state.get(key))
+            if key in state:
+                problem = "not a table's position" if position is None else position.implausible(time.time_ns() // 1000)
+                if problem is not None:  # the table starts at `start_at`
+                    store.reject(key, problem)
+                    position = None
             if position is None:
-                if key in state:
-                    log.warning("checkpoint entry unreadable; the table starts over", extra={"table": name})
                 position = Position.starting_at(start)
             cursor = TableCursor(position, int(config.overlap * US), config.dedupe_max_ids)
             table = _Table(name, key, position, cursor, store)

@@ -30,6 +30,7 @@ US = 1_000_000  # microseconds per second: every time here is epoch microseconds
 MAX_ROWS = 1000  # the endpoint returns at most this many rows per query
 MAX_WINDOW_US = 24 * 3600 * US  # and accepts windows of at most 24 h
 PROBE_WINDOW_US = 60 * US  # `shipper check` and the source column's probe read one minute at most
+FUTURE_SLACK_US = 600 * US  # a checkpointed cursor further ahead of the clock than this is not believed
 
 # Supabase's log sources, as the source column names them (followed by default: the first five).
 DEFAULT_TABLES = ("function_edge_logs", "function_logs", "edge_logs", "postgres_logs", "auth_logs")
@@ -288,6 +289,15 @@ class Position:
 
     def to_state(self) -> dict[str, Any]:
         return {"cursor": iso_micros(self.cursor), "floor": iso_micros(self.floor), "seen": self.seen}
+
+    def implausible(self, now_us: int) -> str | None:
+        """Why a checkpointed position cannot be true, if it cannot: trusting a cursor in the future
+        would skip every row until then (a cursor is never later than the clock when it is saved)."""
+        if self.cursor > now_us + FUTURE_SLACK_US:
+            return f"cursor {iso_micros(self.cursor)} is in the future"
+        if self.floor > self.cursor:
+            return f"floor {iso_micros(self.floor)} is after the cursor {iso_micros(self.cursor)}"
+        return None
 
     @classmethod
     def from_state(cls, state: object) -> Position | None:

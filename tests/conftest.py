@@ -7,12 +7,17 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.procutil import RssSampler
+
+if TYPE_CHECKING:
+    from tests.durability import DurabilityRun
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -72,22 +77,14 @@ class Shipper:
             cwd=REPO,
             env={**os.environ, **(env or {})},
         )
-        self.peak_rss_kib = 0
+        self._rss = RssSampler()
+        self._rss.watch(self.proc)
         self.stdout = b""
         self.stderr = b""
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
 
-    def _sample(self) -> None:
-        status = Path(f"/proc/{self.proc.pid}/status")
-        while self.proc.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
-            except OSError:
-                return
-            time.sleep(0.05)
+    @property
+    def peak_rss_kib(self) -> int:
+        return self._rss.peak_kib
 
     def feed(self, data: bytes, close: bool = True) -> None:
         assert self.proc.stdin is not None
@@ -114,6 +111,38 @@ def run_shipper(args: list[str], data: bytes = b"", timeout: float = 60, env: di
     shipper = Shipper(args, env=env)
     shipper.wait(timeout, data)
     return shipper
+
+
+@pytest.fixture
+def durability(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DurabilityRun]:
+    """A durability scenario's shipper runs (tests/durability.py), all ended with the test; its
+    figures go to the session's summary."""
+    from tests.durability import USER_PROPERTY, DurabilityRun
+
+    def report(line: str) -> None:
+        request.node.user_properties.append((USER_PROPERTY, line))
+
+    run = DurabilityRun(tmp_path, request.node.name, report)
+    yield run
+    run.ensure_stopped()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The durability scenarios' figures, one line each (reported by the tests, from any xdist worker)."""
+    from tests.durability import USER_PROPERTY
+
+    lines = sorted(
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == USER_PROPERTY
+    )
+    if lines:
+        terminalreporter.write_sep("-", "durability figures")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,6 +95,28 @@ def check_delivery(name: str, expected: Iterable[int], ids: list[int]) -> int:
     return duplicates
 
 
+class RssSampler:
+    """The peak resident memory of processes, read from /proc every 50 ms while each runs (a
+    restarted shipper is watched by the same sampler: its peak is over every run)."""
+
+    def __init__(self) -> None:
+        self.peak_kib = 0
+
+    def watch(self, proc: subprocess.Popen[Any]) -> None:
+        threading.Thread(target=self._sample, args=(proc,), daemon=True).start()
+
+    def _sample(self, proc: subprocess.Popen[Any]) -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(0.05)
+
+
 class ShipperProcess:
     """A real `python -m shipper run --config CONFIG [-- COMMAND...]` (or `python -m shipper CLI...`)."""
 
@@ -160,13 +183,18 @@ class ShipperProcess:
             self.proc.wait()
 
 
-def write_config(tmp_path: Path, source: str, sink_path: Path, extra: str = "", name: str = "api") -> Path:
-    """A config with one source table (`source` is its body) and a file sink reading it."""
+def write_config(
+    tmp_path: Path, source: str | Mapping[str, str], sink_path: Path, extra: str = "", name: str = "api"
+) -> Path:
+    """A config with a source table (`source` is its body; or bodies by source name) and a file sink
+    reading every source."""
+    sources = {name: source} if isinstance(source, str) else source
+    tables = "".join(f"[sources.{each}]\n{body}\n\n" for each, body in sources.items())
+    inputs = ", ".join(f'"{each}"' for each in sources)
     path = tmp_path / "config.toml"
     path.write_text(
-        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\n\n'
-        f"[sources.{name}]\n{source}\n\n"
-        f'[sinks.out]\ntype = "file"\ninputs = ["{name}"]\npath = "{sink_path}"\nbatch = {{ timeout = "50ms" }}\n\n'
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\n\n{tables}'
+        f'[sinks.out]\ntype = "file"\ninputs = [{inputs}]\npath = "{sink_path}"\nbatch = {{ timeout = "50ms" }}\n\n'
         f"{extra}"
     )
     return path

@@ -131,6 +131,30 @@ def test_truncation_restarts_at_zero_and_is_counted(tmp_path: Path, logs: Path) 
         shipper.ensure_stopped()
 
 
+@pytest.mark.parametrize("same_head", [False, True], ids=["other_lines", "same_first_kib"])
+def test_rewrite_in_place_with_the_same_length_is_read_again(tmp_path: Path, logs: Path, same_head: bool) -> None:
+    """A file read to its end, then rewritten with other content of exactly its length: the size
+    says nothing, the mtime does (before, the new lines were never read). Its first KiB may be kept
+    (a header): the last bytes read tell the rewrite."""
+    app, out = logs / "app.log", tmp_path / "out.ndjson"
+    header = pino_lines(range(20)) if same_head else b""  # more than the 1 KiB fingerprint
+    first, second = range(1000, 1500), range(2000, 2500)  # ids of equal length: equal lengths of lines
+    app.write_bytes(header + pino_lines(first))
+    shipper = ShipperProcess(write_config(tmp_path, file_source([app]), out), tmp_path)
+    try:
+        wait_delivered(out, first, shipper)
+        app.write_bytes(header + pino_lines(second))
+        assert app.stat().st_size == len(header + pino_lines(first))
+        wait_delivered(out, second, shipper)
+        assert shipper.stop() == 0
+        assert any("file truncated" in m for m in messages(shipper)), shipper.stderr[-3000:]
+    finally:
+        shipper.ensure_stopped()
+    header_ids = range(20) if same_head else range(0)
+    delivered = [i for i in delivered_ids(out) if i not in header_ids]
+    assert check_delivery("rewritten in place", [*first, *second], delivered) == 0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_restart_mid_stream_resumes_from_the_checkpoint(tmp_path: Path, logs: Path, sig: int) -> None:
     app, out = logs / "app.log", tmp_path / "out.ndjson"

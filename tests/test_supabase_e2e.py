@@ -29,15 +29,22 @@ ENV = {"SUPABASE_ACCESS_TOKEN": TOKEN}
 OVERLAP_S = 60
 
 
+def supabase_source(api: SupabaseLogsApi, tables: list[str]) -> str:
+    """The body of a source table polling the fake `api` fast, from 15 minutes ago."""
+    return (
+        f'type = "supabase"\nproject_ref = "{api.ref}"\naccess_token = "${{SUPABASE_ACCESS_TOKEN}}"\n'
+        f'api_url = "{api.url}"\ntables = {orjson.dumps(tables).decode()}\n'
+        f'start_at = "{iso_micros(now_us() - 900 * US)}"\npoll_interval = "300ms"\nlag = "500ms"\n'
+        f'overlap = "{OVERLAP_S}s"\nrequests_per_minute = 600\n'
+        'retry = { initial_backoff = "100ms", max_backoff = "1s" }'
+    )
+
+
 def write_config(tmp_path: Path, api: SupabaseLogsApi, tables: list[str], extra: str = "") -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
         f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\nparse_workers = 1\n\n'
-        f'[sources.sb]\ntype = "supabase"\nproject_ref = "{api.ref}"\naccess_token = "${{SUPABASE_ACCESS_TOKEN}}"\n'
-        f'api_url = "{api.url}"\ntables = {orjson.dumps(tables).decode()}\n'
-        f'start_at = "{iso_micros(now_us() - 900 * US)}"\npoll_interval = "300ms"\nlag = "500ms"\n'
-        f'overlap = "{OVERLAP_S}s"\nrequests_per_minute = 600\n'
-        'retry = { initial_backoff = "100ms", max_backoff = "1s" }\n\n'
+        f"[sources.sb]\n{supabase_source(api, tables)}\n\n"
         f'[sinks.out]\ntype = "file"\ninputs = ["sb"]\npath = "{tmp_path / "out.ndjson"}"\n'
         'batch = { timeout = "50ms" }\n'
         f"{extra}"

@@ -94,7 +94,7 @@ class SpillLog:
         self.max_bytes = max_bytes
         self.fsync = fsync
         self.segment_bytes = segment_bytes or segment_bytes_for(max_bytes)
-        self.store = CheckpointStore(directory / "position.json", on_change)
+        self.store = CheckpointStore(directory / "position.json", on_change, kind="buffer_position")
         self.lock = StateLock(
             directory.parent.parent / "locks" / f"buffer-{sink}.lock",
             f"the disk buffer of sink {sink} is in use by {{owner}} ({{path}} is locked); give each shipper "
