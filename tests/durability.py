@@ -185,6 +185,14 @@ def drops_by_reason(exposition: str) -> Counter[str]:
     return out
 
 
+def reported(request: object, found: Figures) -> Figures:
+    """Show `found` in pytest's summary (and the test's output), for a scenario that runs shipper
+    its own way (a stdin pipe, a wrapped process, an HTTP destination) rather than with `DurabilityRun`."""
+    request.node.user_properties.append((USER_PROPERTY, found.line()))  # type: ignore[attr-defined]
+    print(found.line())
+    return found
+
+
 class DurabilityRun:
     """The shipper runs of one scenario on one config: every process ends with the test, each
     one's drops are scraped from its /metrics before it is stopped or killed."""

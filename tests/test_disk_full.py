@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Shipper, free_port
+from tests.durability import figures, reported
 from tests.fakes.collector import Collector
 from tests.procutil import line_id, pino_lines, wait_for
 
@@ -68,7 +69,7 @@ def answers(port: int) -> bool:
     return True
 
 
-def test_a_full_disk_drops_counted_never_blocks_and_recovers(small_disk: Path) -> None:
+def test_a_full_disk_drops_counted_never_blocks_and_recovers(small_disk: Path, request: pytest.FixtureRequest) -> None:
     collector = Collector().start()
     collector.fail_status = 503
     api = free_port()
@@ -110,10 +111,14 @@ def test_a_full_disk_drops_counted_never_blocks_and_recovers(small_disk: Path) -
             shipper.proc.wait()
         collector.stop()
     assert code == 0, shipper.stderr.decode()[-3000:]
-    delivered = {i for e in collector.events if (i := line_id(e)) is not None}
-    assert set(after) <= delivered  # after recovery, nothing is lost
-    print(f"[disk full] delivered {len(delivered)} of {before + len(after)}, dropped {dropped}")
-    assert len(delivered) + sum(dropped.values()) == before + len(after)  # every line accounted for
+    ids = [i for e in collector.events if (i := line_id(e)) is not None]
+    drops = {f"events_dropped:{reason}": count for reason, count in dropped.items() if count}
+    found = reported(
+        request,
+        figures(request.node.name, range(before + len(after)), ids, lambda line: 0, shipper.peak_rss_kib, drops),
+    )
+    assert set(after) <= set(ids) and not found.duplicated  # after recovery, nothing is lost
+    assert found.distinct + sum(dropped.values()) == found.written  # every line accounted for
     assert dropped["disk_error"] > 0
     errors = [line for line in shipper.stderr.decode().splitlines() if "cannot write to the disk buffer" in line]
     assert errors and "No space left on device" in errors[0]

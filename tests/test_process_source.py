@@ -22,6 +22,7 @@ import pytest
 
 from shipper.agent import EXIT_LOST
 from tests.conftest import free_port
+from tests.durability import figures, reported
 from tests.fakes.datadog_intake import DatadogIntake
 from tests.procutil import REPO, ShipperProcess, read_events, wait_for, write_config
 
@@ -164,7 +165,9 @@ def hanging_server() -> Iterator[int]:
 
 
 @pytest.mark.parametrize("disk", ["roomy", "tiny"])
-def test_fast_writer_is_never_blocked_when_the_sink_hangs(tmp_path: Path, hanging_server: int, disk: str) -> None:
+def test_fast_writer_is_never_blocked_when_the_sink_hangs(
+    tmp_path: Path, hanging_server: int, disk: str, request: pytest.FixtureRequest
+) -> None:
     """The wrapped API writes as fast as it can while the only sink hangs: its writes never wait.
     Memory fills, then the disk buffer; with a tiny disk bound it fills too and the newest are
     dropped, counted; what is left at the deadline is kept on disk while there is room."""
@@ -209,6 +212,15 @@ def test_fast_writer_is_never_blocked_when_the_sink_hangs(tmp_path: Path, hangin
         assert 0 < on_disk <= (32 if disk == "tiny" else 256 * 1024) * 1024
         assert (sink_drops > 0) == (disk == "tiny")  # a full disk buffer drops the newest, counted
         assert rss < 150 * 2**20  # memory stays bounded whatever the child writes
+        drops = {
+            f"{name}:buffer_full": count
+            for name, count in (
+                ("source_events_dropped", float(buffer_full[0].split()[-1])),
+                ("events_dropped", sink_drops),
+            )
+            if count
+        }
+        reported(request, figures(request.node.name, range(lines), [], lambda line: 0, int(rss) // 1024, drops))
         assert shipper.proc.stdout is not None
         started = time.monotonic()
         shipper.proc.communicate(timeout=30)  # reads the passthrough pipe, lets shipper finish
