@@ -202,8 +202,10 @@ def test_a_position_past_its_segments_end_is_not_trusted(tmp_path: Path) -> None
     log.store.update("segment", int(segment.stem))
     log.store.update("offset", segment.stat().st_size + 1000)
     log.store.save()
+    before = sample("shipper_state_corrupt_total", file_kind="buffer_position", reason="invalid_entry")
     again = spill_log(tmp_path)
     assert [ids(events)[0] for events, _ in read_all(again)] == [0]
+    assert sample("shipper_state_corrupt_total", file_kind="buffer_position", reason="invalid_entry") == before + 1
     again.close()
 
 

@@ -131,17 +131,15 @@ class SpillLog:
         state = self.store.load()
         segment, offset = state.get("segment"), state.get("offset")
         if not (isinstance(segment, int) and isinstance(offset, int) and segment >= 0 and offset >= 0):
-            if state:
-                log.error("disk buffer position is invalid; replaying all it holds", extra={"sink": self.sink})
+            if state:  # checksummed, yet nonsense: every record the buffer holds is sent (again)
+                self.store.reject("offset", f"segment {segment!r}, offset {offset!r}: replaying all it holds")
             segment, offset = 0, 0
         for stale in [seq for seq in self._ends if seq < segment]:  # delivered, but not yet deleted
             self._delete(stale)
         if segment not in self._ends or offset > self._ends[segment]:
             if segment in self._ends:
-                log.error(
-                    "disk buffer position is past its segment's end; replaying the segment",
-                    extra={"sink": self.sink, "segment": segment},
-                )
+                why = f"offset {offset} past the end of segment {segment} ({self._ends[segment]} bytes): replaying it"
+                self.store.reject("offset", why)
             segment, offset = min(self._ends, default=segment), 0
         self._read = (segment, offset)
         self._next_segment = max(self._ends, default=segment) + 1
