@@ -184,17 +184,22 @@ class ShipperProcess:
 
 
 def write_config(
-    tmp_path: Path, source: str | Mapping[str, str], sink_path: Path, extra: str = "", name: str = "api"
+    tmp_path: Path,
+    source: str | Mapping[str, str],
+    sink_path: Path,
+    extra: str = "",
+    name: str = "api",
+    sink_options: str = "",
 ) -> Path:
     """A config with a source table (`source` is its body; or bodies by source name) and a file sink
-    reading every source."""
+    reading every source (`sink_options`: more lines of its table)."""
     sources = {name: source} if isinstance(source, str) else source
     tables = "".join(f"[sources.{each}]\n{body}\n\n" for each, body in sources.items())
     inputs = ", ".join(f'"{each}"' for each in sources)
     path = tmp_path / "config.toml"
     path.write_text(
         f'[agent]\nstate_dir = "{tmp_path / "state"}"\nshutdown_timeout = "10s"\n\n{tables}'
-        f'[sinks.out]\ntype = "file"\ninputs = [{inputs}]\npath = "{sink_path}"\nbatch = {{ timeout = "50ms" }}\n\n'
-        f"{extra}"
+        f'[sinks.out]\ntype = "file"\ninputs = [{inputs}]\npath = "{sink_path}"\nbatch = {{ timeout = "50ms" }}\n'
+        f"{sink_options}\n{extra}"
     )
     return path

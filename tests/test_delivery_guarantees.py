@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -40,6 +41,20 @@ def stdin_config(tmp_path: Path, url: str, sink: str = "") -> Path:
         'retry = { initial_backoff = "50ms", max_backoff = "200ms" }\n' + sink
     )
     return path
+
+
+def sigterm_in_an_outage(config: Path, collector: Collector) -> tuple[int, list[dict[str, Any]]]:
+    """300 lines piped into shipper while the collector answers 503, then SIGTERM: the exit code and
+    shipper's log lines."""
+    collector.fail_status = 503
+    shipper = Shipper(["run", "--config", str(config)])
+    try:
+        shipper.feed(pino_lines(range(300)), close=False)
+        wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
+        shipper.proc.send_signal(signal.SIGTERM)
+    finally:
+        code = shipper.wait(20)
+    return code, [orjson.loads(line) for line in shipper.stderr.splitlines() if line.startswith(b'{"ts"')]
 
 
 def checkpointed_offsets(tmp_path: Path) -> list[int]:
@@ -85,16 +100,8 @@ def test_checkpoint_holds_through_an_outage_and_a_restart(tmp_path: Path, collec
 def test_without_a_disk_buffer_stdin_events_cut_by_the_deadline_are_lost_loudly_with_exit_code_3(
     tmp_path: Path, collector: Collector
 ) -> None:
-    collector.fail_status = 503
-    shipper = Shipper(["run", "--config", str(stdin_config(tmp_path, collector.url, NO_DISK_BUFFER))])
-    try:
-        shipper.feed(pino_lines(range(300)), close=False)
-        wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
-        shipper.proc.send_signal(signal.SIGTERM)
-    finally:
-        code = shipper.wait(20)
-    assert code == EXIT_LOST, shipper.stderr.decode()[-3000:]  # a supervisor sees that data was lost
-    logs = [orjson.loads(line) for line in shipper.stderr.splitlines() if line.startswith(b'{"ts"')]
+    code, logs = sigterm_in_an_outage(stdin_config(tmp_path, collector.url, NO_DISK_BUFFER), collector)
+    assert code == EXIT_LOST, logs  # a supervisor sees that data was lost
     [cut] = [m for m in logs if "lost" in m]
     assert cut["level"] == "error" and cut["lost"] == 300 and cut["source"] == "api" and cut["sink"] == "collector"
     assert not [m for m in logs if "resent_on_restart" in m]  # stdin cannot be read again
@@ -105,17 +112,9 @@ def test_stdin_events_cut_by_the_deadline_wait_in_the_disk_buffer_for_the_next_r
 ) -> None:
     """SIGTERM during an outage: what stdin handed shipper is written to the sink's disk buffer (by
     default), exit 0, and the next run delivers it first, once, in order."""
-    collector.fail_status = 503
     config = stdin_config(tmp_path, collector.url)
-    first = Shipper(["run", "--config", str(config)])
-    try:
-        first.feed(pino_lines(range(300)), close=False)
-        wait_for(lambda: collector.requests >= 3, 20, "retries against the failing collector")
-        first.proc.send_signal(signal.SIGTERM)
-    finally:
-        code = first.wait(20)
-    assert code == 0, first.stderr.decode()[-3000:]
-    logs = [orjson.loads(line) for line in first.stderr.splitlines() if line.startswith(b'{"ts"')]
+    code, logs = sigterm_in_an_outage(config, collector)
+    assert code == 0, logs
     [kept] = [m for m in logs if "kept" in m]
     assert kept["kept"] == 300 and kept["level"] == "warning" and kept["sink"] == "collector"
     assert not [m for m in logs if "lost" in m]

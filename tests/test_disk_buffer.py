@@ -179,8 +179,8 @@ def test_a_damaged_record_is_skipped_counted_and_the_rest_delivered(
     again.close()
 
 
-@pytest.mark.parametrize("state", [b"", b"\x00" * 40, b"not json", b'{"version":1,"crc32":0,"state":{}}'])
-def test_a_damaged_position_file_replays_what_the_buffer_holds(tmp_path: Path, state: bytes) -> None:
+def half_delivered(tmp_path: Path) -> SpillLog:
+    """A closed buffer of two records, the first delivered (its position saved)."""
     log = spill_log(tmp_path)
     log.append(prepared(0, 100))
     log.append(prepared(100, 100))
@@ -188,6 +188,12 @@ def test_a_damaged_position_file_replays_what_the_buffer_holds(tmp_path: Path, s
     deliver(records[:1])
     log.store.save()
     log.close()
+    return log
+
+
+@pytest.mark.parametrize("state", [b"", b"\x00" * 40, b"not json", b'{"version":1,"crc32":0,"state":{}}'])
+def test_a_damaged_position_file_replays_what_the_buffer_holds(tmp_path: Path, state: bytes) -> None:
+    log = half_delivered(tmp_path)
     (log.directory / "position.json").write_bytes(state)
     again = spill_log(tmp_path)
     assert [ids(events)[0] for events, _ in read_all(again)] == [0, 100]  # duplicates, never a loss

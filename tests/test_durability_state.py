@@ -29,7 +29,7 @@ from sources.supabase_logs import iso_micros
 from tests.durability import DurabilityRun, Figures
 from tests.fakes.supabase_api import US, LogRow, SupabaseLogsApi, now_us, rows
 from tests.procutil import ShipperProcess, pino_lines, read_events, wait_for
-from tests.test_disk_buffer import deliver, ids, prepared, read_all, spill_log
+from tests.test_disk_buffer import half_delivered, ids, read_all, spill_log
 from tests.test_driver_acks import sample
 from tests.test_supabase_e2e import ENV, TOKEN, supabase_source
 
@@ -243,13 +243,7 @@ def test_corrupt_disk_buffer_position_is_counted_as_such_and_the_buffer_replayed
 ) -> None:
     """The disk buffer's `position.json` is a checkpoint file too: set aside and counted under its
     own kind, and what the buffer holds is sent again (tests/test_disk_buffer.py: never a loss)."""
-    log = spill_log(tmp_path)
-    log.append(prepared(0, 100))
-    log.append(prepared(100, 100))
-    records = read_all(log)
-    deliver(records[:1])
-    log.store.save()
-    log.close()
+    log = half_delivered(tmp_path)
     before = sample("shipper_state_corrupt_total", file_kind="buffer_position", reason="corrupt")
     damaged = corrupted(how)(log.store.path)
     again = spill_log(tmp_path)
