@@ -201,6 +201,11 @@ class Agent:
         return True
 
     @property
+    def _replayable(self) -> set[str]:
+        """The sources whose input can be read again after a restart (a file, a cursor)."""
+        return {name for name, source in self.sources.items() if source.replayable}
+
+    @property
     def _spills(self) -> list[SpillLog]:
         return [driver.channel.spill for driver in self.drivers.values() if driver.channel.spill is not None]
 
@@ -575,7 +580,7 @@ class Agent:
         buffer when the sink has one, else lost (an error and a counted drop). True when some were lost."""
         if channel.spill is not None:
             events = self._kept_on_disk(sink, channel, events)
-        replayable = {name for name, source in self.sources.items() if source.replayable}
+        replayable = self._replayable
         why = _UNDELIVERED[reason]
         lost = False
         unsent = Counter(event.fields.get("source") for event in events)
@@ -599,7 +604,7 @@ class Agent:
         (every one, `buffer.type = "disk"`) stay there, and those of a source that cannot be read again
         are written to it now (the SIGTERM that ends `node app | shipper run` loses nothing)."""
         assert channel.spill is not None
-        replayable = {name for name, source in self.sources.items() if source.replayable}
+        replayable = self._replayable
         rest = [] if channel.durable else [event for event in events if not on_disk(event)]
         persist = [event for event in rest if event.fields.get("source") not in replayable]
         if persist:
@@ -647,11 +652,7 @@ class Agent:
         """Disk buffers first: a source's checkpoint is never on disk ahead of the data it handed to
         a disk buffer. Then the buffers' delivered positions and the sources' checkpoints."""
         for spill in self._spills:
-            spill.sync()
-            try:
-                spill.store.save()
-            except OSError as exc:
-                log.error("cannot write a disk buffer's position", extra={"sink": spill.sink, "error": str(exc)})
+            spill.save()
         for context in self.contexts.values():
             try:
                 context.checkpoints.save()
@@ -675,11 +676,6 @@ def _died(name: str, task: asyncio.Task[None]) -> bool:
 def _release(channel: Channel) -> None:
     """Let go of a removed sink's disk buffer: its delivered position saved, its lock released."""
     if channel.spill is not None:
-        channel.spill.sync()
-        try:
-            channel.spill.store.save()
-        except OSError as exc:
-            log.error("cannot write a disk buffer's position", extra={"sink": channel.sink, "error": str(exc)})
         channel.spill.close()
 
 

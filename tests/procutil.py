@@ -95,6 +95,17 @@ def check_delivery(name: str, expected: Iterable[int], ids: list[int]) -> int:
     return duplicates
 
 
+def page_sample(page: str, name: str, **labels: str) -> float:
+    """The value of one sample on a /metrics page, by name and exact labels (0 when absent)."""
+    pairs = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    wanted = f"{name}{{{pairs}}}" if labels else name
+    for line in page.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == wanted:
+            return float(value)
+    return 0.0
+
+
 class RssSampler:
     """The peak resident memory of processes, read from /proc every 50 ms while each runs (a
     restarted shipper is watched by the same sampler: its peak is over every run)."""

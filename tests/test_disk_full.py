@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import Shipper, free_port
 from tests.durability import figures, reported
 from tests.fakes.collector import Collector
-from tests.procutil import line_id, pino_lines, wait_for
+from tests.procutil import line_id, page_sample, pino_lines, wait_for
 
 DISK = 12 * 1024 * 1024
 LEFT_FREE = 512 * 1024
@@ -53,12 +53,9 @@ def fill(disk: Path, leave: int) -> Path:
 
 
 def scrape(port: int, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    want = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith(name + "{") and line.split("{", 1)[1].split("}", 1)[0] == want:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return page_sample(
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(), name, **labels
+    )
 
 
 def answers(port: int) -> bool:

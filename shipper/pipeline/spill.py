@@ -367,9 +367,18 @@ class SpillLog:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(segment))
 
-    def close(self) -> None:
-        """Flush and release the files (at shutdown, once nothing writes any more)."""
+    def save(self) -> None:
+        """Flush what was written, then save the delivered position (the agent does it before it saves
+        any source's checkpoint, which must never be on disk ahead of what it handed this buffer)."""
         self.sync()
+        try:
+            self.store.save()
+        except OSError as exc:
+            log.error("cannot write a disk buffer's position", extra={"sink": self.sink, "error": str(exc)})
+
+    def close(self) -> None:
+        """Save, then release the files and the lock (at shutdown, or when a reload removes the sink)."""
+        self.save()
         self._retire_writer()
         self._close_reader()
         with self._lock:
