@@ -3,8 +3,10 @@
 # (METRICS_TOKEN required for /metrics). Any shipper command works: `docker run IMAGE check`, `top`,
 # or, in an image that also holds your API, `run -- node dist/main.js` to wrap it (docs/deploy.md).
 FROM python:3.11-slim AS build
+# A C compiler for the compiled hot path (shipper/_speedups.c); the runtime image stays without one.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY shipper ./shipper
 COPY sources ./sources
 COPY sinks ./sinks

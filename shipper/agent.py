@@ -43,6 +43,7 @@ from shipper.pipeline.spill import SpillLog, on_disk
 from shipper.reload import FEED_AGENT_KEYS, LIVE_AGENT_KEYS, ConfigDiff, diff_configs
 from shipper.sink import Sink
 from shipper.source import Source, SourceContext
+from shipper.speedups import SPEEDUPS
 from shipper.workers import SinkRoute, WorkerPool, resolve_worker_count
 
 log = logging.getLogger("shipper.agent")
@@ -477,7 +478,10 @@ class Agent:
             log.warning(warning.message, extra={"key": warning.key})
         self.started = True
         _reloaded(None)
-        log.info("started", extra={"sources": sorted(self.sources), "sinks": sorted(self.drivers)})
+        log.info(
+            "started",
+            extra={"sources": sorted(self.sources), "sinks": sorted(self.drivers), "compiled": SPEEDUPS is not None},
+        )
         systemd.notify("READY=1")
 
         stop_wait = asyncio.create_task(self.stopping.wait())

@@ -28,6 +28,7 @@ from shipper.config import (
 from shipper.errors import ConfigError
 from shipper.event import tune_gc_for_events
 from shipper.log import setup_logging
+from shipper.speedups import SPEEDUPS
 from shipper.units import parse_duration
 from sources.supabase_logs import DEFAULT_TABLES
 
@@ -52,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="shipper",
         description="Ship logs of Node.js APIs (Fastify/pino, NestJS) and Supabase to Datadog, Loki, CloudWatch.",
     )
-    parser.add_argument("--version", action="version", version=f"shipper {__version__}")
+    hot_path = "compiled hot path" if SPEEDUPS is not None else "pure-Python hot path (no C compiler at install)"
+    parser.add_argument("--version", action="version", version=f"shipper {__version__} ({hot_path})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(

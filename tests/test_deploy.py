@@ -45,6 +45,18 @@ def instructions(dockerfile: Path) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_images_build_the_compiled_hot_path(dockerfile: Path) -> None:
+    """Without setup.py or a compiler where pip installs, an image silently runs the slower Python
+    twin of shipper/_speedups.c."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    copied = " ".join(re.findall(r"^COPY (.*)$", text, flags=re.MULTILINE))
+    assert "setup.py" in copied
+    [install] = [line for line in text.splitlines() if "pip install" in line]
+    stage_before = text[: text.index(install)].rpartition("FROM ")[2]
+    assert re.search(r"apt-get install [^\n]*\bgcc\b", stage_before + install), "no C compiler where pip installs"
+
+
 def api_port(config_text: str) -> int:
     address = re.search(r'^address = "(?:\$\{[A-Z_]+:-)?([^"}]+)\}?"', config_text, re.MULTILINE)
     assert address, "no [api] address"

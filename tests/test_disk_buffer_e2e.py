@@ -53,6 +53,15 @@ def health(api: int) -> dict[str, int]:
     return sink
 
 
+def serving(api: int) -> bool:
+    """Whether a (re)started shipper answers /health yet."""
+    try:
+        health(api)
+    except OSError:
+        return False
+    return True
+
+
 def test_a_long_outage_with_a_kill_9_in_it_loses_nothing_and_keeps_the_order(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -85,6 +94,7 @@ def test_a_long_outage_with_a_kill_9_in_it_loses_nothing_and_keeps_the_order(
         shipper = ShipperProcess(path, tmp_path)
         rss.watch(shipper.proc)
         time.sleep(seconds / 8)
+        wait_for(lambda: serving(api), 30, "the restarted shipper's API")  # a loaded machine starts it slowly
         assert health(api)["disk_buffer_events"] > 0  # the new run took over what the last one buffered
         collector = Collector(port=port).start()  # back, on the same address
         writer.join()

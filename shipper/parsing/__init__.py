@@ -85,22 +85,19 @@ import re
 import time
 from collections.abc import Iterable
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
 from shipper.event import Event
 from shipper.log import RateLimitedLog
 from shipper.parsing.clock import (
-    EPOCH_MS_END,
-    EPOCH_MS_MIN,
-    MS_SUFFIX,
     LocalTimes,
     epoch_ms,
     format_ms,
     resolve_zone,
-    second_prefix,
 )
+from shipper.parsing.pino import normalize_records
 from shipper.parsing.records import (
     LEVEL_BY_NUM,
     LEVEL_BY_WORD,
@@ -270,9 +267,6 @@ class Processor:
             state = self._streams[stream] = _Stream(const)
         elif state.group is not None and received_at - state.group.last_at >= self._timeout:
             out.append(self._close(state))
-        # The pino path below is the hot path: locals only, no helper call for a common record, and
-        # a record's new keys are counted instead of checked one by one (a collision takes the
-        # careful path).
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         json_ok = self._json
@@ -285,13 +279,8 @@ class Processor:
         # the loop needs no index.
         suspects: set[int] = set()
         if redactor.enabled and json_ok:
-            found = redactor.suspects(lines, joined)
+            found = redactor.suspects(joined)
             suspects = {id(line) for line in lines} if found is None else {id(lines[i]) for i in found}
-        service, source = state.const["service"], self.source
-        grown = 6 if stream is None else 7  # level_num timestamp message host service source [stream] (+http)
-        second, prefix = self._second, self._prefix
-        level_name, suffixes, event = LEVEL_BY_NUM.get, MS_SUFFIX, Event
-        ms_min, ms_end = EPOCH_MS_MIN, EPOCH_MS_END  # other magnitudes (pino's unixTime) take the careful path
         # A stream of records (the last chunk was all records) is parsed in one C-level map; a
         # chunk with any other line falls back to line-by-line parsing. JSON whitespace includes
         # the \r of a CRLF line, so it parses too.
@@ -302,8 +291,9 @@ class Processor:
             except decode_error:
                 self._records_only = False
         records_only = json_ok
-        group_open = state.group is not None
-        fresh = -1  # the time of the last record taken on the fast path, not yet noted in `state`
+        # Consecutive records go to the fast path (`pino.normalize_records`) together.
+        run: list[Any] = []
+        raws: list[bytes] = []
         for line, record in zip(lines, parsed, strict=False):  # `parsed` may be endless
             if record is _UNPARSED:
                 record = None
@@ -319,86 +309,41 @@ class Processor:
                                 self._fallbacks["invalid_json"].inc()
                         # else: a thrown object, as Node's crash printout shows it (util.inspect output)
             if type(record) is dict:
-                if group_open:
+                if state.group is not None:
                     out.append(self._close(state))
-                    group_open = False
                 raw = line[:-1] if crlf and line[-1:] == b"\r" else line
                 if suspects and id(line) in suspects and redactor.record(record) is not None:
                     raw = orjson.dumps(record)
-                level = record.get("level")
-                stamp = record.get("time")
-                msg = record.pop("msg", None)
-                hostname = record.pop("hostname", None)
-                if not (
-                    type(level) is int
-                    and type(stamp) is int
-                    and type(msg) is str
-                    and type(hostname) is str
-                    and ((sec := stamp // 1000) == second or ms_min <= stamp < ms_end)
-                ):
-                    if msg is not None:
-                        record["msg"] = msg
-                    if hostname is not None:
-                        record["hostname"] = hostname
-                    if fresh >= 0:
-                        state.read(fresh, received_at)
-                        fresh = -1
-                    self._normalize(record, state, received_at)
-                    out.append(event(record, raw))
-                    continue
-                fresh = stamp
-                if sec != second:  # `second` only ever holds an in-range second
-                    second, prefix = sec, second_prefix(sec)
-                size = len(record) + grown
-                record["level"] = level_name(level) or level_from_number(level)
-                record["level_num"] = level
-                record["timestamp"] = prefix + suffixes[stamp % 1000]
-                record["message"] = msg
-                record["host"] = hostname
-                record["service"] = service
-                record["source"] = source
-                if stream is not None:
-                    record["stream"] = stream
-                # Access lines: Fastify's `incoming request` (req) and `request completed` (res).
-                http = None
-                req = record.get("req")
-                if req is not None:
-                    if "res" in record:
-                        http = http_fields(record)
-                    else:
-                        try:
-                            http = {"method": req["method"], "url": req["url"]}
-                        except (KeyError, TypeError):
-                            http = http_fields(record)
-                else:
-                    res = record.get("res")
-                    if res is not None:
-                        try:
-                            http = {"status_code": res["statusCode"], "duration_ms": record["responseTime"]}
-                        except (KeyError, TypeError):
-                            http = http_fields(record)
-                if http is not None:
-                    record["http"] = http
-                    size += 1
-                if len(record) != size:  # a key we set was already there: start over, carefully
-                    record = loads(line)
-                    if suspects and id(line) in suspects:
-                        redactor.record(record)
-                    self._normalize(record, state, received_at)
-                    fresh = -1
-                out.append(event(record, raw))
+                run.append(record)
+                raws.append(raw)
                 continue
             records_only = False
-            if fresh >= 0:
-                state.read(fresh, received_at)
-                fresh = -1
+            if run:
+                out += self._records(run, raws, state, stream, received_at)
+                run, raws = [], []
             self._text_line(state, line, received_at, out)
-            group_open = state.group is not None
+        if run:
+            out += self._records(run, raws, state, stream, received_at)
+        self._records_only = records_only
+        return out
+
+    def _records(
+        self, records: list[dict[str, Any]], raws: list[bytes], state: _Stream, stream: str | None, received_at: float
+    ) -> list[Event]:
+        """Events of consecutive records: plain pino ones on the fast path, the others normalized
+        carefully in their place, the stream's clock noted in line order."""
+        events, slow, before, fresh, self._second, self._prefix = normalize_records(
+            records, raws, state.const["service"], self.source, stream, self._second, self._prefix
+        )
+        for index, prior in zip(slow, before, strict=True):
+            if prior >= 0:
+                state.read(prior, received_at)
+            record = records[index]
+            self._normalize(record, state, received_at)
+            events[index] = Event(record, raws[index])
         if fresh >= 0:
             state.read(fresh, received_at)
-        self._records_only = records_only
-        self._second, self._prefix = second, prefix
-        return out
+        return cast(list[Event], events)
 
     def flush(self, now: float | None = None, force: bool = False) -> list[Event]:
         """Emit multi-line groups idle for the flush timeout (all of them when `force`)."""

@@ -77,7 +77,7 @@ class Transforms:
         if redactor is not None:
             added = [index for index, event in enumerate(events) if self._changed[event]]
             lines = [raws[index] for index in added]
-            suspects = redactor.suspects(lines, b"\n".join(lines))  # None: every one
+            suspects = redactor.suspects(b"\n".join(lines))  # None: every one
             for at in range(len(lines)) if suspects is None else suspects:
                 event = events[added[at]]
                 if redactor.record(event.fields) is not None:

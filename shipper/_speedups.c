@@ -1,0 +1,391 @@
+/* shipper's hot path in C: the pino record fast path (shipper/parsing/pino.py's `normalize_records`,
+ * event for event) and the redaction prefilter (shipper/redact.py).
+ *
+ * Parsing a pino line costs ~40k instructions in Python, of which the per-record dict work after
+ * orjson (moving msg/hostname, the level word, the RFC 3339 timestamp, the http fields, the Event)
+ * is about a third. Here that work is a few hundred instructions a record. The semantics live in
+ * the Python twin (shipper/parsing/pino.py), which runs where this module was not built, and
+ * tests/test_speedups.py checks that both give the same events. Anything unusual (a custom level,
+ * a key collision, a time of another magnitude) is left untouched and listed as slow, for the
+ * careful Python path.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+static const long long EPOCH_MS_MIN = 100000000000LL;
+static const long long EPOCH_MS_END = 100000000000000LL;
+
+/* Interned keys. */
+static PyObject *k_level, *k_time, *k_msg, *k_hostname, *k_level_num, *k_timestamp, *k_message, *k_host,
+    *k_service, *k_source, *k_stream, *k_http, *k_req, *k_res, *k_method, *k_url, *k_status_code_in,
+    *k_response_time, *k_status_code, *k_duration_ms;
+
+/* Set once by `configure` (the Python twin's collaborators). */
+static PyObject *levels, *level_from_number, *http_fields, *second_prefix, *event_type;
+
+static int intern(PyObject **slot, const char *text) {
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+static PyObject *configure(PyObject *self, PyObject *args) {
+    PyObject *a, *b, *c, *d, *e;
+    if (!PyArg_ParseTuple(args, "O!OOOO:configure", &PyDict_Type, &a, &b, &c, &d, &e))
+        return NULL;
+    Py_XSETREF(levels, Py_NewRef(a));
+    Py_XSETREF(level_from_number, Py_NewRef(b));
+    Py_XSETREF(http_fields, Py_NewRef(c));
+    Py_XSETREF(second_prefix, Py_NewRef(d));
+    Py_XSETREF(event_type, Py_NewRef(e));
+    Py_RETURN_NONE;
+}
+
+/* `prefix` (YYYY-MM-DDTHH:MM:SS, 19 ASCII characters) + `.mmmZ`. */
+static PyObject *timestamp(PyObject *prefix, long long ms) {
+    Py_ssize_t size;
+    const char *head = PyUnicode_AsUTF8AndSize(prefix, &size);
+    if (head == NULL)
+        return NULL;
+    PyObject *out = PyUnicode_New(size + 5, 127);
+    if (out == NULL)
+        return NULL;
+    char *data = (char *)PyUnicode_DATA(out);
+    int frac = (int)(ms % 1000);
+    memcpy(data, head, (size_t)size);
+    data[size] = '.';
+    data[size + 1] = (char)('0' + frac / 100);
+    data[size + 2] = (char)('0' + frac / 10 % 10);
+    data[size + 3] = (char)('0' + frac % 10);
+    data[size + 4] = 'Z';
+    return out;
+}
+
+/* A new dict {k1: v1, k2: v2}. */
+static PyObject *pair(PyObject *k1, PyObject *v1, PyObject *k2, PyObject *v2) {
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    if (PyDict_SetItem(out, k1, v1) < 0 || PyDict_SetItem(out, k2, v2) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* Fastify's access fields (a new reference, Py_None when there are none, NULL on error). */
+static PyObject *http_of(PyObject *record) {
+    PyObject *req = PyDict_GetItemWithError(record, k_req);
+    if (req == NULL && PyErr_Occurred())
+        return NULL;
+    if (req != NULL && req != Py_None) {
+        int has_res = PyDict_Contains(record, k_res);
+        if (has_res < 0)
+            return NULL;
+        if (!has_res && PyDict_Check(req)) {
+            PyObject *method = PyDict_GetItemWithError(req, k_method);
+            PyObject *url = method ? PyDict_GetItemWithError(req, k_url) : NULL;
+            if (url != NULL)
+                return pair(k_method, method, k_url, url);
+            if (PyErr_Occurred())
+                return NULL;
+        }
+        return PyObject_CallOneArg(http_fields, record);
+    }
+    PyObject *res = PyDict_GetItemWithError(record, k_res);
+    if (res == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (res == Py_None)
+        Py_RETURN_NONE;
+    if (PyDict_Check(res)) {
+        PyObject *status = PyDict_GetItemWithError(res, k_status_code_in);
+        PyObject *duration = status ? PyDict_GetItemWithError(record, k_response_time) : NULL;
+        if (duration != NULL)
+            return pair(k_status_code, status, k_duration_ms, duration);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    return PyObject_CallOneArg(http_fields, record);
+}
+
+/* Whether `record` holds any of the keys the fast path adds (a collision: the careful path). */
+static int collides(PyObject *record, PyObject *stream) {
+    PyObject *added[] = {k_level_num, k_timestamp, k_message, k_host, k_service, k_source};
+    for (size_t i = 0; i < sizeof added / sizeof added[0]; i++) {
+        int has = PyDict_Contains(record, added[i]);
+        if (has != 0)
+            return has;
+    }
+    return stream == Py_None ? 0 : PyDict_Contains(record, k_stream);
+}
+
+/* One record the fast way: 1 done (`*event` set), 0 slow (record untouched), -1 error. */
+static int fast_record(PyObject *record, PyObject *raw, PyObject *service, PyObject *source, PyObject *stream,
+                       long long *second, PyObject **prefix, long long *stamp_out, PyObject **event) {
+    PyObject *level = PyDict_GetItemWithError(record, k_level);
+    PyObject *stamp = level ? PyDict_GetItemWithError(record, k_time) : NULL;
+    PyObject *msg = stamp ? PyDict_GetItemWithError(record, k_msg) : NULL;
+    PyObject *hostname = msg ? PyDict_GetItemWithError(record, k_hostname) : NULL;
+    if (hostname == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyLong_CheckExact(level) || !PyLong_CheckExact(stamp) || !PyUnicode_CheckExact(msg) ||
+        !PyUnicode_CheckExact(hostname))
+        return 0;
+    int overflow;
+    long long ms = PyLong_AsLongLongAndOverflow(stamp, &overflow);
+    if (overflow || (ms == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (ms < EPOCH_MS_MIN || ms >= EPOCH_MS_END)
+        return 0;
+    int clash = collides(record, stream);
+    if (clash != 0)
+        return clash < 0 ? -1 : 0;
+    PyObject *http = http_of(record);
+    if (http == NULL)
+        return -1;
+    if (http != Py_None) {
+        int has = PyDict_Contains(record, k_http);
+        if (has != 0) {
+            Py_DECREF(http);
+            return has < 0 ? -1 : 0;
+        }
+    }
+    PyObject *word = PyDict_GetItemWithError(levels, level);
+    if (word != NULL)
+        Py_INCREF(word);
+    else if (!PyErr_Occurred())
+        word = PyObject_CallOneArg(level_from_number, level);
+    if (word == NULL) {
+        Py_DECREF(http);
+        return -1;
+    }
+    long long sec = ms / 1000; /* ms is positive here */
+    if (sec != *second) {
+        PyObject *sec_obj = PyLong_FromLongLong(sec);
+        PyObject *made = sec_obj ? PyObject_CallOneArg(second_prefix, sec_obj) : NULL;
+        Py_XDECREF(sec_obj);
+        if (made == NULL || !PyUnicode_Check(made)) {
+            if (made != NULL)
+                PyErr_SetString(PyExc_TypeError, "second_prefix must return str");
+            Py_XDECREF(made);
+            Py_DECREF(word);
+            Py_DECREF(http);
+            return -1;
+        }
+        Py_SETREF(*prefix, made);
+        *second = sec;
+    }
+    PyObject *when = timestamp(*prefix, ms);
+    if (when == NULL) {
+        Py_DECREF(word);
+        Py_DECREF(http);
+        return -1;
+    }
+    /* The record keeps msg and hostname alive while they move. */
+    Py_INCREF(msg);
+    Py_INCREF(hostname);
+    int failed = PyDict_DelItem(record, k_msg) < 0 || PyDict_DelItem(record, k_hostname) < 0 ||
+                 PyDict_SetItem(record, k_level_num, level) < 0 || PyDict_SetItem(record, k_level, word) < 0 ||
+                 PyDict_SetItem(record, k_timestamp, when) < 0 || PyDict_SetItem(record, k_message, msg) < 0 ||
+                 PyDict_SetItem(record, k_host, hostname) < 0 || PyDict_SetItem(record, k_service, service) < 0 ||
+                 PyDict_SetItem(record, k_source, source) < 0 ||
+                 (stream != Py_None && PyDict_SetItem(record, k_stream, stream) < 0) ||
+                 (http != Py_None && PyDict_SetItem(record, k_http, http) < 0);
+    Py_DECREF(msg);
+    Py_DECREF(hostname);
+    Py_DECREF(word);
+    Py_DECREF(when);
+    Py_DECREF(http);
+    if (failed)
+        return -1;
+    PyObject *call[] = {record, raw};
+    *event = PyObject_Vectorcall(event_type, call, 2, NULL);
+    *stamp_out = ms;
+    return *event == NULL ? -1 : 1;
+}
+
+static PyObject *normalize_records(PyObject *self, PyObject *args) {
+    PyObject *records, *raws, *service, *source, *stream, *prefix;
+    long long second;
+    if (!PyArg_ParseTuple(args, "O!O!UUOLU:normalize_records", &PyList_Type, &records, &PyList_Type, &raws, &service,
+                          &source, &stream, &second, &prefix))
+        return NULL;
+    if (event_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() was not called");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(records);
+    if (PyList_GET_SIZE(raws) != count) {
+        PyErr_SetString(PyExc_ValueError, "records and raws differ in length");
+        return NULL;
+    }
+    PyObject *events = PyList_New(count);
+    PyObject *slow = PyList_New(0);
+    PyObject *before = PyList_New(0);
+    if (events == NULL || slow == NULL || before == NULL)
+        goto error;
+    Py_INCREF(prefix);
+    long long fresh = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        PyObject *event = NULL;
+        long long ms = -1;
+        int done = PyDict_CheckExact(record)
+                       ? fast_record(record, PyList_GET_ITEM(raws, i), service, source, stream, &second, &prefix,
+                                     &ms, &event)
+                       : 0;
+        if (done < 0)
+            goto error_prefix;
+        if (done) {
+            PyList_SET_ITEM(events, i, event);
+            fresh = ms;
+            continue;
+        }
+        PyList_SET_ITEM(events, i, Py_NewRef(Py_None));
+        PyObject *index = PyLong_FromSsize_t(i);
+        PyObject *prior = index ? PyLong_FromLongLong(fresh) : NULL;
+        int bad = prior == NULL || PyList_Append(slow, index) < 0 || PyList_Append(before, prior) < 0;
+        Py_XDECREF(index);
+        Py_XDECREF(prior);
+        if (bad)
+            goto error_prefix;
+        fresh = -1;
+    }
+    PyObject *out = Py_BuildValue("(NNNLLN)", events, slow, before, fresh, second, prefix);
+    return out;
+error_prefix:
+    Py_DECREF(prefix);
+error:
+    Py_XDECREF(events);
+    Py_XDECREF(slow);
+    Py_XDECREF(before);
+    return NULL;
+}
+
+
+/* ---------------------------------------------------------------- redaction prefilter
+ * shipper/redact.py's line prefilter: which lines of a chunk hold a trigger word some rule needs.
+ * Words match in any case, with any '-' or '_' between their letters (a key's rule is judged on
+ * its name without them: `pass_word` is a password field); `_live_`/`_test_` (Stripe) as
+ * written; '@' always, '+' when phone numbers are redacted. A superset of what the rules match:
+ * tests/test_redact.py's property tests hold it to that.
+ */
+static const char *const trigger_words[] = {"authorization", "cookie", "token", "key",   "akia", "asia", "password",
+                                            "passwd",        "pwd",    "bearer", "eyj", "secret", "sbp", NULL};
+static unsigned char lower_of[256];
+/* What a byte may start: nothing (most), a new line, a sign (@ + _), or a trigger word. */
+enum { PLAIN, NEWLINE, SIGN, LETTER };
+static unsigned char kind_of[256];
+/* Per lowercase letter, a bit per word of trigger_words that has it first, and second. */
+static unsigned int first_of[256], second_of[256];
+
+static void scanner_init(void) {
+    for (int c = 0; c < 256; c++)
+        lower_of[c] = (unsigned char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+    for (int w = 0; trigger_words[w] != NULL; w++) {
+        first_of[(unsigned char)trigger_words[w][0]] |= 1u << w;
+        second_of[(unsigned char)trigger_words[w][1]] |= 1u << w;
+    }
+    for (int c = 0; c < 256; c++)
+        kind_of[c] = first_of[lower_of[c]] ? LETTER : PLAIN;
+    kind_of['\n'] = NEWLINE;
+    kind_of['@'] = kind_of['+'] = kind_of['_'] = SIGN;
+}
+
+/* Whether trigger word `word` goes on at data[j] (its first two letters already matched). */
+static int word_at(const unsigned char *data, Py_ssize_t j, Py_ssize_t size, const char *word) {
+    for (const char *rest = word + 2; *rest; rest++, j++) {
+        while (j < size && (data[j] == '-' || data[j] == '_'))
+            j++;
+        if (j >= size || lower_of[data[j]] != (unsigned char)*rest)
+            return 0;
+    }
+    return 1;
+}
+
+/* Whether a trigger starts at data[i], a byte of kind SIGN or LETTER. */
+static int trigger_at(const unsigned char *data, Py_ssize_t i, Py_ssize_t size, int phones) {
+    unsigned char c = data[i];
+    if (kind_of[c] == SIGN)
+        return c == '@' || (c == '+' && phones) ||
+               (c == '_' && size - i >= 6 && data[i + 5] == '_' &&
+                (memcmp(data + i + 1, "live", 4) == 0 || memcmp(data + i + 1, "test", 4) == 0));
+    Py_ssize_t j = i + 1;
+    while (j < size && (data[j] == '-' || data[j] == '_'))
+        j++;
+    if (j >= size)
+        return 0;
+    for (unsigned int words = first_of[lower_of[c]] & second_of[lower_of[data[j]]]; words; words &= words - 1)
+        if (word_at(data, j + 1, size, trigger_words[__builtin_ctz(words)]))
+            return 1;
+    return 0;
+}
+
+static PyObject *trigger_lines(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    int phones;
+    if (!PyArg_ParseTuple(args, "y*p:trigger_lines", &view, &phones))
+        return NULL;
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t size = view.len, line = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char kind = kind_of[data[i]];
+        if (kind == PLAIN)
+            continue;
+        if (kind == NEWLINE) {
+            line++;
+            continue;
+        }
+        if (!trigger_at(data, i, size, phones))
+            continue;
+        PyObject *index = PyLong_FromSsize_t(line);
+        if (index == NULL || PyList_Append(out, index) < 0) {
+            Py_XDECREF(index);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(index);
+        const unsigned char *next = memchr(data + i, '\n', (size_t)(size - i));
+        if (next == NULL)
+            break;
+        i = next - data - 1; /* the loop's i++ lands on the newline */
+    }
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(levels, level_from_number, http_fields, second_prefix, event_type): the Python collaborators."},
+    {"normalize_records", normalize_records, METH_VARARGS,
+     "normalize_records(records, raws, service, source, stream, second, prefix) -> "
+     "(events, slow, fresh_before, fresh, second, prefix); see shipper/parsing/pino.py."},
+    {"trigger_lines", trigger_lines, METH_VARARGS,
+     "trigger_lines(data, phones) -> indexes of the lines (split at \\n) holding a redaction trigger word."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "shipper._speedups",
+                                    "The pino record fast path in C (see shipper/parsing/pino.py).", -1, methods};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (intern(&k_level, "level") || intern(&k_time, "time") || intern(&k_msg, "msg") ||
+        intern(&k_hostname, "hostname") || intern(&k_level_num, "level_num") || intern(&k_timestamp, "timestamp") ||
+        intern(&k_message, "message") || intern(&k_host, "host") || intern(&k_service, "service") ||
+        intern(&k_source, "source") || intern(&k_stream, "stream") || intern(&k_http, "http") ||
+        intern(&k_req, "req") || intern(&k_res, "res") || intern(&k_method, "method") || intern(&k_url, "url") ||
+        intern(&k_status_code_in, "statusCode") || intern(&k_response_time, "responseTime") ||
+        intern(&k_status_code, "status_code") || intern(&k_duration_ms, "duration_ms"))
+        return NULL;
+    scanner_init();
+    return PyModule_Create(&module);
+}

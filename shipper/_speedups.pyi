@@ -1,0 +1,16 @@
+from collections.abc import Callable
+from typing import Any
+
+from shipper.event import Event
+
+def configure(
+    levels: dict[int, str],
+    level_from_number: Callable[[int], str],
+    http_fields: Callable[[dict[str, Any]], dict[str, Any] | None],
+    second_prefix: Callable[[int], str],
+    event_type: type[Event],
+) -> None: ...
+def normalize_records(
+    records: list[Any], raws: list[bytes], service: str, source: str, stream: str | None, second: int, prefix: str
+) -> tuple[list[Event | None], list[int], list[int], int, int, str]: ...
+def trigger_lines(data: bytes, phones: bool) -> list[int]: ...

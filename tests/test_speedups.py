@@ -1,0 +1,154 @@
+"""The compiled hot path (shipper/_speedups.c) gives exactly what its Python twin gives.
+
+The twin (shipper/parsing/pino.py `normalize_records_py`) defines the pino fast path; the C
+version must agree with it on every record, plain or odd: the same events (fields, their order,
+raw), the same records left for the careful path, the same clock notes and timestamp cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shipper.config import RedactConfig, SourceConfig
+from shipper.parsing import build_processor
+from shipper.parsing import pino as pino_module
+from shipper.parsing.pino import normalize_records_py
+from shipper.speedups import SPEEDUPS
+from tests.conftest import CORPUS, needs_corpus
+
+NOW_MS = int(time.time() * 1000)
+
+
+def test_the_extension_is_built_where_a_compiler_is() -> None:
+    """CI and any machine with a C compiler and Python's headers run the compiled path: a broken
+    build must not pass silently as the slower twin."""
+    if os.environ.get("SHIPPER_PURE_PYTHON"):
+        pytest.skip("SHIPPER_PURE_PYTHON is set: the Python twin runs on purpose")
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+    if not (shutil.which("cc") or shutil.which("gcc")) or not headers:
+        pytest.skip("no C compiler or Python headers here: the Python twin runs")
+    assert SPEEDUPS is not None, "shipper._speedups was not built: reinstall (pip install .) and read its warning"
+    assert pino_module.normalize_records is SPEEDUPS.normalize_records
+
+
+def both(records: list[Any], raws: list[bytes], stream: str | None, second: int, prefix: str) -> tuple[Any, Any]:
+    """The C and the Python results on copies of the same records, as plain values."""
+    assert SPEEDUPS is not None
+    results = []
+    for run in (SPEEDUPS.normalize_records, normalize_records_py):
+        mine = copy.deepcopy(records)
+        events, slow, before, fresh, new_second, new_prefix = run(mine, raws, "svc", "api", stream, second, prefix)
+        shown = [None if event is None else (list(event.fields.items()), event.raw) for event in events]
+        results.append((shown, slow, before, fresh, new_second, new_prefix, mine))
+    return results[0], results[1]
+
+
+needs_speedups = pytest.mark.skipif(SPEEDUPS is None, reason="shipper._speedups was not built")
+
+# Values that exercise every check of the fast path.
+odd_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+)
+stamp = st.one_of(
+    st.integers(NOW_MS - 86_400_000, NOW_MS + 86_400_000),
+    st.sampled_from([99_999_999_999, 100_000_000_000, 99_999_999_999_999, 100_000_000_000_000, -5, 0, 2**64]),
+    odd_value,
+)
+req = st.one_of(
+    st.fixed_dictionaries({"method": st.sampled_from(["GET", "POST"]), "url": st.text(max_size=8)}),
+    st.fixed_dictionaries({"method": st.just("GET")}),
+    odd_value,
+)
+res: st.SearchStrategy[Any] = st.one_of(
+    st.fixed_dictionaries({"statusCode": st.sampled_from([200, 500])}), st.just({}), odd_value
+)
+optional_keys = st.sampled_from(
+    ["req", "res", "responseTime", "level_num", "timestamp", "message", "host", "service", "source", "stream", "http"]
+)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 20)) == 0:
+        return draw(odd_value)  # not a dict at all
+    record: dict[str, Any] = {}
+    if draw(st.integers(0, 9)):
+        record["level"] = draw(st.one_of(st.sampled_from([10, 20, 30, 35, 40, 50, 60, 70]), odd_value))
+    if draw(st.integers(0, 9)):
+        record["time"] = draw(stamp)
+    if draw(st.integers(0, 9)):
+        record["msg"] = draw(st.one_of(st.text(max_size=10), odd_value))
+    if draw(st.integers(0, 9)):
+        record["hostname"] = draw(st.one_of(st.just("api-1"), odd_value))
+    for key in draw(st.lists(optional_keys, max_size=3, unique=True)):
+        record[key] = draw({"req": req, "res": res}.get(key, odd_value))
+    return record
+
+
+@needs_speedups
+@settings(max_examples=1500, deadline=None)
+@given(
+    batch=st.lists(records(), max_size=8),
+    stream=st.sampled_from([None, "stdout"]),
+    cached=st.booleans(),
+)
+def test_c_and_python_agree_on_any_records(batch: list[Any], stream: str | None, cached: bool) -> None:
+    raws = [b"line %d" % index for index in range(len(batch))]
+    second = NOW_MS // 1000 if cached else -1
+    prefix = "2000-01-01T00:00:00" if cached else ""  # a stale cache entry must be kept as is
+    compiled_result, python_result = both(batch, raws, stream, second, prefix)
+    assert compiled_result == python_result
+
+
+@needs_speedups
+@needs_corpus
+def test_c_and_python_agree_on_the_fastify_corpus() -> None:
+    lines = (CORPUS / "fastify-pino.ndjson").read_bytes().splitlines()
+    parsed = [orjson.loads(line) for line in lines if line.startswith(b"{")]
+    compiled_result, python_result = both(parsed, [b"x"] * len(parsed), "stdout", -1, "")
+    assert compiled_result == python_result
+    assert sum(event is not None for event in compiled_result[0]) > len(parsed) // 2  # the fast path did run
+
+
+def test_a_processor_gives_the_same_events_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole parse, fast and careful records mixed with text: the same events, in the same order."""
+    lines = [
+        orjson.dumps(
+            {"level": 30, "time": NOW_MS, "hostname": "h", "req": {"method": "GET", "url": "/"}, "msg": "hi"}
+        ),
+        orjson.dumps({"level": 35, "time": NOW_MS + 1, "hostname": "h", "msg": "custom level"}),
+        orjson.dumps({"level": 30, "time": NOW_MS + 2, "hostname": "h", "msg": "collides", "message": "mine"}),
+        b"plain text in between",
+        b"    at continuation (file.js:1:1)",
+        orjson.dumps(
+            {"level": 50, "time": NOW_MS + 3, "hostname": "h", "res": {"statusCode": 5}, "responseTime": 1, "msg": "x"}
+        ),
+        orjson.dumps({"level": "info", "timestamp": NOW_MS + 4, "message": "nest"}),
+        orjson.dumps({"level": 30, "msg": "no time", "hostname": "h"}),
+    ]  # fmt: skip
+    config = SourceConfig(type="stdin")
+    results = []
+    for run in (pino_module.normalize_records, normalize_records_py):
+        monkeypatch.setattr("shipper.parsing.normalize_records", run)
+        processor = build_processor("api", config, host="agent", redact=RedactConfig())
+        events = processor.parse(list(lines), "stdout", NOW_MS / 1000) + processor.flush(force=True)
+        results.append([(event.fields, event.raw) for event in events])
+    assert results[0] == results[1]
+    assert [fields["message"] for fields, _ in results[0]][:3] == ["hi", "custom level", "collides"]
+    assert results[0][2][0]["original_message"] == "mine"
