@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
-from itertools import accumulate
 from typing import Any
 
 import msgspec
 import orjson
 
-from shipper.event import Event, Prepared, PreparerSpec
+from shipper.event import Event, Prepared, PreparerSpec, wire_ends, wire_size
 from shipper.log import RateLimitedLog
 
 log = logging.getLogger("shipper.encoding")
@@ -105,9 +104,9 @@ def runs(events: list[Event], max_events: int, max_bytes: int, framing: int = 2)
     and `max_bytes`: each raw plus one separator, plus `framing` bytes (brackets). A single event
     over `max_bytes` goes alone: the sink decides what becomes of it."""
     count = len(events)
-    ends = list(accumulate([len(event.raw) + 1 for event in events]))
-    if count <= max_events and (not ends or ends[-1] + framing <= max_bytes):
+    if count <= max_events and (not count or wire_size(events) + framing <= max_bytes):
         return [events]
+    ends = wire_ends(events)
     out: list[list[Event]] = []
     start, base = 0, 0
     while start < count:

@@ -7,6 +7,8 @@ re-serialize) next to its normalized fields (what routing, redaction and encoder
 from __future__ import annotations
 
 import gc
+from itertools import accumulate, repeat
+from operator import add, attrgetter
 from typing import Any, Protocol
 
 # Memory a parsed event costs beyond twice its raw bytes (the bytes and their parsed copy): the
@@ -75,14 +77,29 @@ class Preparer(Protocol):
         ...
 
 
+# An event's `raw`, as a C-level callable: per-event passes over a batch (framing, sizes) stay out
+# of the interpreter loop, ~3x cheaper than a list comprehension.
+raw_of = attrgetter("raw")
+
+
 def encoded_events(prepared: Prepared, fields: dict[str, Any]) -> list[Event]:
     """One `Encoded` event per line of `prepared`, each sharing `fields`."""
     lines, stamps = prepared
     raws = lines.split(b"\n")
     raws.pop()
-    if stamps is None:
-        return [Encoded(fields, raw, None) for raw in raws]
-    return [Encoded(fields, raw, stamp) for raw, stamp in zip(raws, stamps, strict=True)]
+    if stamps is not None and len(stamps) != len(raws):
+        raise ValueError(f"{len(raws)} prepared logs with {len(stamps)} timestamps")
+    return list(map(Encoded, repeat(fields), raws, repeat(None) if stamps is None else stamps))
+
+
+def wire_ends(events: list[Event]) -> list[int]:
+    """Where each event ends in its events' NDJSON (each raw plus a newline): running totals."""
+    return list(accumulate(map(add, map(len, map(raw_of, events)), repeat(1))))
+
+
+def wire_size(events: list[Event]) -> int:
+    """What `events` weigh as NDJSON: each raw plus a newline (`wire_ends`' last value)."""
+    return sum(map(len, map(raw_of, events))) + len(events)
 
 
 def fill_in(events: list[Event], fields: dict[str, Any] | None) -> None:

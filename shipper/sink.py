@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from shipper.event import Encoded, Event, Preparer, PreparerSpec
@@ -129,7 +130,7 @@ class Sink(ABC):
     def encoded(self, events: list[Event]) -> list[Event]:
         """`events` in this sink's wire form: those not prepared where they were parsed (a direct
         call, a test) are prepared here, in order."""
-        if all(isinstance(event, Encoded) for event in events):
+        if all(map(isinstance, events, repeat(Encoded))):
             return events
         if self._own_preparer is None:
             from shipper.pipeline.routing import build_preparer

@@ -9,7 +9,7 @@ import orjson
 
 from shipper.config import SinkConfig, ZoneName, time_zone
 from shipper.encoding import FIELDS_JSON, ndjson_body
-from shipper.event import Event, PreparerSpec
+from shipper.event import Event, PreparerSpec, raw_of
 from shipper.pretty import render
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
 
@@ -37,7 +37,7 @@ class ConsoleSink(Sink):
     def encode(self, events: list[Event]) -> list[Request]:
         """NDJSON as prepared; pretty text rendered from it (a terminal reads far slower than this)."""
         events = self.encoded(events)
-        raws = [event.raw for event in events]
+        raws = list(map(raw_of, events))
         if self.pretty:
             text = "".join([render(Event(orjson.loads(raw), raw), self.color, self.zone) + "\n" for raw in raws])
             return [Request(text.encode("utf-8", "replace"), events)]

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from functools import partial
+from itertools import repeat
+from operator import is_not
 from typing import Any
 
 import msgspec
 import orjson
 
 from shipper.encoding import json_array, runs
-from shipper.event import Encoded, Event, Prepared
+from shipper.event import Encoded, Event, Prepared, raw_of
 from shipper.parsing.clock import epoch_ms, format_ms
 from shipper.rules import ORIGINAL_TIMESTAMP, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
@@ -60,17 +64,17 @@ def _encoded(doc: Doc) -> bytes:
 
 def _framed(batch: list[Event]) -> Request:
     """One request of encoded logs (`Encoded` events) that fit its limits."""
-    stamps = [event.stamp for event in batch if isinstance(event, Encoded)]
-    return Request(json_array([event.raw for event in batch]), batch, {"oldest_ms": _oldest_ms(stamps)})
+    stamps = map(getattr, batch, repeat("stamp"), repeat(None))  # none for an event not `Encoded`
+    return Request(json_array(list(map(raw_of, batch))), batch, {"oldest_ms": _oldest_ms(stamps)})
 
 
-def _oldest_ms(stamps: list[Any]) -> int | None:
+def _oldest_ms(stamps: Iterable[Any]) -> int | None:
     """The oldest of logs' timestamps (as sent) in epoch ms; None when none has one."""
-    stamps = [stamp for stamp in stamps if stamp is not None]
+    known = list(filter(partial(is_not, None), stamps))
     try:
-        return epoch_ms(min(stamps)) if stamps else None
+        return epoch_ms(min(known)) if known else None
     except TypeError:  # canonical strings and epoch numbers mixed
-        return min([ms for ms in map(epoch_ms, stamps) if ms is not None], default=None)
+        return min([ms for ms in map(epoch_ms, known) if ms is not None], default=None)
 
 
 class LogEncoder:

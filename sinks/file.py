@@ -15,7 +15,7 @@ from pydantic import Field
 
 from shipper.config import SinkConfig, check_writable
 from shipper.encoding import FIELDS_JSON, ndjson_body
-from shipper.event import Event, PreparerSpec
+from shipper.event import Event, PreparerSpec, raw_of
 from shipper.rotating import RotatingFile
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request, Sink
 from shipper.units import Size
@@ -46,7 +46,7 @@ class FileSink(Sink):
 
     def encode(self, events: list[Event]) -> list[Request]:
         events = self.encoded(events)
-        return [Request(ndjson_body([event.raw for event in events]), events)]
+        return [Request(ndjson_body(list(map(raw_of, events))), events)]
 
     async def start(self) -> None:
         await asyncio.to_thread(self._file.open)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from shipper.config import HttpSinkConfig
 from shipper.encoding import FIELDS_JSON, json_array, ndjson_body, runs
-from shipper.event import Event, PreparerSpec
+from shipper.event import Event, PreparerSpec, raw_of
 from shipper.httpsink import HttpSink
 from shipper.sink import BatchLimits, Request
 from shipper.units import Size
@@ -39,7 +39,7 @@ class GenericHttpSink(HttpSink):
         `max_request_bytes` (a single larger event goes alone)."""
         limit = int(self.config.max_request_bytes)
         return [
-            Request(self._frame([event.raw for event in run]), run)
+            Request(self._frame(list(map(raw_of, run))), run)
             for run in runs(self.encoded(events), self.limits.max_events, limit)
         ]
 

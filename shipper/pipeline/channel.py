@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from shipper import metrics
-from shipper.event import Event
+from shipper.event import Event, wire_size
 from shipper.pipeline.acks import Ack
 from shipper.pipeline.spill import SpillLog, events_memory
 from shipper.tally import Cell
@@ -45,7 +45,7 @@ class Part:
 
     def __post_init__(self) -> None:
         if self.wire < 0:
-            self.wire = sum([len(event.raw) + 1 for event in self.events])
+            self.wire = wire_size(self.events)
 
 
 class Channel:

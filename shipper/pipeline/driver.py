@@ -25,7 +25,6 @@ from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 
 from tenacity import (
     AsyncRetrying,
@@ -36,7 +35,7 @@ from tenacity import (
 
 from shipper import metrics
 from shipper.errors import ConfigError
-from shipper.event import Event
+from shipper.event import Event, wire_ends
 from shipper.health import Health
 from shipper.log import RateLimitedLog
 from shipper.pipeline.acks import Ack
@@ -189,7 +188,7 @@ class SinkDriver:
                         events, acks, wire = [], [], 0
                     continue
                 # The part straddles batches: cut it by each event's encoded size.
-                ends = list(accumulate([len(event.raw) + 1 for event in part.events]))
+                ends = wire_ends(part.events)
                 base = 0
                 while start < count:
                     if not events:

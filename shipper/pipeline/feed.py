@@ -97,16 +97,17 @@ class LineFeed:
         `max_line_bytes` of it stays here."""
         self._bytes.inc(len(data))
         partial = self._partial.pop(stream, b"")
-        if partial:
-            data = partial + data
         body: bytes | None = None  # for a worker: the lines as one slice
         lines: list[bytes] = []
         if self.remote is not None:
             cut = data.rfind(b"\n")
-            rest = data[cut + 1 :]
-            body = data[:cut] if cut >= 0 else None
+            if cut < 0:
+                rest = partial + data
+            else:  # the held partial line and the new lines copied once, into the body
+                body = b"".join((partial, memoryview(data)[:cut])) if partial else data[:cut]
+                rest = data[cut + 1 :]
         else:
-            lines = data.split(b"\n")
+            lines = (partial + data).split(b"\n")
             rest = lines.pop()
         head = b""
         if len(rest) > self.max_line:  # a long line still streaming in: its start goes now
@@ -115,7 +116,7 @@ class LineFeed:
             if self.remote is None:
                 lines.append(head)
             else:
-                body = head if body is None else data[: len(data) - keep]
+                body = head if body is None else body + b"\n" + head
         if rest:
             self._partial[stream] = rest
         async with self._lock:
