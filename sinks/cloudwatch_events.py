@@ -21,15 +21,15 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left, bisect_right
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Any, Literal, cast
 
 import msgspec
 import orjson
 
+from shipper.bulk import EpochMs, cached_by_fields, escaped_json
 from shipper.encoding import json_array
 from shipper.event import Encoded, Event, Prepared
-from shipper.parsing.clock import epoch_ms
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
 from shipper.template import Template
@@ -55,13 +55,6 @@ _FORBIDDEN = re.compile(r"[:*]")  # never in a log stream name
 _STREAM_CACHE_SIZE = 4096
 
 Message = Literal["json", "raw"]
-
-
-class _LogEvent(msgspec.Struct):
-    """One entry of PutLogEvents' `logEvents`, in its order of keys."""
-
-    timestamp: int
-    message: str
 
 
 _LINES = msgspec.json.Encoder()
@@ -101,7 +94,10 @@ class LogEvents:
         self._template = Template(log_stream)
         self._fixed_stream = None if self._template.constant is None else stream_name(log_stream)
         self._streams: dict[Any, str] = {}
-        self._second: tuple[str, int] = ("", 0)  # the last canonical timestamp's second, in epoch ms
+        # A template of top-level fields only: its cache key is their values (`cached_by_fields`).
+        paths = self._template.paths
+        self._top_paths = None if any("." in path for path in paths) else paths
+        self._clock = EpochMs()
 
     # ------------------------------------------------------------ per event
 
@@ -110,12 +106,15 @@ class LogEvents:
         now = time.time()
         now_ms = int(now * 1000)
         events, docs = self._in_window(events, now)
-        times = [self._epoch_ms(doc.get("timestamp"), now_ms) for doc in docs]
-        messages = self._messages(events, docs)
-        lines = _LINES.encode_lines([_LogEvent(ms, message) for ms, message in zip(times, messages, strict=True)])
+        times = self._clock.of([doc.get("timestamp") for doc in docs], now_ms)
+        lines = _log_events(times, *self._messages(events, docs))
         fixed = self._fixed_stream
         if fixed is not None:
-            return lines, [(ms, fixed) for ms in times]
+            return lines, list(zip(times, repeat(fixed, len(times)), strict=True))
+        if self._top_paths is not None:
+            return lines, list(
+                zip(times, cached_by_fields(self._streams, docs, self._top_paths, self._stream), strict=True)
+            )
         return lines, [(ms, self._stream(doc)) for ms, doc in zip(times, docs, strict=True)]
 
     def _in_window(self, events: list[Event], now: float) -> tuple[list[Event], list[Doc]]:
@@ -129,22 +128,29 @@ class LogEvents:
             docs[index] = dict(docs[index])
         return self.window.fit_objects(events, docs, now)
 
-    def _messages(self, events: list[Event], docs: list[Doc]) -> list[str]:
-        """Each event's message: its line as read (`raw`), or its fields as compact JSON: one
-        msgspec call for the list, event by event only when one is too big or not encodable.
-        (Escaping the JSON as bytes instead, two replaces over the list, measured no faster.)"""
+    def _messages(self, events: list[Event], docs: list[Doc]) -> tuple[list[bytes], bool]:
+        """Each event's message as JSON, and whether it is the contents of a JSON string (else the
+        quoted string): its line as read (`raw`), or its fields as compact JSON. One msgspec call
+        for the list and one escape of all of it (`escaped_json`), event by event only when one is
+        too big or not encodable."""
         if self.raw:
-            return [self._raw_message(event, doc) for event, doc in zip(events, docs, strict=True)]
+            messages = [self._raw_message(event, doc) for event, doc in zip(events, docs, strict=True)]
+            return _LINES.encode_lines(messages).split(b"\n")[:-1], False
         limit = self.size.limit
         try:
-            lines = _LINES.encode_lines(docs).split(b"\n")
-            lines.pop()
+            body: bytes | None = _LINES.encode_lines(docs)
         except _ENCODE_ERRORS:
-            lines = [b""] * len(docs)
-        return [
-            line.decode() if 0 < len(line) <= limit else self._fitted(event, doc)
-            for event, doc, line in zip(events, docs, lines, strict=True)
-        ]
+            body = None
+        if body is None or (len(body) > limit + 1 and max(map(len, body.split(b"\n"))) > limit):
+            lines = body.split(b"\n") if body is not None else [b""] * len(docs)
+            fitted = [
+                line if 0 < len(line) <= limit else self._fitted(event, doc).encode()
+                for event, doc, line in zip(events, docs, lines, strict=False)
+            ]
+            body = b"\n".join(fitted) + b"\n"
+        lines = escaped_json(body).split(b"\n")
+        lines.pop()
+        return lines, True
 
     def _raw_message(self, event: Event, doc: Doc) -> str:
         """The line as read: kept when it fits and is not blank (a message is never empty); else
@@ -161,23 +167,6 @@ class LogEvents:
         _, fitted = self.size.fit(Event(doc, event.raw), doc)
         return orjson.dumps(fitted).decode()
 
-    def _epoch_ms(self, stamp: Any, now_ms: int) -> int:
-        """Epoch ms of a normalized timestamp. The canonical `2026-11-23T00:47:16.241Z` is read
-        by its second (cached: neighbours share it) plus its milliseconds; no usable time: now."""
-        if stamp.__class__ is str and len(stamp) == 24 and stamp[23] == "Z" and stamp[19] == ".":
-            second, second_ms = self._second
-            if stamp[:19] != second:
-                parsed = epoch_ms(stamp[:19] + "Z")
-                if parsed is None:
-                    return now_ms
-                second, second_ms = self._second = (stamp[:19], parsed)
-            try:
-                return second_ms + int(stamp[20:23])
-            except ValueError:
-                pass
-        ms = epoch_ms(stamp)
-        return now_ms if ms is None else ms
-
     def _stream(self, fields: dict[str, Any]) -> str:
         """The log stream an event goes to: its template rendered, cached by the fields' values
         (the default "{host}/{source}" takes two lookups then, no formatting)."""
@@ -192,6 +181,26 @@ class LogEvents:
             self._streams.clear()
         name = self._streams[values] = stream_name(self._template.render(fields) or MISSING)
         return name
+
+
+_FIRST = b'{"timestamp":'
+_NEXT = {True: (b',"message":"', b'"}\n{"timestamp":', b'"}\n'), False: (b',"message":', b'}\n{"timestamp":', b"}\n")}
+
+
+def _log_events(times: list[int], messages: list[bytes], escaped: bool) -> bytes:
+    """`{"timestamp":<ms>,"message":<message>}` per event, one per line, in one join: the numbers
+    written by one msgspec call, the pieces laid out by slice assignments (no step per event)."""
+    count = len(times)
+    if not count:
+        return b""
+    middle, between, last = _NEXT[escaped]
+    parts = [_FIRST] * (4 * count + 1)
+    parts[1::4] = _LINES.encode_lines(times).split(b"\n")[:-1]
+    parts[2::4] = repeat(middle, count)
+    parts[3::4] = messages
+    parts[4::4] = repeat(between, count)
+    parts[-1] = last
+    return b"".join(parts)
 
 
 # ---------------------------------------------------------------- framing, in the agent
