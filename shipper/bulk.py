@@ -8,6 +8,7 @@ This module imports neither config models nor an HTTP client: parse workers run 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Hashable
 from itertools import accumulate, compress, repeat
 from operator import add, getitem, ne, sub
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from shipper.parsing.clock import epoch_ms
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 _SECOND_CACHE_SIZE = 4096
 _SECONDS = slice(0, 19)
@@ -118,3 +120,21 @@ def ascending_distinct(times: list[int], floor: int, within: int) -> list[int] |
 def changed(before: list[Any], after: list[Any]) -> list[int]:
     """Indexes where two lists of the same length differ."""
     return list(compress(range(len(before)), map(ne, before, after)))
+
+
+def grouped(items: list[T], keys: list[K]) -> dict[K, list[T]]:
+    """`items` by key, keys in order of first arrival, each group in arrival order."""
+    firsts = dict.fromkeys(keys)
+    if len(firsts) == 1:
+        return {keys[0]: list(items)}
+    groups: dict[K, list[T]] = {key: [] for key in firsts}
+    deque(map(list.append, map(groups.__getitem__, keys), items), maxlen=0)
+    return groups
+
+
+def in_order(items: list[T], times: list[int]) -> tuple[list[T], list[int]]:
+    """`items` and their `times` sorted by time (stable: equal times keep their order)."""
+    ordered = sorted(times)
+    if ordered == times:
+        return items, times
+    return list(map(items.__getitem__, sorted(range(len(times)), key=times.__getitem__))), ordered

@@ -22,14 +22,15 @@ import re
 import time
 from bisect import bisect_left, bisect_right
 from itertools import accumulate, repeat
-from typing import Any, Literal, cast
+from operator import attrgetter, itemgetter
+from typing import Any, Literal
 
 import msgspec
 import orjson
 
-from shipper.bulk import EpochMs, cached_by_fields, escaped_json
+from shipper.bulk import EpochMs, cached_by_fields, escaped_json, grouped, in_order
 from shipper.encoding import json_array
-from shipper.event import Encoded, Event, Prepared
+from shipper.event import Event, Prepared
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
 from shipper.template import Template
@@ -183,6 +184,8 @@ class LogEvents:
         return name
 
 
+_STAMP, _RAW = attrgetter("stamp"), attrgetter("raw")
+_TIME, _STREAM = itemgetter(0), itemgetter(1)
 _FIRST = b'{"timestamp":'
 _NEXT = {True: (b',"message":"', b'"}\n{"timestamp":', b'"}\n'), False: (b',"message":', b'}\n{"timestamp":', b"}\n")}
 
@@ -206,34 +209,20 @@ def _log_events(times: list[int], messages: list[bytes], escaped: bool) -> bytes
 # ---------------------------------------------------------------- framing, in the agent
 
 
-def _time(event: Encoded) -> int:
-    ms: int = event.stamp[0]
-    return ms
-
-
 def calls(events: list[Event], group: str) -> list[Request]:
     """Prepared log events (`Encoded`, stamped `(ms, stream)`) framed into PutLogEvents calls:
     per stream, in time order (stable), each call at most 10,000 events, 1,048,576 bytes and a
     24 h span. A call's size is counted on each event's wire form, `{"timestamp":...,"message":
     "..."}`, which is always longer than its message's UTF-8 bytes plus 26: a safe bound that
     needs no decoding here."""
-    streams: dict[str, list[Encoded]] = {}
-    for event in cast(list[Encoded], events):
-        streams.setdefault(event.stamp[1], []).append(event)
     out: list[Request] = []
-    for stream, run in streams.items():
-        times = [_time(event) for event in run]
-        if times != sorted(times):
-            run.sort(key=_time)
-            times = [_time(event) for event in run]
+    for stream, run in grouped(events, list(map(_STREAM, map(_STAMP, events)))).items():
+        run, times = in_order(run, list(map(_TIME, map(_STAMP, run))))
+        raws = list(map(_RAW, run))
         head = _call_head(group, stream)
         out += [
-            Request(
-                json_array([e.raw for e in run[start:end]], head, b"}"),
-                cast(list[Event], run[start:end]),
-                {"stream": stream},
-            )
-            for start, end in _cuts(run, times)
+            Request(json_array(raws[start:end], head, b"}"), run[start:end], {"stream": stream})
+            for start, end in _cuts(raws, times)
         ]
     return out
 
@@ -242,10 +231,10 @@ def _call_head(group: str, stream: str) -> bytes:
     return b'{"logGroupName":%s,"logStreamName":%s,"logEvents":' % (orjson.dumps(group), orjson.dumps(stream))
 
 
-def _cuts(run: list[Encoded], times: list[int]) -> list[tuple[int, int]]:
+def _cuts(raws: list[bytes], times: list[int]) -> list[tuple[int, int]]:
     """(start, end) of each call over events in time order: by count, bytes, and span."""
-    count = len(run)
-    ends = list(accumulate([len(event.raw) for event in run]))
+    count = len(raws)
+    ends = list(accumulate(map(len, raws)))
     if count <= MAX_CALL_EVENTS and ends[-1] <= MAX_CALL_BYTES and times[-1] - times[0] < MAX_SPAN_MS:
         return [(0, count)]
     out: list[tuple[int, int]] = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,7 +33,7 @@ from typing import cast
 import orjson
 
 from shipper import tally
-from shipper.bulk import escaped_json
+from shipper.bulk import ascending_distinct, changed, escaped_json, grouped, in_order
 from shipper.event import Encoded, Event
 from shipper.log import RateLimitedLog
 from shipper.sink import Request
@@ -104,9 +105,7 @@ class Framer:
     def ordered(self, events: list[Event]) -> list[list[Event]]:
         """Entries (`Encoded`, stamps `(stream, ns)`) grouped by stream in order of first arrival,
         each group sorted by time, kept within what Loki accepts behind its stream's newest entry."""
-        groups: dict[str, list[Event]] = {}
-        for event in events:
-            groups.setdefault(event.stamp[0], []).append(event)  # type: ignore[attr-defined]
+        groups = grouped(events, list(map(_KEY, map(_STAMP, events))))
         admitted: dict[str, list[Event]] = {}
         for key, group in groups.items():
             target = self.streams.admit(key)
@@ -117,7 +116,7 @@ class Framer:
             admitted.setdefault(target, []).extend(group)
         out: list[list[Event]] = []
         for key, group in admitted.items():
-            group.sort(key=_ns)
+            group, _ = in_order(group, list(map(_NS, map(_STAMP, group))))
             group = self._distinct(key, self._behind(key, group))
             if group:
                 self.streams.learn(key, group[-1].stamp[1])  # type: ignore[attr-defined]
@@ -158,6 +157,14 @@ class Framer:
         order and drops an entry equal to one it has (same time and line), so a line logged twice in
         a millisecond would be kept once. Our times are whole milliseconds: the nanoseconds are free."""
         last = self.streams.newest.get(key, -1)
+        stamps = list(map(_STAMP, group))
+        times = list(map(_NS, stamps))
+        moved = ascending_distinct(times, last, SAME_TIME_NS)
+        if moved is not None:  # the common case, in a few C-level passes
+            indexes = changed(times, moved)
+            new = zip(repeat(key), map(moved.__getitem__, indexes), map(_METADATA, map(stamps.__getitem__, indexes)))
+            deque(map(setattr, map(group.__getitem__, indexes), repeat("stamp"), new), maxlen=0)
+            return group
         for event in group:
             ns = event.stamp[1]  # type: ignore[attr-defined]
             if ns <= last and last - ns < SAME_TIME_NS:
@@ -245,10 +252,6 @@ def _stamp(event: Event, stamp: tuple[str, int, bytes]) -> None:
     """Give a prepared entry its stream and time as sent. In place: prepared entries are this
     sink's own (each sink prepares its share), and a resend should carry what was sent."""
     cast(Encoded, event).stamp = stamp
-
-
-def _ns(event: Event) -> int:
-    return event.stamp[1]  # type: ignore[attr-defined,no-any-return]
 
 
 def json_push(streams: list[tuple[str, list[bytes], list[Event]]]) -> Request:
