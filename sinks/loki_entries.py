@@ -127,10 +127,14 @@ class LokiEntries:
 
     def to_doc(self, fields: dict[str, Any]) -> Doc:
         """The line's object: the event's fields without those that became labels."""
-        doc = fields.copy()
+        return self.to_docs([fields])[0]
+
+    def to_docs(self, fields: list[dict[str, Any]]) -> list[Doc]:
+        """`to_doc` of each, in C-level passes: one copy of the list, one per label field."""
+        docs = list(map(dict.copy, fields))
         for name in self._label_fields:
-            doc.pop(name, None)
-        return doc
+            deque(map(dict.pop, docs, repeat(name), repeat(None)), maxlen=0)
+        return docs
 
     def metadata(self, fields: dict[str, Any]) -> bytes:
         """Structured metadata of an event as the entry's third element (`,{"k":"v"}`; flat strings,
@@ -155,10 +159,7 @@ class LokiEntries:
         parsed; the window rule re-stamps or drops entries out of Loki's range (the line keeps the
         original time); over-long lines are cut down, flagged and counted."""
         fields = [event.fields for event in events]
-        docs = list(map(dict.copy, fields))  # to_doc, a C-level pass per label field
-        for name in self._label_fields:
-            deque(map(dict.pop, docs, repeat(name), repeat(None)), maxlen=0)
-        events, docs = self.window.fit_objects(events, docs)
+        events, docs = self.window.fit_objects(events, self.to_docs(fields))
         if not events:
             return b"", []
         now_ms = time.time_ns() // 1_000_000
