@@ -223,9 +223,9 @@ class Framer:
         return out
 
     def entries(self, events: list[Event]) -> tuple[list[bytes], list[int]]:
-        """The events' entries, `["<ns>","<line>"]` plus their metadata, comma-separated, as the
-        pieces of one join (`_ENTRY_PARTS` per entry, the last one's comma included), and each
-        entry's size. The JSON lines escaped as strings' contents all at once (`escaped_json`),
+        """The events' entries, `["<ns>","<line>"]` plus their metadata, as the pieces of one join
+        (`_ENTRY_PARTS` per entry, ending in `],`: a run of entries is a slice of them without its
+        last piece, which `json_push` closes), and each entry's size. The JSON lines escaped as strings' contents all at once (`escaped_json`),
         the times written by one orjson call: no step per entry."""
         count = len(events)
         stamps = list(map(_STAMP, events))
