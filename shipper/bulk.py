@@ -100,13 +100,6 @@ def cached_by_fields(
     return [value if value is not None else compute(doc) for value, doc in zip(found, docs, strict=True)]
 
 
-def escaped_json(text: bytes) -> bytes:
-    """JSON text (as msgspec or orjson write it: no raw control characters, valid UTF-8) escaped as
-    the contents of a JSON string: only its quotes and backslashes need it. Newlines between
-    lines stay raw, so NDJSON stays one line per value."""
-    return text.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
-
-
 def ascending_distinct(times: list[int], floor: int, within: int) -> list[int] | None:
     """Times in ascending order moved apart: each at least one more than the one before it (and
     than `floor`), as a stream's entries sharing a time are; None when some time would have to

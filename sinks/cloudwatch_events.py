@@ -29,7 +29,7 @@ from typing import Any, Literal
 import msgspec
 import orjson
 
-from shipper.bulk import EpochMs, cached_by_fields, escaped_json, grouped, in_order
+from shipper.bulk import EpochMs, cached_by_fields, grouped, in_order
 from shipper.encoding import json_array
 from shipper.event import Event, Prepared
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
@@ -57,6 +57,13 @@ _FORBIDDEN = re.compile(r"[:*]")  # never in a log stream name
 _STREAM_CACHE_SIZE = 4096
 
 Message = Literal["json", "raw"]
+
+
+class _LogEvent(msgspec.Struct):
+    """One entry of PutLogEvents' `logEvents`, in its order of keys."""
+
+    timestamp: int
+    message: str
 
 
 _LINES = msgspec.json.Encoder()
@@ -109,7 +116,8 @@ class LogEvents:
         now_ms = int(now * 1000)
         events, docs = self._in_window(events, now)
         times = self._clock.of([doc.get("timestamp") for doc in docs], now_ms)
-        lines = _log_events(times, *self._messages(events, docs))
+        messages = self._messages(events, docs)
+        lines = _LINES.encode_lines([_LogEvent(ms, message) for ms, message in zip(times, messages, strict=True)])
         fixed = self._fixed_stream
         if fixed is not None:
             return lines, list(zip(times, repeat(fixed, len(times)), strict=True))
@@ -130,29 +138,22 @@ class LogEvents:
         deque(map(docs.__setitem__, outside, copies), maxlen=0)
         return self.window.fit_objects(events, docs, now)
 
-    def _messages(self, events: list[Event], docs: list[Doc]) -> tuple[list[bytes], bool]:
-        """Each event's message as JSON, and whether it is the contents of a JSON string (else the
-        quoted string): its line as read (`raw`), or its fields as compact JSON. One msgspec call
-        for the list and one escape of all of it (`escaped_json`), event by event only when one is
-        too big or not encodable."""
+    def _messages(self, events: list[Event], docs: list[Doc]) -> list[str]:
+        """Each event's message: its line as read (`raw`), or its fields as compact JSON: one
+        msgspec call for the list, event by event only when one is too big or not encodable.
+        (Escaping the JSON as bytes instead, two replaces over the list, measured no faster.)"""
         if self.raw:
-            messages = [self._raw_message(event, doc) for event, doc in zip(events, docs, strict=True)]
-            return _LINES.encode_lines(messages).split(b"\n")[:-1], False
+            return [self._raw_message(event, doc) for event, doc in zip(events, docs, strict=True)]
         limit = self.size.limit
         try:
-            body: bytes | None = _LINES.encode_lines(docs)
+            lines = _LINES.encode_lines(docs).split(b"\n")
+            lines.pop()
         except _ENCODE_ERRORS:
-            body = None
-        if body is None or (len(body) > limit + 1 and max(map(len, body.split(b"\n"))) > limit):
-            lines = body.split(b"\n") if body is not None else [b""] * len(docs)
-            fitted = [
-                line if 0 < len(line) <= limit else self._fitted(event, doc).encode()
-                for event, doc, line in zip(events, docs, lines, strict=False)
-            ]
-            body = b"\n".join(fitted) + b"\n"
-        lines = escaped_json(body).split(b"\n")
-        lines.pop()
-        return lines, True
+            lines = [b""] * len(docs)
+        return [
+            line.decode() if 0 < len(line) <= limit else self._fitted(event, doc)
+            for event, doc, line in zip(events, docs, lines, strict=True)
+        ]
 
     def _raw_message(self, event: Event, doc: Doc) -> str:
         """The line as read: kept when it fits and is not blank (a message is never empty); else
@@ -187,26 +188,6 @@ class LogEvents:
 
 _STAMP, _RAW = attrgetter("stamp"), attrgetter("raw")
 _TIME, _STREAM = itemgetter(0), itemgetter(1)
-_FIRST = b'{"timestamp":'
-_NEXT = {True: (b',"message":"', b'"}\n{"timestamp":', b'"}\n'), False: (b',"message":', b'}\n{"timestamp":', b"}\n")}
-
-
-def _log_events(times: list[int], messages: list[bytes], escaped: bool) -> bytes:
-    """`{"timestamp":<ms>,"message":<message>}` per event, one per line, in one join: the numbers
-    written by one msgspec call, the pieces laid out by slice assignments (no step per event)."""
-    count = len(times)
-    if not count:
-        return b""
-    middle, between, last = _NEXT[escaped]
-    parts = [_FIRST] * (4 * count + 1)
-    parts[1::4] = _LINES.encode_lines(times).split(b"\n")[:-1]
-    parts[2::4] = repeat(middle, count)
-    parts[3::4] = messages
-    parts[4::4] = repeat(between, count)
-    parts[-1] = last
-    return b"".join(parts)
-
-
 # ---------------------------------------------------------------- framing, in the agent
 
 

@@ -33,7 +33,7 @@ from typing import cast
 import orjson
 
 from shipper import tally
-from shipper.bulk import ascending_distinct, changed, escaped_json, grouped, in_order
+from shipper.bulk import ascending_distinct, changed, grouped, in_order
 from shipper.event import Encoded, Event
 from shipper.log import RateLimitedLog
 from shipper.sink import Request
@@ -225,12 +225,14 @@ class Framer:
     def entries(self, events: list[Event]) -> tuple[list[bytes], list[int]]:
         """The events' entries, `["<ns>","<line>"]` plus their metadata, as the pieces of one join
         (`_ENTRY_PARTS` per entry, ending in `],`: a run of entries is a slice of them without its
-        last piece, which `json_push` closes), and each entry's size. The JSON lines escaped as strings' contents all at once (`escaped_json`),
-        the times written by one orjson call: no step per entry."""
+        last piece, which `json_push` closes), and each entry's size. The JSON lines are escaped
+        as strings' contents by one orjson call over them (measured: cheaper than bytes.replace,
+        whose matches are dense in JSON); every quote inside an escaped string follows a backslash,
+        so `","` occurs only between them. The times are written by one orjson call too."""
         count = len(events)
         stamps = list(map(_STAMP, events))
         raws = list(map(_RAW, events))
-        lines = raws if self.escaped else escaped_json(b"\n".join(raws)).split(b"\n")
+        lines = raws if self.escaped else orjson.dumps([raw.decode() for raw in raws])[2:-2].split(b'","')
         times = orjson.dumps(list(map(_NS, stamps)))[1:-1].split(b",")
         metadata = list(map(_METADATA, stamps))
         parts = [b'["'] * (_ENTRY_PARTS * count)
