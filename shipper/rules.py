@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any, Literal
 
 import orjson
@@ -120,11 +118,11 @@ class WindowRule:
         outside = self.outside(stamps, now_ms)
         if not outside:
             return events, docs
-        # C-level passes over those outside: a replayed backlog has every event there.
-        chosen, fields = list(map(docs.__getitem__, outside)), [events[index].fields for index in outside]
-        originals = map(dict.get, fields, repeat(ORIGINAL_TIMESTAMP), map(stamps.__getitem__, outside))
-        deque(map(dict.__setitem__, chosen, repeat(ORIGINAL_TIMESTAMP), originals), maxlen=0)
-        deque(map(dict.__setitem__, chosen, repeat("timestamp"), repeat(format_ms(now_ms))), maxlen=0)
+        now_iso = format_ms(now_ms)
+        for index in outside:
+            doc = docs[index]
+            doc[ORIGINAL_TIMESTAMP] = events[index].fields.get(ORIGINAL_TIMESTAMP, stamps[index])
+            doc["timestamp"] = now_iso
         self.count(len(outside))
         return self._kept(events, outside), self._kept(docs, outside)
 

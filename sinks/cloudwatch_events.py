@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left, bisect_right
-from collections import deque
 from itertools import accumulate, repeat
 from operator import attrgetter, itemgetter
 from typing import Any, Literal
@@ -134,8 +133,8 @@ class LogEvents:
         outside = self.window.outside([doc.get("timestamp") for doc in docs], int(now * 1000))
         if not outside:
             return events, docs
-        copies = map(dict, map(docs.__getitem__, outside))  # events are shared with other sinks: re-stamp copies
-        deque(map(docs.__setitem__, outside, copies), maxlen=0)
+        for index in outside:  # events are shared with other sinks: re-stamp copies
+            docs[index] = dict(docs[index])
         return self.window.fit_objects(events, docs, now)
 
     def _messages(self, events: list[Event], docs: list[Doc]) -> list[str]:
