@@ -185,9 +185,10 @@ class LogEvents:
         return name
 
 
+# ---------------------------------------------------------------- framing, in the agent
+
 _STAMP, _RAW = attrgetter("stamp"), attrgetter("raw")
 _TIME, _STREAM = itemgetter(0), itemgetter(1)
-# ---------------------------------------------------------------- framing, in the agent
 
 
 def calls(events: list[Event], group: str) -> list[Request]:
