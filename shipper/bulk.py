@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Hashable
-from itertools import accumulate, compress, repeat
-from operator import add, ne, sub
+from itertools import repeat
 from typing import Any, TypeVar
 
 from shipper.parsing.clock import epoch_ms
@@ -80,21 +79,6 @@ def cached_by_fields(
     if None not in found:
         return found  # type: ignore[return-value]
     return [value if value is not None else compute(doc) for value, doc in zip(found, docs, strict=True)]
-
-
-def ascending_distinct(times: list[int], floor: int, within: int) -> list[int] | None:
-    """Times in ascending order moved apart: each at least one more than the one before it (and
-    than `floor`), as a stream's entries sharing a time are; None when some time would have to
-    move by more than `within` (the caller's loop then decides event by event)."""
-    count = len(times)
-    moved = list(map(add, accumulate(map(sub, times, range(count)), max, initial=floor + 1), range(-1, count)))
-    del moved[0]
-    return moved if max(map(sub, moved, times), default=0) <= within else None
-
-
-def changed(before: list[Any], after: list[Any]) -> list[int]:
-    """Indexes where two lists of the same length differ."""
-    return list(compress(range(len(before)), map(ne, before, after)))
 
 
 def grouped(items: list[T], keys: list[K]) -> dict[K, list[T]]:

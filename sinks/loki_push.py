@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import re
 from bisect import bisect_right
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +32,7 @@ from typing import cast
 import orjson
 
 from shipper import tally
-from shipper.bulk import ascending_distinct, changed, grouped, in_order
+from shipper.bulk import grouped, in_order
 from shipper.event import Encoded, Event
 from shipper.log import RateLimitedLog
 from shipper.sink import Request
@@ -157,14 +156,6 @@ class Framer:
         order and drops an entry equal to one it has (same time and line), so a line logged twice in
         a millisecond would be kept once. Our times are whole milliseconds: the nanoseconds are free."""
         last = self.streams.newest.get(key, -1)
-        stamps = list(map(_STAMP, group))
-        times = list(map(_NS, stamps))
-        moved = ascending_distinct(times, last, SAME_TIME_NS)
-        if moved is not None:  # the common case, in a few C-level passes
-            indexes = changed(times, moved)
-            new = zip(repeat(key), map(moved.__getitem__, indexes), map(_METADATA, map(stamps.__getitem__, indexes)))
-            deque(map(setattr, map(group.__getitem__, indexes), repeat("stamp"), new), maxlen=0)
-            return group
         for event in group:
             ns = event.stamp[1]  # type: ignore[attr-defined]
             if ns <= last and last - ns < SAME_TIME_NS:
