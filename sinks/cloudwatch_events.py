@@ -21,15 +21,16 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left, bisect_right
-from itertools import accumulate
-from typing import Any, Literal, cast
+from itertools import accumulate, repeat
+from operator import attrgetter, itemgetter
+from typing import Any, Literal
 
 import msgspec
 import orjson
 
+from shipper.bulk import EpochMs, cached_by_fields, grouped, in_order
 from shipper.encoding import json_array
-from shipper.event import Encoded, Event, Prepared
-from shipper.parsing.clock import epoch_ms
+from shipper.event import Event, Prepared
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
 from shipper.template import Template
@@ -101,7 +102,10 @@ class LogEvents:
         self._template = Template(log_stream)
         self._fixed_stream = None if self._template.constant is None else stream_name(log_stream)
         self._streams: dict[Any, str] = {}
-        self._second: tuple[str, int] = ("", 0)  # the last canonical timestamp's second, in epoch ms
+        # A template of top-level fields only: its cache key is their values (`cached_by_fields`).
+        paths = self._template.paths
+        self._top_paths = None if any("." in path for path in paths) else paths
+        self._clock = EpochMs()
 
     # ------------------------------------------------------------ per event
 
@@ -110,12 +114,16 @@ class LogEvents:
         now = time.time()
         now_ms = int(now * 1000)
         events, docs = self._in_window(events, now)
-        times = [self._epoch_ms(doc.get("timestamp"), now_ms) for doc in docs]
+        times = self._clock.of([doc.get("timestamp") for doc in docs], now_ms)
         messages = self._messages(events, docs)
         lines = _LINES.encode_lines([_LogEvent(ms, message) for ms, message in zip(times, messages, strict=True)])
         fixed = self._fixed_stream
         if fixed is not None:
-            return lines, [(ms, fixed) for ms in times]
+            return lines, list(zip(times, repeat(fixed, len(times)), strict=True))
+        if self._top_paths is not None:
+            return lines, list(
+                zip(times, cached_by_fields(self._streams, docs, self._top_paths, self._stream), strict=True)
+            )
         return lines, [(ms, self._stream(doc)) for ms, doc in zip(times, docs, strict=True)]
 
     def _in_window(self, events: list[Event], now: float) -> tuple[list[Event], list[Doc]]:
@@ -161,23 +169,6 @@ class LogEvents:
         _, fitted = self.size.fit(Event(doc, event.raw), doc)
         return orjson.dumps(fitted).decode()
 
-    def _epoch_ms(self, stamp: Any, now_ms: int) -> int:
-        """Epoch ms of a normalized timestamp. The canonical `2026-11-23T00:47:16.241Z` is read
-        by its second (cached: neighbours share it) plus its milliseconds; no usable time: now."""
-        if stamp.__class__ is str and len(stamp) == 24 and stamp[23] == "Z" and stamp[19] == ".":
-            second, second_ms = self._second
-            if stamp[:19] != second:
-                parsed = epoch_ms(stamp[:19] + "Z")
-                if parsed is None:
-                    return now_ms
-                second, second_ms = self._second = (stamp[:19], parsed)
-            try:
-                return second_ms + int(stamp[20:23])
-            except ValueError:
-                pass
-        ms = epoch_ms(stamp)
-        return now_ms if ms is None else ms
-
     def _stream(self, fields: dict[str, Any]) -> str:
         """The log stream an event goes to: its template rendered, cached by the fields' values
         (the default "{host}/{source}" takes two lookups then, no formatting)."""
@@ -196,10 +187,8 @@ class LogEvents:
 
 # ---------------------------------------------------------------- framing, in the agent
 
-
-def _time(event: Encoded) -> int:
-    ms: int = event.stamp[0]
-    return ms
+_STAMP, _RAW = attrgetter("stamp"), attrgetter("raw")
+_TIME, _STREAM = itemgetter(0), itemgetter(1)
 
 
 def calls(events: list[Event], group: str) -> list[Request]:
@@ -208,23 +197,14 @@ def calls(events: list[Event], group: str) -> list[Request]:
     24 h span. A call's size is counted on each event's wire form, `{"timestamp":...,"message":
     "..."}`, which is always longer than its message's UTF-8 bytes plus 26: a safe bound that
     needs no decoding here."""
-    streams: dict[str, list[Encoded]] = {}
-    for event in cast(list[Encoded], events):
-        streams.setdefault(event.stamp[1], []).append(event)
     out: list[Request] = []
-    for stream, run in streams.items():
-        times = [_time(event) for event in run]
-        if times != sorted(times):
-            run.sort(key=_time)
-            times = [_time(event) for event in run]
+    for stream, run in grouped(events, list(map(_STREAM, map(_STAMP, events)))).items():
+        run, times = in_order(run, list(map(_TIME, map(_STAMP, run))))
+        raws = list(map(_RAW, run))
         head = _call_head(group, stream)
         out += [
-            Request(
-                json_array([e.raw for e in run[start:end]], head, b"}"),
-                cast(list[Event], run[start:end]),
-                {"stream": stream},
-            )
-            for start, end in _cuts(run, times)
+            Request(json_array(raws[start:end], head, b"}"), run[start:end], {"stream": stream})
+            for start, end in _cuts(raws, times)
         ]
     return out
 
@@ -233,10 +213,10 @@ def _call_head(group: str, stream: str) -> bytes:
     return b'{"logGroupName":%s,"logStreamName":%s,"logEvents":' % (orjson.dumps(group), orjson.dumps(stream))
 
 
-def _cuts(run: list[Encoded], times: list[int]) -> list[tuple[int, int]]:
+def _cuts(raws: list[bytes], times: list[int]) -> list[tuple[int, int]]:
     """(start, end) of each call over events in time order: by count, bytes, and span."""
-    count = len(run)
-    ends = list(accumulate([len(event.raw) for event in run]))
+    count = len(raws)
+    ends = list(accumulate(map(len, raws)))
     if count <= MAX_CALL_EVENTS and ends[-1] <= MAX_CALL_BYTES and times[-1] - times[0] < MAX_SPAN_MS:
         return [(0, count)]
     out: list[tuple[int, int]] = []

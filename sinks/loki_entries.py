@@ -18,16 +18,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
+from collections import deque
+from itertools import repeat
+from operator import mul
 from typing import Any
 
 import msgspec
 import orjson
 
 from shipper import tally
+from shipper.bulk import EpochMs, cached_by_fields
 from shipper.event import Event, Prepared
 from shipper.log import RateLimitedLog
-from shipper.parsing.clock import epoch_ms
 from shipper.rules import TRUNCATED, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.template import Template
 
@@ -42,7 +44,6 @@ NO_LABELS = {"source": "shipper"}
 
 _LINES = msgspec.json.Encoder()
 _STREAM_CACHE_SIZE = 4096
-_SECOND_CACHE_SIZE = 4096
 _ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError)
 
 
@@ -85,9 +86,7 @@ class LokiEntries:
         # Every label a constant or a whole top-level field: the fields to read for the cache key.
         whole = all(t.constant is not None or (t.field is not None and "." not in t.field) for _, t in self._labels)
         self._top_fields = [t.field for _, t in self._labels if t.field is not None] if whole else None
-        self._seconds: dict[str, int] = {}
-        self._last_stamp: Any = None
-        self._last_ns = 0
+        self._clock = EpochMs()
         self.window = WindowRule(
             name,
             TimeWindow(max_age_ms, max_ahead_ms, "Loki's window (reject_old_samples_max_age .. creation grace)"),
@@ -128,10 +127,14 @@ class LokiEntries:
 
     def to_doc(self, fields: dict[str, Any]) -> Doc:
         """The line's object: the event's fields without those that became labels."""
-        doc = fields.copy()
+        return self.to_docs([fields])[0]
+
+    def to_docs(self, fields: list[dict[str, Any]]) -> list[Doc]:
+        """`to_doc` of each, in C-level passes: one copy of the list, one per label field."""
+        docs = list(map(dict.copy, fields))
         for name in self._label_fields:
-            doc.pop(name, None)
-        return doc
+            deque(map(dict.pop, docs, repeat(name), repeat(None)), maxlen=0)
+        return docs
 
     def metadata(self, fields: dict[str, Any]) -> bytes:
         """Structured metadata of an event as the entry's third element (`,{"k":"v"}`; flat strings,
@@ -148,31 +151,6 @@ class LokiEntries:
             out[key] = value
         return b"," + _LINES.encode(out) if out else b""
 
-    def ns(self, stamp: Any, now_ns: int) -> int:
-        """Epoch nanoseconds of a normalized timestamp. The canonical UTC form
-        (`2026-11-23T00:47:16.241Z`) is read with a per-second cache; no usable timestamp: now."""
-        if stamp == self._last_stamp:  # neighbours often share a millisecond, re-stamped ones a time
-            return self._last_ns
-        if stamp.__class__ is str and len(stamp) == 24 and stamp[23] == "Z":
-            second = stamp[:19]
-            seconds = self._seconds.get(second)
-            if seconds is None:
-                try:
-                    seconds = int(datetime.fromisoformat(second).replace(tzinfo=UTC).timestamp())
-                except ValueError:
-                    return now_ns
-                if len(self._seconds) >= _SECOND_CACHE_SIZE:
-                    self._seconds.clear()
-                self._seconds[second] = seconds
-            try:
-                ns = (seconds * 1000 + int(stamp[20:23])) * 1_000_000
-            except ValueError:
-                return now_ns
-            self._last_stamp, self._last_ns = stamp, ns
-            return ns
-        ms = epoch_ms(stamp) if stamp is not None else None
-        return now_ns if ms is None else ms * 1_000_000
-
     # ------------------------------------------------------------ per chunk
 
     def prepare(self, events: list[Event]) -> Prepared:
@@ -180,21 +158,22 @@ class LokiEntries:
         into entries (sinks/loki_push.py), where a core is free. Labels are taken from the event as
         parsed; the window rule re-stamps or drops entries out of Loki's range (the line keeps the
         original time); over-long lines are cut down, flagged and counted."""
-        events, docs = self.window.fit_objects(events, [self.to_doc(event.fields) for event in events])
+        fields = [event.fields for event in events]
+        events, docs = self.window.fit_objects(events, self.to_docs(fields))
         if not events:
             return b"", []
-        now_ns = time.time_ns()
+        now_ms = time.time_ns() // 1_000_000
         body = self._raw_lines(events) if self.raw_line else self._json_lines(events, docs)
-        to_ns, stream = self.ns, self.stream
-        times = [to_ns(doc.get("timestamp"), now_ns) for doc in docs]
-        if self._metadata:
-            metadata = self.metadata
-            stamps: list[Any] = [
-                (stream(event.fields), ns, metadata(event.fields)) for event, ns in zip(events, times, strict=True)
-            ]
+        times = list(map(mul, self._clock.of([doc.get("timestamp") for doc in docs], now_ms), repeat(1_000_000)))
+        if len(fields) != len(events):  # some dropped by the window rule
+            fields = [event.fields for event in events]
+        if self._top_fields is not None:
+            streams = cached_by_fields(self._streams, fields, self._top_fields, self.stream)
         else:
-            stamps = [(stream(event.fields), ns, b"") for event, ns in zip(events, times, strict=True)]
-        return body, stamps
+            streams = list(map(self.stream, fields))
+        if self._metadata:
+            return body, list(zip(streams, times, map(self.metadata, fields), strict=True))
+        return body, list(zip(streams, times, repeat(b"", len(times)), strict=True))
 
     def _json_lines(self, events: list[Event], docs: list[Doc]) -> bytes:
         """Each line's object as compact JSON, one per line: one msgspec call for the chunk; line by

@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from itertools import accumulate
+from itertools import accumulate, repeat
+from operator import add, attrgetter, itemgetter
 from typing import cast
 
 import orjson
 
 from shipper import tally
-from shipper.encoding import json_array
+from shipper.bulk import grouped, in_order
 from shipper.event import Encoded, Event
 from shipper.log import RateLimitedLog
 from shipper.sink import Request
@@ -44,6 +45,9 @@ log = logging.getLogger("shipper.sinks.loki")
 BEHIND_MARGIN_NS = 10 * 60 * 1_000_000_000
 FALLBACK_LABEL = "shipper_overflow"
 SAME_TIME_NS = 1_000_000  # entries are timed to the millisecond
+_ENTRY_PARTS = 7  # pieces of an entry in `Framer.entries`: ["  ns  ","  line  "  metadata  ],
+_STAMP, _RAW = attrgetter("stamp"), attrgetter("raw")
+_KEY, _NS, _METADATA = itemgetter(0), itemgetter(1), itemgetter(2)
 _STREAM_OVERHEAD = len('{"stream":,"values":[]},')
 
 
@@ -100,9 +104,7 @@ class Framer:
     def ordered(self, events: list[Event]) -> list[list[Event]]:
         """Entries (`Encoded`, stamps `(stream, ns)`) grouped by stream in order of first arrival,
         each group sorted by time, kept within what Loki accepts behind its stream's newest entry."""
-        groups: dict[str, list[Event]] = {}
-        for event in events:
-            groups.setdefault(event.stamp[0], []).append(event)  # type: ignore[attr-defined]
+        groups = grouped(events, list(map(_KEY, map(_STAMP, events))))
         admitted: dict[str, list[Event]] = {}
         for key, group in groups.items():
             target = self.streams.admit(key)
@@ -113,7 +115,7 @@ class Framer:
             admitted.setdefault(target, []).extend(group)
         out: list[list[Event]] = []
         for key, group in admitted.items():
-            group.sort(key=_ns)
+            group, _ = in_order(group, list(map(_NS, map(_STAMP, group))))
             group = self._distinct(key, self._behind(key, group))
             if group:
                 self.streams.learn(key, group[-1].stamp[1])  # type: ignore[attr-defined]
@@ -181,51 +183,58 @@ class Framer:
         One stream per push by default: Loki's ingester answers a push with the error of its LAST
         stream only (pkg/ingester/instance.go), so the entries it refused in an earlier stream (too
         far behind, a stream's rate limit) would be lost without a word, even under a 204."""
-        entries = self.entries([event for group in groups for event in group])
         pieces: list[tuple[str, list[bytes], list[Event], int]] = []  # a stream's run within the limits, its size
-        position = 0
         for group in groups:
             key = group[0].stamp[0]  # type: ignore[attr-defined]
-            mine = entries[position : position + len(group)]
-            position += len(group)
+            parts, sizes = self.entries(group)
             overhead = len(key) + _STREAM_OVERHEAD
-            ends = list(accumulate([len(entry) + 1 for entry in mine]))
+            ends = list(accumulate(map(add, sizes, repeat(1))))
             start = base = 0
-            while start < len(mine):  # one step for a stream that fits, the common case
-                end = bisect_right(ends, base + max_bytes - overhead, start, min(len(mine), start + max_events))
+            while start < len(group):  # one step for a stream that fits, the common case
+                end = bisect_right(ends, base + max_bytes - overhead, start, min(len(group), start + max_events))
                 end = max(end, start + 1)
-                pieces.append((key, mine[start:end], group[start:end], ends[end - 1] - base + overhead))
+                run = parts[_ENTRY_PARTS * start : _ENTRY_PARTS * end - 1]
+                pieces.append((key, run, group[start:end], ends[end - 1] - base + overhead))
                 base = ends[end - 1]
                 start = end
         out: list[Request] = []
         pending: list[tuple[str, list[bytes], list[Event]]] = []
         count = size = 0
-        for key, piece, events, weight in pieces:
+        for key, run, events, weight in pieces:
             if pending and (
-                len(pending) >= self.streams_per_push or count + len(piece) > max_events or size + weight > max_bytes
+                len(pending) >= self.streams_per_push or count + len(events) > max_events or size + weight > max_bytes
             ):
                 out.append(json_push(pending))
                 pending, count, size = [], 0, 0
-            pending.append((key, piece, events))
-            count += len(piece)
+            pending.append((key, run, events))
+            count += len(events)
             size += weight
         if pending:
             out.append(json_push(pending))
         return out
 
-    def entries(self, events: list[Event]) -> list[bytes]:
-        """Each event's entry, `["<ns>","<line>"]` plus its metadata, the JSON lines escaped as
-        strings' contents in one call."""
-        if self.escaped or not events:
-            lines = [event.raw for event in events]
-        else:
-            # orjson escapes the list's strings in C; every quote inside an escaped string follows a
-            # backslash, so `","` occurs only between them. (Two bytes.replace calls cost ~1.6x this.)
-            lines = orjson.dumps([event.raw.decode() for event in events])[2:-2].split(b'","')
-        return [
-            b'["%d","%b"%b]' % (event.stamp[1], line, event.stamp[2])  # type: ignore[attr-defined]
-            for event, line in zip(events, lines, strict=True)
-        ]
+    def entries(self, events: list[Event]) -> tuple[list[bytes], list[int]]:
+        """The events' entries, `["<ns>","<line>"]` plus their metadata, as the pieces of one join
+        (`_ENTRY_PARTS` per entry, ending in `],`: a run of entries is a slice of them without its
+        last piece, which `json_push` closes), and each entry's size. The JSON lines are escaped
+        as strings' contents by one orjson call over them (measured: cheaper than bytes.replace,
+        whose matches are dense in JSON); every quote inside an escaped string follows a backslash,
+        so `","` occurs only between them. The times are written by one orjson call too."""
+        count = len(events)
+        stamps = list(map(_STAMP, events))
+        raws = list(map(_RAW, events))
+        lines = raws if self.escaped else orjson.dumps([raw.decode() for raw in raws])[2:-2].split(b'","')
+        times = orjson.dumps(list(map(_NS, stamps)))[1:-1].split(b",")
+        metadata = list(map(_METADATA, stamps))
+        parts = [b'["'] * (_ENTRY_PARTS * count)
+        parts[1::_ENTRY_PARTS] = times
+        parts[2::_ENTRY_PARTS] = repeat(b'","', count)
+        parts[3::_ENTRY_PARTS] = lines
+        parts[4::_ENTRY_PARTS] = repeat(b'"', count)
+        parts[5::_ENTRY_PARTS] = metadata
+        parts[6::_ENTRY_PARTS] = repeat(b"],", count)
+        sizes = list(map(add, map(add, map(len, times), map(len, lines)), map(len, metadata)))
+        return parts, list(map(add, sizes, repeat(len(b'["",""]'))))
 
     def line(self, event: Event) -> str:
         """The line of a prepared entry, as Loki stores it."""
@@ -238,14 +247,14 @@ def _stamp(event: Event, stamp: tuple[str, int, bytes]) -> None:
     cast(Encoded, event).stamp = stamp
 
 
-def _ns(event: Event) -> int:
-    return event.stamp[1]  # type: ignore[attr-defined,no-any-return]
-
-
 def json_push(streams: list[tuple[str, list[bytes], list[Event]]]) -> Request:
-    """A JSON push of entries grouped by stream: (stream key, its entries, their events)."""
-    bodies = [b'{"stream":' + key.encode() + b',"values":' + json_array(entries) + b"}" for key, entries, _ in streams]
-    return Request(b'{"streams":' + json_array(bodies) + b"}", [event for _, _, events in streams for event in events])
+    """A JSON push of entries grouped by stream: (stream key, the pieces of its entries as
+    `Framer.entries` lays them out, their events), in one join."""
+    parts = [b'{"streams":[']
+    for key, run, _ in streams:
+        parts += (b'{"stream":', key.encode(), b',"values":[', *run, b"]]},")  # the last entry's `]` too
+    parts[-1] = b"]]}]}"
+    return Request(b"".join(parts), [event for _, _, events in streams for event in events])
 
 
 # ---------------------------------------------------------------------------------- protobuf

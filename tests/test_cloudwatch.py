@@ -12,10 +12,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import boto3
+import msgspec
 import orjson
 import pytest
 
@@ -36,6 +38,7 @@ from tests.fakes.cloudwatch import CloudWatchFront
 
 KEY_ID, SECRET = "AKIDCWUNITTEST000001", "cw-unit-secret/0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 REGION = "us-east-1"
+PLUS_2H = timezone(timedelta(hours=2))
 _names = itertools.count()
 
 
@@ -188,6 +191,37 @@ def test_each_event_is_one_log_event_with_its_fields_as_compact_json() -> None:
     assert log == {"timestamp": moment, "message": orjson.dumps(ev.fields).decode()}
     assert orjson.loads(log["message"]) == ev.fields
     assert stamps == [(moment, "web-1/app")]
+
+
+def test_a_chunk_of_log_events_is_what_each_event_alone_would_be() -> None:
+    """A chunk is encoded in one pass (its messages escaped all at once, its times read in bulk):
+    each log event must still be exactly its fields' compact JSON as a string, at its own time,
+    whatever its strings hold, next to events that take the careful path (too big, not encodable,
+    a time in another form)."""
+    sink = make_sink(log_stream="{host}/{source}", max_event_bytes="8KiB")
+    moment = now_ms() - 5_000
+    tricky = ['say "hi"', "back\\slash \\n not a newline", "line\nbreak\ttab\x01\x1f\x7f", "naïve \u2028 日本", '\\"']
+    events = [event(i, moment + 1_000 * i, text=text, nested={"k": [text, 1.5, None]}) for i, text in enumerate(tricky)]
+    events += [
+        event(10, moment, message="x" * 20_000),  # cut down
+        event(11, moment, bad="\ud800"),  # sanitized
+        event(12, moment, host="web-2"),
+        Event({**event(13).fields, "timestamp": datetime.fromtimestamp(moment / 1000, PLUS_2H).isoformat()}, b"{}"),
+        Event({k: v for k, v in event(14).fields.items() if k != "timestamp"}, b"{}"),
+    ]
+    lines, stamps = prepare(sink, events)
+    assert stamps is not None and len(stamps) == len(events) == lines.count(b"\n")
+    encoded = lines.splitlines()
+    logs = [orjson.loads(line) for line in encoded]
+    for index in [0, 1, 2, 3, 4, 7, 8]:  # byte for byte what PutLogEvents takes, as one event alone gets
+        fields = events[index].fields
+        expected = {"timestamp": epoch_ms(fields["timestamp"]), "message": msgspec.json.encode(fields).decode()}
+        assert encoded[index] == orjson.dumps(expected) == prepare(sink, [events[index]])[0].rstrip(b"\n")
+    assert orjson.loads(logs[5]["message"])["shipper.truncated"] is True
+    assert orjson.loads(logs[6]["message"])["shipper.sanitized"] is True
+    assert abs(logs[9]["timestamp"] - now_ms()) < 60_000  # no time: now
+    assert [stream for _, stream in stamps] == ["web-1/app"] * 7 + ["web-2/app"] + ["web-1/app"] * 2
+    assert [ms for ms, _ in stamps] == [log["timestamp"] for log in logs]
 
 
 def test_raw_messages_ship_the_line_as_read() -> None:

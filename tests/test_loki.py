@@ -97,6 +97,33 @@ def test_equal_timestamps_keep_arrival_order_and_repeated_lines_stay_apart() -> 
     assert stamps[0] == ms * 1_000_000
 
 
+def test_an_entry_within_a_millisecond_of_its_streams_newest_moves_after_it_one_further_behind_keeps_its_time() -> None:
+    """Equal times are moved apart in bulk; an entry more than a millisecond behind what was sent
+    keeps its own time (Loki takes it: it is within max_behind)."""
+    sink = loki()
+    ms = now_ms() - 60_000
+    [first] = sink.encode([event(ms, "newest")])
+    [second] = sink.encode([event(ms, "same time"), event(ms - 5, "5 ms behind"), event(ms + 1, "next")])
+    values = pushed(first)[0]["values"] + pushed(second)[0]["values"]
+    assert [(int(ts), orjson.loads(line)["message"]) for ts, line in values] == [
+        (ms * 1_000_000, "newest"),
+        ((ms - 5) * 1_000_000, "5 ms behind"),
+        (ms * 1_000_000 + 1, "same time"),
+        ((ms + 1) * 1_000_000, "next"),
+    ]
+
+
+def test_lines_arrive_as_logged_whatever_their_strings_hold() -> None:
+    """Lines are escaped for the push all at once: quotes, backslashes, escapes and any Unicode
+    must come out as they went in."""
+    texts = ['say "hi"', "back\\slash \\n not a newline", "line\nbreak\ttab\x01\x7f", "naïve \u2028 日本", '\\"', ""]
+    ms = now_ms() - 60_000
+    events = [event(ms + i, text, nested={"k": [text]}) for i, text in enumerate(texts)]
+    values = [value for request in loki().encode(events) for stream in pushed(request) for value in stream["values"]]
+    assert [orjson.loads(line)["message"] for _, line in values] == texts
+    assert [orjson.loads(line)["nested"] for _, line in values] == [{"k": [text]} for text in texts]
+
+
 def test_raw_lines_ship_unchanged_and_structured_metadata_is_templated() -> None:
     sink = loki(line="raw", structured_metadata={"request_id": "{reqId}", "status": "{res.statusCode}"})
     ms = now_ms()
