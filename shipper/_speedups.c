@@ -326,6 +326,96 @@ static int trigger_at(const unsigned char *data, Py_ssize_t i, Py_ssize_t size, 
     return 0;
 }
 
+
+/* Whether `size` bytes at `data` hold a trigger. */
+static int has_trigger(const unsigned char *data, Py_ssize_t size, int phones) {
+    for (Py_ssize_t i = 0; i < size; i++)
+        if (kind_of[data[i]] > NEWLINE && trigger_at(data, i, size, phones))
+            return 1;
+    return 0;
+}
+
+/* 1 when a string holds a trigger (or has no UTF-8 form: the careful path judges it), -1 on error. */
+static int text_has_trigger(PyObject *text, int phones) {
+    Py_ssize_t size;
+    const char *data = PyUnicode_AsUTF8AndSize(text, &size);
+    if (data == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+            return -1;
+        PyErr_Clear();
+        return 1;
+    }
+    return has_trigger((const unsigned char *)data, size, phones);
+}
+
+static int note_slot(PyObject *out, PyObject *container, PyObject *slot) {
+    PyObject *pair = PyTuple_Pack(2, container, slot);
+    if (pair == NULL)
+        return -1;
+    int failed = PyList_Append(out, pair);
+    Py_DECREF(pair);
+    return failed;
+}
+
+static int walk_node(PyObject *node, int phones, PyObject *out, int depth);
+
+/* A value under a key (or at an index) whose own name holds no trigger. */
+static int walk_value(PyObject *container, PyObject *slot, PyObject *value, int phones, PyObject *out, int depth) {
+    if (PyUnicode_Check(value)) {
+        int hit = text_has_trigger(value, phones);
+        return hit <= 0 ? hit : note_slot(out, container, slot);
+    }
+    if (PyDict_Check(value) || PyList_Check(value)) {
+        if (depth >= 100) /* the careful path has its own limits */
+            return note_slot(out, container, slot);
+        return walk_node(value, phones, out, depth + 1);
+    }
+    return 0;
+}
+
+static int walk_node(PyObject *node, int phones, PyObject *out, int depth) {
+    if (PyDict_Check(node)) {
+        Py_ssize_t position = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(node, &position, &key, &value)) {
+            int hit = PyUnicode_Check(key) ? text_has_trigger(key, phones) : 0;
+            if (hit < 0)
+                return -1;
+            /* The careful path reads the key's rule; a value of a key named like a secret is its to judge. */
+            Py_INCREF(value);
+            int failed = hit ? note_slot(out, node, key) : walk_value(node, key, value, phones, out, depth);
+            Py_DECREF(value);
+            if (failed)
+                return -1;
+        }
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(node); i++) {
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL)
+            return -1;
+        PyObject *item = PyList_GET_ITEM(node, i);
+        Py_INCREF(item);
+        int failed = walk_value(node, index, item, phones, out, depth);
+        Py_DECREF(item);
+        Py_DECREF(index);
+        if (failed)
+            return -1;
+    }
+    return 0;
+}
+
+static PyObject *suspect_slots(PyObject *self, PyObject *args) {
+    PyObject *record;
+    int phones;
+    if (!PyArg_ParseTuple(args, "O!p:suspect_slots", &PyDict_Type, &record, &phones))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out != NULL && walk_node(record, phones, out, 0) < 0)
+        Py_CLEAR(out);
+    return out;
+}
+
 static PyObject *trigger_lines(PyObject *self, PyObject *args) {
     Py_buffer view;
     int phones;
@@ -371,6 +461,8 @@ static PyMethodDef methods[] = {
      "(events, slow, fresh_before, fresh, second, prefix); see shipper/parsing/pino.py."},
     {"trigger_lines", trigger_lines, METH_VARARGS,
      "trigger_lines(data, phones) -> indexes of the lines (split at \\n) holding a redaction trigger word."},
+    {"suspect_slots", suspect_slots, METH_VARARGS,
+     "suspect_slots(record, phones) -> [(container, key or index)]: the values a redaction walk must judge."},
     {NULL, NULL, 0, NULL},
 };
 
