@@ -150,7 +150,6 @@ class Redactor:
         self.table = _table(phones=config.phones)
         self._phones = config.phones
         self._confirm = _CONFIRM.finditer
-        self._confirms = _CONFIRM.search
         rules = [_Rule(*rule) for rule in _VALUE_RULES]
         if config.emails:
             rules.append(_Rule(*_EMAIL))
@@ -172,18 +171,7 @@ class Redactor:
 
     def suspect(self, data: bytes) -> bool:
         """Whether `data` may hold something a rule redacts (False means: certainly clean)."""
-        return self.always or self._may_hold(data)
-
-    def _may_hold(self, data: bytes) -> bool:
-        """Whether a text has a trigger word: `suspects` for one text, without positions."""
-        if SPEEDUPS is not None:
-            return bool(SPEEDUPS.trigger_lines(data, self._phones))
-        lowered = data.translate(self.table, _SEPARATORS)
-        return (
-            b"secret" in lowered
-            or not (lowered.isascii() or (0x81 not in lowered and self._confirms(lowered) is None))
-            or any(marker in data for marker in _STRIPE)
-        )
+        return self.always or bool(self._trigger_lines(data))
 
     def suspects(self, joined: bytes) -> set[int] | None:
         """Indexes of the lines of `joined` (lines joined by newlines) that may hold something a
@@ -192,15 +180,17 @@ class Redactor:
         One pass over the whole chunk (see the module docstring): only real trigger words come
         back to Python.
         """
-        if self.always:
-            return None
+        return None if self.always else self._trigger_lines(joined)
+
+    def _trigger_lines(self, text: bytes) -> set[int]:
+        """The prefilter: indexes of the lines of `text` with a trigger word, compiled or its twin."""
         if SPEEDUPS is not None:
-            return set(SPEEDUPS.trigger_lines(joined, self._phones))
-        lowered = joined.translate(self.table, _SEPARATORS)
+            return set(SPEEDUPS.trigger_lines(text, self._phones))
+        lowered = text.translate(self.table, _SEPARATORS)
         found = _lines_at(lowered, self._hits(lowered))
         for marker in _STRIPE:
-            if marker in joined:
-                found |= _lines_at(joined, _positions(joined, marker))
+            if marker in text:
+                found |= _lines_at(text, _positions(text, marker))
         return found
 
     def _hits(self, lowered: bytes) -> list[int]:
@@ -289,7 +279,7 @@ class Redactor:
         # The line's prefilter again, on this value alone (an encode, a translate, a scan): as
         # cheap as a regex over every rule's trigger words on a short value, and 6x cheaper on a
         # long one (a 1.3 KB stack trace: 8 us instead of 46), which that regex tries at every position.
-        if not self._untriggered and not self._may_hold(value.encode("utf-8", "surrogatepass")):
+        if not self._untriggered and not self._trigger_lines(value.encode("utf-8", "surrogatepass")):
             return value
         lowered = value.lower()
         for rule in self._rules:
