@@ -453,6 +453,493 @@ done:
     return out;
 }
 
+/* ---------------------------------------------------------------- the direct lane
+ * A plain pino line straight to the fields-as-JSON wire form (what `FieldsJson` makes of the
+ * event the normal path builds from it), without building the record: the line is checked to be
+ * JSON in the exact form msgspec writes (compact, no duplicate key, strings in valid UTF-8 with
+ * only the escapes msgspec uses, canonical numbers), then copied member by member with the fast
+ * path's changes (shipper/parsing/pino.py). A line that is anything else is left for the normal
+ * path; tests/test_direct.py holds the lane's output to the normal path's, byte for byte.
+ */
+#define LANE_DEPTH 32
+#define LANE_KEYS 64
+#define LANE_LEVELS 128
+
+typedef struct {
+    const unsigned char *key, *value;
+    Py_ssize_t key_size, value_size;
+} member;
+
+/* A byte a JSON string holds as is (msgspec writes it so): printable ASCII but '"' and '\\'. */
+static unsigned char verbatim[256];
+/* Per pino level number below LANE_LEVELS, its word as JSON (`"info"`), else NULL. */
+static PyObject *level_words[LANE_LEVELS];
+
+static void lane_init(void) {
+    for (int c = 0x20; c < 0x80; c++)
+        verbatim[c] = c != '"' && c != '\\';
+}
+
+static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+/* After a byte >= 0x80: one UTF-8 sequence as orjson accepts it (no overlong form, no surrogate). */
+static const unsigned char *utf8_sequence(const unsigned char *p, const unsigned char *end) {
+    unsigned c = p[0];
+    if (c >= 0xC2 && c <= 0xDF)
+        return end - p >= 2 && (p[1] & 0xC0) == 0x80 ? p + 2 : NULL;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (end - p < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80)
+            return NULL;
+        if ((c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] >= 0xA0))
+            return NULL;
+        return p + 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (end - p < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
+            return NULL;
+        if ((c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] >= 0x90))
+            return NULL;
+        return p + 4;
+    }
+    return NULL;
+}
+
+/* From just after a string's opening quote to just after its closing one; NULL when msgspec
+ * would write it otherwise. Escapes kept: \" \\ \b \f \n \r \t, and \u00XX (lowercase) for the
+ * other control characters. */
+static const unsigned char *lane_string(const unsigned char *p, const unsigned char *end) {
+    while (p < end) {
+        unsigned c = *p;
+        if (verbatim[c]) {
+            p++;
+            continue;
+        }
+        if (c == '"')
+            return p + 1;
+        if (c == '\\') {
+            if (end - p < 2)
+                return NULL;
+            unsigned e = p[1];
+            if (e == '"' || e == '\\' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
+                p += 2;
+                continue;
+            }
+            if (e != 'u' || end - p < 6 || p[2] != '0' || p[3] != '0' || (p[4] != '0' && p[4] != '1'))
+                return NULL;
+            unsigned h = p[5];
+            int low = is_digit((unsigned char)h) ? (int)(h - '0') : (h >= 'a' && h <= 'f') ? (int)(h - 'a' + 10) : -1;
+            int code = (p[4] - '0') * 16 + low;
+            if (low < 0 || code == 8 || code == 9 || code == 10 || code == 12 || code == 13)
+                return NULL;
+            p += 6;
+            continue;
+        }
+        if (c < 0x80)
+            return NULL; /* a raw control character: not JSON */
+        p = utf8_sequence(p, end);
+        if (p == NULL)
+            return NULL;
+    }
+    return NULL;
+}
+
+/* A number as msgspec writes what orjson reads of it: an integer of at most 18 digits (not -0),
+ * or a fraction without exponent that is exactly Python's repr of its value. */
+static const unsigned char *lane_number(const unsigned char *p, const unsigned char *end) {
+    const unsigned char *start = p;
+    if (p < end && *p == '-')
+        p++;
+    const unsigned char *digits = p;
+    if (p < end && *p == '0')
+        p++;
+    else if (p < end && *p >= '1' && *p <= '9')
+        while (p < end && is_digit(*p))
+            p++;
+    else
+        return NULL;
+    Py_ssize_t whole = p - digits;
+    if (p < end && (*p == 'e' || *p == 'E'))
+        return NULL;
+    if (p == end || *p != '.') {
+        if (whole > 18 || (start != digits && whole == 1 && *digits == '0'))
+            return NULL;
+        return p;
+    }
+    p++;
+    const unsigned char *fraction = p;
+    while (p < end && is_digit(*p))
+        p++;
+    if (p == fraction || (p < end && (*p == 'e' || *p == 'E')) || p - start > 40)
+        return NULL;
+    char text[48];
+    size_t size = (size_t)(p - start);
+    memcpy(text, start, size);
+    text[size] = '\0';
+    double value = PyOS_string_to_double(text, NULL, NULL);
+    if (value == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return NULL;
+    }
+    char *repr = PyOS_double_to_string(value, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (repr == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    int same = strlen(repr) == size && memcmp(repr, text, size) == 0;
+    PyMem_Free(repr);
+    return same ? p : NULL;
+}
+
+static const unsigned char *lane_value(const unsigned char *p, const unsigned char *end, int depth);
+
+/* An object's members from just after its '{' (at most `room` of them, keys without escapes and
+ * all distinct) to just after its '}'; NULL otherwise. */
+static const unsigned char *lane_members(const unsigned char *p, const unsigned char *end, int depth, member *out,
+                                         int room, int *count) {
+    int n = 0;
+    if (p < end && *p == '}') {
+        *count = 0;
+        return p + 1;
+    }
+    for (;;) {
+        if (p >= end || *p != '"' || n == room)
+            return NULL;
+        const unsigned char *key = p + 1, *after = lane_string(key, end);
+        if (after == NULL || after >= end || *after != ':')
+            return NULL;
+        Py_ssize_t size = after - 1 - key;
+        if (memchr(key, '\\', (size_t)size) != NULL)
+            return NULL;
+        for (int i = 0; i < n; i++)
+            if (out[i].key_size == size && memcmp(out[i].key, key, (size_t)size) == 0)
+                return NULL; /* orjson keeps the last, msgspec would write it once */
+        const unsigned char *value = after + 1, *next = lane_value(value, end, depth + 1);
+        if (next == NULL || next >= end)
+            return NULL;
+        out[n] = (member){key, value, size, next - value};
+        n++;
+        if (*next == '}') {
+            *count = n;
+            return next + 1;
+        }
+        if (*next != ',')
+            return NULL;
+        p = next + 1;
+    }
+}
+
+static const unsigned char *lane_value(const unsigned char *p, const unsigned char *end, int depth) {
+    if (p >= end || depth > LANE_DEPTH)
+        return NULL;
+    switch (*p) {
+    case '"':
+        return lane_string(p + 1, end);
+    case '{': {
+        member inner[LANE_KEYS];
+        int count;
+        return lane_members(p + 1, end, depth, inner, LANE_KEYS, &count);
+    }
+    case '[':
+        p++;
+        if (p < end && *p == ']')
+            return p + 1;
+        for (;;) {
+            p = lane_value(p, end, depth + 1);
+            if (p == NULL || p >= end)
+                return NULL;
+            if (*p == ']')
+                return p + 1;
+            if (*p != ',')
+                return NULL;
+            p++;
+        }
+    case 't':
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    default:
+        return lane_number(p, end);
+    }
+}
+
+/* A member's value as a non-negative integer of at most 18 digits, else -1. */
+static long long lane_count(const member *m) {
+    if (m == NULL || m->value_size > 18 || m->value_size == 0)
+        return -1;
+    long long out = 0;
+    for (Py_ssize_t i = 0; i < m->value_size; i++) {
+        if (!is_digit(m->value[i]))
+            return -1;
+        out = out * 10 + (m->value[i] - '0');
+    }
+    return out;
+}
+
+static int is_key(const member *m, const char *key, Py_ssize_t size) {
+    return m->key_size == size && memcmp(m->key, key, (size_t)size) == 0;
+}
+
+#define IS_KEY(m, literal) is_key((m), literal, (Py_ssize_t)sizeof literal - 1)
+
+static const member *lane_find(const member *members, int count, const char *key) {
+    Py_ssize_t size = (Py_ssize_t)strlen(key);
+    for (int i = 0; i < count; i++)
+        if (is_key(&members[i], key, size))
+            return &members[i];
+    return NULL;
+}
+
+typedef struct {
+    char *at;
+} writer;
+
+static void put(writer *w, const void *data, Py_ssize_t size) {
+    memcpy(w->at, data, (size_t)size);
+    w->at += size;
+}
+
+#define PUT(w, literal) put((w), literal, (Py_ssize_t)sizeof literal - 1)
+
+static void put_member(writer *w, const member *m) {
+    *w->at++ = '"';
+    put(w, m->key, m->key_size);
+    PUT(w, "\":");
+    put(w, m->value, m->value_size);
+}
+
+static int is_null(const member *m) { return m->value_size == 4 && memcmp(m->value, "null", 4) == 0; }
+
+/* An object member's members into `inner` (0 when the value is not an object). */
+static int object_members(const member *m, member *inner, int *count) {
+    return m->value[0] == '{' &&
+           lane_members(m->value + 1, m->value + m->value_size, 1, inner, LANE_KEYS, count) == m->value + m->value_size;
+}
+
+/* One `"name":value` of the http object, after a comma but for the first. */
+static void put_http(writer *w, int *first, const char *name, const member *value) {
+    if (*first) {
+        PUT(w, ",\"http\":{");
+        *first = 0;
+    } else
+        *w->at++ = ',';
+    *w->at++ = '"';
+    put(w, name, (Py_ssize_t)strlen(name));
+    PUT(w, "\":");
+    put(w, value->value, value->value_size);
+}
+
+/* Fastify's access fields as JSON into `w`, as the fast path makes them (`_access_fields`, else
+ * `http_fields` in shipper/parsing/records.py); nothing for a line without them. 0 when the
+ * record holds its own `http` besides: the fast path leaves that line to the careful one. */
+static int lane_http(writer *w, const member *members, int count, int has_http) {
+    const member *req = lane_find(members, count, "req"), *res = lane_find(members, count, "res");
+    const member *took = lane_find(members, count, "responseTime");
+    member req_in[LANE_KEYS], res_in[LANE_KEYS];
+    int req_n = 0, res_n = 0;
+    int req_obj = req != NULL && object_members(req, req_in, &req_n);
+    int res_obj = res != NULL && object_members(res, res_in, &res_n);
+    const member *method = req_obj ? lane_find(req_in, req_n, "method") : NULL;
+    const member *url = req_obj ? lane_find(req_in, req_n, "url") : NULL;
+    const member *status = res_obj ? lane_find(res_in, res_n, "statusCode") : NULL;
+    int first = 1;
+    if (req != NULL && !is_null(req)) {
+        if (res == NULL && method != NULL && url != NULL) /* an incoming request */
+            took = NULL;
+        else if (took != NULL && is_null(took))
+            took = NULL;
+    } else if (res == NULL || is_null(res)) {
+        return 1;
+    } else if (status != NULL && took != NULL) { /* a completed request: responseTime as it is */
+        method = url = NULL;
+    } else {
+        method = url = NULL;
+        if (took != NULL && is_null(took))
+            took = NULL;
+    }
+    if (method != NULL)
+        put_http(w, &first, "method", method);
+    if (url != NULL)
+        put_http(w, &first, "url", url);
+    if (status != NULL)
+        put_http(w, &first, "status_code", status);
+    if (took != NULL)
+        put_http(w, &first, "duration_ms", took);
+    if (first)
+        return 1;
+    *w->at++ = '}';
+    return !has_http;
+}
+
+/* One line in the lane: its wire form, Py_None when the normal path must take it, NULL on error.
+ * `*stamp` gets its time (epoch ms). */
+static PyObject *lane_line(PyObject *line, PyObject *forbidden, PyObject *constants, PyObject *extra,
+                           long long *second, PyObject **prefix, long long *stamp) {
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(line);
+    Py_ssize_t size = PyBytes_GET_SIZE(line);
+    member members[LANE_KEYS];
+    int count;
+    if (size < 2 || data[0] != '{' || lane_members(data + 1, data + size, 0, members, LANE_KEYS, &count) != data + size)
+        Py_RETURN_NONE;
+    const member *level = NULL, *time = NULL, *msg = NULL, *hostname = NULL;
+    int has_http = 0;
+    for (int i = 0; i < count; i++) {
+        const member *m = &members[i];
+        if (IS_KEY(m, "level"))
+            level = m;
+        else if (IS_KEY(m, "time"))
+            time = m;
+        else if (IS_KEY(m, "msg"))
+            msg = m;
+        else if (IS_KEY(m, "hostname"))
+            hostname = m;
+        else if (IS_KEY(m, "http"))
+            has_http = 1;
+    }
+    long long number = lane_count(level), ms = lane_count(time);
+    if (number < 0 || number >= LANE_LEVELS || level_words[number] == NULL || ms < EPOCH_MS_MIN || ms >= EPOCH_MS_END ||
+        msg == NULL || msg->value[0] != '"' || hostname == NULL || hostname->value[0] != '"')
+        Py_RETURN_NONE;
+    Py_ssize_t keys = PyTuple_GET_SIZE(forbidden);
+    for (Py_ssize_t k = 0; k < keys; k++) {
+        PyObject *key = PyTuple_GET_ITEM(forbidden, k);
+        if (lane_find(members, count, PyBytes_AS_STRING(key)) != NULL)
+            Py_RETURN_NONE;
+    }
+    if (ms / 1000 != *second) {
+        PyObject *fresh = PyObject_CallFunction(second_prefix, "L", ms / 1000);
+        if (fresh == NULL)
+            return NULL;
+        Py_SETREF(*prefix, fresh);
+        *second = ms / 1000;
+    }
+    Py_ssize_t prefix_size;
+    const char *head = PyUnicode_AsUTF8AndSize(*prefix, &prefix_size);
+    if (head == NULL)
+        return NULL;
+    PyObject *word = level_words[number];
+    Py_ssize_t room = 2 * size + 160 + prefix_size + PyBytes_GET_SIZE(word) + PyBytes_GET_SIZE(constants) +
+                      PyBytes_GET_SIZE(extra);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, room);
+    if (out == NULL)
+        return NULL;
+    writer w = {PyBytes_AS_STRING(out)};
+    *w.at++ = '{';
+    int first = 1;
+    for (int i = 0; i < count; i++) {
+        const member *m = &members[i];
+        if (m == msg || m == hostname)
+            continue;
+        if (!first)
+            *w.at++ = ',';
+        first = 0;
+        if (m == level) {
+            PUT(&w, "\"level\":");
+            put(&w, PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word));
+        } else
+            put_member(&w, m);
+    }
+    PUT(&w, ",\"level_num\":");
+    put(&w, level->value, level->value_size);
+    PUT(&w, ",\"timestamp\":\"");
+    put(&w, head, prefix_size);
+    int frac = (int)(ms % 1000);
+    char millis[6] = {'.', (char)('0' + frac / 100), (char)('0' + frac / 10 % 10), (char)('0' + frac % 10), 'Z', '"'};
+    put(&w, millis, 6);
+    PUT(&w, ",\"message\":");
+    put(&w, msg->value, msg->value_size);
+    PUT(&w, ",\"host\":");
+    put(&w, hostname->value, hostname->value_size);
+    put(&w, PyBytes_AS_STRING(constants), PyBytes_GET_SIZE(constants));
+    if (!lane_http(&w, members, count, has_http)) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    put(&w, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra));
+    *w.at++ = '}';
+    *stamp = ms;
+    if (_PyBytes_Resize(&out, w.at - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return out;
+}
+
+/* direct_fields(lines, flagged, forbidden, constants, extra, second, prefix): see
+ * shipper/parsing/direct.py. */
+static PyObject *direct_fields(PyObject *self, PyObject *args) {
+    PyObject *lines, *flagged, *forbidden, *constants, *extra, *prefix;
+    long long second;
+    if (!PyArg_ParseTuple(args, "O!SO!SSLU:direct_fields", &PyList_Type, &lines, &flagged, &PyTuple_Type, &forbidden,
+                          &constants, &extra, &second, &prefix))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(lines);
+    if (PyBytes_GET_SIZE(flagged) != count) {
+        PyErr_SetString(PyExc_ValueError, "flagged must hold a byte per line");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(forbidden); k++)
+        if (!PyBytes_Check(PyTuple_GET_ITEM(forbidden, k))) {
+            PyErr_SetString(PyExc_TypeError, "forbidden keys must be bytes");
+            return NULL;
+        }
+    const char *marks = PyBytes_AS_STRING(flagged);
+    PyObject *outs = PyList_New(count), *slow = PyList_New(0), *before = PyList_New(0);
+    Py_INCREF(prefix);
+    long long fresh = -1;
+    if (outs == NULL || slow == NULL || before == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *line = PyList_GET_ITEM(lines, i);
+        PyObject *out;
+        long long stamp = -1;
+        if (!PyBytes_Check(line)) {
+            PyErr_SetString(PyExc_TypeError, "lines must be bytes");
+            goto fail;
+        }
+        if (marks[i])
+            out = Py_NewRef(Py_None);
+        else if ((out = lane_line(line, forbidden, constants, extra, &second, &prefix, &stamp)) == NULL)
+            goto fail;
+        PyList_SET_ITEM(outs, i, out);
+        if (out != Py_None) {
+            fresh = stamp;
+            continue;
+        }
+        PyObject *index = PyLong_FromSsize_t(i), *prior = PyLong_FromLongLong(fresh);
+        int failed = index == NULL || prior == NULL || PyList_Append(slow, index) < 0 || PyList_Append(before, prior) < 0;
+        Py_XDECREF(index);
+        Py_XDECREF(prior);
+        if (failed)
+            goto fail;
+        fresh = -1;
+    }
+    return Py_BuildValue("(NNNLLN)", outs, slow, before, fresh, second, prefix);
+fail:
+    Py_XDECREF(outs);
+    Py_XDECREF(slow);
+    Py_XDECREF(before);
+    Py_DECREF(prefix);
+    return NULL;
+}
+
+/* set_level_words({number: word as JSON bytes}): the level words the lane writes. */
+static PyObject *set_level_words(PyObject *self, PyObject *args) {
+    PyObject *words, *key, *value;
+    Py_ssize_t pos = 0;
+    if (!PyArg_ParseTuple(args, "O!:set_level_words", &PyDict_Type, &words))
+        return NULL;
+    for (int i = 0; i < LANE_LEVELS; i++)
+        Py_CLEAR(level_words[i]);
+    while (PyDict_Next(words, &pos, &key, &value)) {
+        long number = PyLong_AsLong(key);
+        if (number == -1 && PyErr_Occurred())
+            return NULL;
+        if (number >= 0 && number < LANE_LEVELS && PyBytes_Check(value))
+            level_words[number] = Py_NewRef(value);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(levels, level_from_number, http_fields, second_prefix, event_type): the Python collaborators."},
@@ -463,6 +950,11 @@ static PyMethodDef methods[] = {
      "trigger_lines(data, phones) -> indexes of the lines (split at \\n) holding a redaction trigger word."},
     {"suspect_slots", suspect_slots, METH_VARARGS,
      "suspect_slots(record, phones) -> [(container, key or index)]: the values a redaction walk must judge."},
+    {"direct_fields", direct_fields, METH_VARARGS,
+     "direct_fields(lines, flagged, forbidden, constants, extra, second, prefix) -> "
+     "(wire forms or None, slow, fresh_before, fresh, second, prefix); see shipper/parsing/direct.py."},
+    {"set_level_words", set_level_words, METH_VARARGS,
+     "set_level_words({number: word as JSON bytes}): the level words the direct lane writes."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -479,5 +971,6 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         intern(&k_status_code, "status_code") || intern(&k_duration_ms, "duration_ms"))
         return NULL;
     scanner_init();
+    lane_init();
     return PyModule_Create(&module);
 }

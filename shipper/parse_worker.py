@@ -55,6 +55,18 @@ class WorkerFeed:
         self.transforms = build_transforms(source, settings.transforms, redaction)
         self.routing = Routing.build(routes)
 
+    def parse(
+        self, lines: list[bytes], stream: str | None, now: float, open_end: bool
+    ) -> tuple[int, int, list[Routed]]:
+        """A chunk's lines parsed and routed (`parsed`), through the direct lane when it serves them."""
+        direct = None
+        if not open_end and self.transforms is None:
+            direct = self.routing.direct(self.processor, lines, stream, now, self.extra)
+        if direct is None:
+            return self.parsed(self.processor.parse(lines, stream, now, open_end))
+        count, shares = direct
+        return self.processor.held_bytes, count, [(index, *cast(Prepared, share)) for index, share in shares]
+
     def parsed(self, events: list[Event]) -> tuple[int, int, list[Routed]]:
         """What the agent gets of a parsed chunk (as `LineFeed._hand_on` does it there): bytes the
         processor holds, events parsed, and per route the prepared logs of its share."""
@@ -101,12 +113,12 @@ class _Server:
             processor = feed.processor
             if kind == "parse":
                 _, _, stream, now, open_end = message
-                events = processor.parse(body.split(b"\n"), stream, now, open_end)
+                held, count, routed = feed.parse(body.split(b"\n"), stream, now, open_end)
             else:
                 _, _, now, force, rests = message
                 events = [e for stream, rest in rests for e in processor.parse([rest], stream, now)]
                 events += processor.flush(now, force)
-            held, count, routed = feed.parsed(events)
+                held, count, routed = feed.parsed(events)
             # Totals ride on the first reply after they change (a few dozen cells: microseconds),
             # so the agent's /metrics never waits for a later request that may not come.
             totals = tally.totals()

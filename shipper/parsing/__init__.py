@@ -97,6 +97,7 @@ from shipper.parsing.clock import (
     format_ms,
     resolve_zone,
 )
+from shipper.parsing.direct import Lane, direct_fields
 from shipper.parsing.pino import normalize_records
 from shipper.parsing.records import (
     LEVEL_BY_NUM,
@@ -248,6 +249,8 @@ class Processor:
         self._second = -1
         self._prefix = ""
         self._records_only = self._json  # whether the last chunk held nothing but records
+        self._pino_lane = fmt in ("auto", "pino")  # Nest JSON records are never the lane's
+        self._lanes: dict[str | None, Lane] = {}
         self._text_reason = "unrecognized" if fmt != "text" else None
         self._fallbacks = {
             reason: parse_fallbacks.labels(source, reason)
@@ -259,13 +262,8 @@ class Processor:
         lines are complete, except the last one with `open_end`: the start of a line longer than
         `max_line_bytes` whose end is still to come (the next call's first line goes on with it)."""
         out: list[Event] = []
-        state = self._streams.get(stream)
-        if state is None:
-            const: dict[str, Any] = {"service": self._service or self.source, "source": self.source}
-            if stream is not None:
-                const["stream"] = stream
-            state = self._streams[stream] = _Stream(const)
-        elif state.group is not None and received_at - state.group.last_at >= self._timeout:
+        state = self._state(stream)
+        if state.group is not None and received_at - state.group.last_at >= self._timeout:
             out.append(self._close(state))
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
@@ -326,6 +324,68 @@ class Processor:
             out += self._records(run, raws, state, stream, received_at)
         self._records_only = records_only
         return out
+
+    def _state(self, stream: str | None) -> _Stream:
+        state = self._streams.get(stream)
+        if state is None:
+            const: dict[str, Any] = {"service": self._service or self.source, "source": self.source}
+            if stream is not None:
+                const["stream"] = stream
+            state = self._streams[stream] = _Stream(const)
+        return state
+
+    def parse_direct(
+        self, lines: list[bytes], stream: str | None, received_at: float, extra: dict[str, Any] | None
+    ) -> tuple[list[bytes | None], list[int], list[Event]] | None:
+        """Complete lines through the direct lane (shipper/parsing/direct.py), for sinks that send
+        the normalized fields as JSON with `extra` added (`fill_in`): each line's wire form, or
+        None where the normal path took it, those lines' indexes and their events (`extra` not
+        added yet). None, with nothing changed, when the chunk is not for the lane: the lane is
+        not built, the stream is not all records, a group or long line is open, a line is long or
+        ends in CR, or a line the lane left is not a JSON object."""
+        if direct_fields is None or not (self._json and self._records_only and self._pino_lane):
+            return None
+        state = self._state(stream)
+        if state.group is not None or state.cut:
+            return None
+        joined = b"\n".join(lines)
+        if b"\r" in joined or (len(joined) > self._max_line and max(map(len, lines)) > self._max_line):
+            return None
+        redactor = self._redactor
+        flagged = bytearray(len(lines))
+        if redactor.enabled:
+            found = redactor.suspects(joined)
+            if found is None:
+                return None
+            for index in found:
+                flagged[index] = 1
+        lane = self._lanes.get(stream)
+        if lane is None:  # a processor serves one feed: its extra fields never change
+            lane = self._lanes[stream] = Lane(state.const, extra)
+        wire, slow, before, fresh, second, prefix = direct_fields(
+            lines, bytes(flagged), lane.forbidden, lane.constants, lane.extra, self._second, self._prefix
+        )
+        records: list[dict[str, Any]] = []
+        for index in slow:
+            try:
+                record = orjson.loads(lines[index])
+            except orjson.JSONDecodeError:
+                return None
+            if type(record) is not dict:
+                return None
+            records.append(record)
+        self._second, self._prefix = second, prefix
+        events: list[Event] = []
+        for index, prior, record in zip(slow, before, records, strict=True):
+            if prior >= 0:
+                state.read(prior, received_at)
+            raw = lines[index]
+            if flagged[index] and redactor.record(record) is not None:
+                raw = orjson.dumps(record)
+            events += self._records([record], [raw], state, stream, received_at)
+        if fresh >= 0:
+            state.read(fresh, received_at)
+        return wire, slow, events
 
     def _records(
         self, records: list[dict[str, Any]], raws: list[bytes], state: _Stream, stream: str | None, received_at: float

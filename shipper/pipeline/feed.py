@@ -227,8 +227,19 @@ class LineFeed:
         ack = self.tracker.open(None)
         for start in range(0, len(lines), self.PIECE_LINES):
             end = start + self.PIECE_LINES
-            events = processor.parse(lines[start:end], stream, now, open_end and end >= len(lines))
-            await self._hand_on(events, ack)
+            piece, piece_open = lines[start:end], open_end and end >= len(lines)
+            routing, routes = self.routing, self.routes  # one consistent pair, whatever a reload does meanwhile
+            assert routing is not None
+            direct = None
+            if not piece_open and self.transforms is None:
+                direct = routing.direct(processor, piece, stream, now, self.fields)
+            if direct is None:
+                await self._hand_on(processor.parse(piece, stream, now, piece_open), ack)
+                continue
+            count, shares = direct
+            self._received.inc(count)
+            for index, share in shares:
+                await self._put(routes[index], share, ack)
         ack.position = self._local_position()
         ack.done()
 

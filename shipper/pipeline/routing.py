@@ -13,11 +13,14 @@ import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from shipper.event import Event, Prepared, Preparer, PreparerSpec
+from shipper.encoding import FieldsJson
+from shipper.event import Event, Prepared, Preparer, PreparerSpec, fill_in
+from shipper.parsing.direct import Lane
 from shipper.when import Predicate, compile_when
 
 if TYPE_CHECKING:
     from shipper.config import WhenConfig
+    from shipper.parsing import Processor
 
 # One sink's share of a list of events: prepared (its wire form) or, for a sink without a
 # preparer, the events themselves.
@@ -37,6 +40,10 @@ class Routing:
 
     def __init__(self, routes: list[tuple[Predicate | None, Preparer | None]]) -> None:
         self.routes = routes
+        # The direct lane serves routes that all take every event as normalized fields in JSON.
+        preparers = [preparer for predicate, preparer in routes if predicate is None]
+        fields_json = [p for p in preparers if isinstance(p, FieldsJson)]
+        self._fields_json = fields_json[0] if routes and len(fields_json) == len(routes) else None
 
     @classmethod
     def build(cls, routes: Sequence[tuple[WhenConfig | Any | None, str, PreparerSpec | None]]) -> Routing:
@@ -57,3 +64,26 @@ class Routing:
             if selected:
                 shares.append((index, preparer.prepare(selected) if preparer is not None else selected))
         return shares
+
+    def direct(
+        self, processor: Processor, lines: list[bytes], stream: str | None, now: float, extra: dict[str, Any] | None
+    ) -> tuple[int, list[tuple[int, Share]]] | None:
+        """Complete lines parsed and prepared through the direct lane when every route sends the
+        normalized fields as JSON (the lines the lane leaves go the normal way in their place):
+        events parsed and each route's share; None when the lane does not serve the chunk (see
+        `Processor.parse_direct`), nothing parsed then. The caller runs no transforms."""
+        preparer = self._fields_json
+        if preparer is None or not lines or not Lane.serves(extra):
+            return None
+        direct = processor.parse_direct(lines, stream, now, extra)
+        if direct is None:
+            return None
+        wire, slow, events = direct
+        if events:
+            fill_in(events, extra)
+            prepared = preparer.prepare(events)[0].split(b"\n")
+            for index, one in zip(slow, prepared, strict=False):
+                wire[index] = one
+        wire.append(b"")
+        body = b"\n".join(cast(list[bytes], wire))
+        return len(wire) - 1, [(index, (body, None)) for index in range(len(self.routes))]

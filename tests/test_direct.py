@@ -1,0 +1,259 @@
+"""The direct lane (shipper/parsing/direct.py) writes exactly what the normal path writes.
+
+For sinks that send the normalized fields as JSON, a chunk of lines goes either through the normal
+path (parse, normalize, redact, `fill_in`, `FieldsJson`) or through the lane (plain pino lines
+copied to their wire form in C; the others the normal way, in their place). Both must give the
+same bytes, count the same events and leave the stream's clock where the other leaves it, on any
+input: plain lines, lines written in forms msgspec would not write (spaces, other escapes,
+duplicate keys, other numbers), secrets, text.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shipper.config import RedactConfig, SourceConfig, WhenConfig, config_from_dict
+from shipper.encoding import FIELDS_JSON
+from shipper.event import fill_in
+from shipper.parsing import Processor, build_processor
+from shipper.parsing.direct import Lane, direct_fields
+from shipper.pipeline.routing import Routing
+from sinks import build_sink
+from tests.conftest import CORPUS, needs_corpus
+
+NOW_MS = int(time.time() * 1000)
+needs_lane = pytest.mark.skipif(direct_fields is None, reason="shipper._speedups was not built")
+
+EXTRA = {"file": "/var/log/api.log"}
+
+
+def fresh(fmt: str = "auto") -> tuple[Processor, Routing]:
+    config = SourceConfig(type="stdin", format=fmt)
+    processor = build_processor("api", config, host="agent", redact=RedactConfig())
+    return processor, Routing.build([(None, "out", FIELDS_JSON), (None, "copy", FIELDS_JSON)])
+
+
+def normal_way(processor: Processor, routing: Routing, lines: list[bytes], stream: str | None) -> tuple[int, bytes]:
+    events = processor.parse(list(lines), stream, NOW_MS / 1000)
+    fill_in(events, EXTRA)
+    shares = routing.split(events)
+    return len(events), shares[0][1][0] if shares else b""  # type: ignore[index]
+
+
+def clock_after(processor: Processor, stream: str | None) -> Any:
+    """The timestamp the stream's clock gives a following line that shows no time."""
+    events = processor.parse([b"text without a time"], stream, NOW_MS / 1000 + 1) + processor.flush(force=True)
+    return [event.fields["timestamp"] for event in events]
+
+
+def compare(chunks: list[list[bytes]], stream: str | None = None, fmt: str = "auto") -> int:
+    """Both ways over the same chunks: the same count, bytes and clock. The lines the lane took."""
+    normal_processor, normal_routing = fresh(fmt)
+    lane_processor, lane_routing = fresh(fmt)
+    taken = 0
+    for lines in chunks:
+        expected = normal_way(normal_processor, normal_routing, lines, stream)
+        direct = lane_routing.direct(lane_processor, list(lines), stream, NOW_MS / 1000, EXTRA)
+        if direct is None:
+            got = normal_way(lane_processor, lane_routing, lines, stream)
+        else:
+            count, shares = direct
+            assert [index for index, _ in shares] == [0, 1]
+            assert shares[0][1] == shares[1][1]  # every route gets the same logs
+            got = (count, shares[0][1][0])  # type: ignore[index]
+            taken += len(lines)
+        assert got == expected
+    assert clock_after(lane_processor, stream) == clock_after(normal_processor, stream)
+    return taken
+
+
+def pino(**extra: Any) -> dict[str, Any]:
+    record = {"level": 30, "time": NOW_MS, "pid": 7, "hostname": "api-1", "reqId": "req-1"}
+    record.update(extra)
+    record.setdefault("msg", "hello")
+    return record
+
+
+@needs_lane
+def test_plain_pino_lines_are_taken_by_the_lane_and_written_as_the_normal_path_writes_them() -> None:
+    lines = [
+        orjson.dumps(pino(req={"method": "GET", "url": "/v1/x", "hostname": "h"}, msg="incoming request")),
+        orjson.dumps(pino(res={"statusCode": 200}, responseTime=0.5366669893264771, msg="request completed")),
+        orjson.dumps(pino(level=50, err={"type": "TypeError", "message": "x", "stack": "TypeError: x\n    at a"})),
+        orjson.dumps(pino(level=40, msg='é ☃ \U0001f600 \x1b[31m \\ " \t', tags=["a", 1, 2.5, None, True])),
+    ]
+    lane = direct_fields(lines, bytes(len(lines)), (), b',"service":"api","source":"api"', b"", -1, "")
+    assert lane[1] == []  # no line left to the normal path
+    assert compare([lines]) == len(lines)
+    taken_lines = lane[0]
+    assert orjson.loads(taken_lines[1])["http"] == {"status_code": 200, "duration_ms": 0.5366669893264771}
+
+
+@needs_lane
+def test_lines_written_otherwise_go_the_normal_way_in_their_place() -> None:
+    plain = orjson.dumps(pino())
+    odd = [
+        b'{"level":30, "time":%d,"hostname":"h","msg":"space"}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"dup","msg":"last wins"}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"\\u00e9 escaped"}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"\\/ slash"}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"n","n":1.50}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"n","n":1e5}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"n","n":-0}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"n","n":123456789012345678901}' % NOW_MS,
+        secret := b'{"level":30,"time":%d,"hostname":"h","msg":"password","password":"hunter22"}' % NOW_MS,
+        b'{"level":35,"time":%d,"hostname":"h","msg":"custom level"}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"collides","message":"mine"}' % NOW_MS,
+        b'{"level":30,"time":%d,"hostname":"h","msg":"own file","file":"mine"}' % NOW_MS,
+    ]
+    chunk = [plain]
+    for line in odd:
+        chunk += [line, plain]
+    assert compare([chunk]) == len(chunk)  # the lane served the chunk, leaving the odd lines
+    written = Lane({"service": "api", "source": "api"}, EXTRA)
+    flagged = bytes(index == 2 * odd.index(secret) + 1 for index in range(len(chunk)))  # as the prefilter flags it
+    lane = direct_fields(chunk, flagged, written.forbidden, written.constants, written.extra, -1, "")
+    assert lane[1] == list(range(1, len(chunk), 2))
+
+
+@needs_lane
+def test_a_secret_in_a_lane_chunk_is_redacted() -> None:
+    processor, routing = fresh()
+    lines = [
+        orjson.dumps(pino()),
+        orjson.dumps(pino(msg="login", password="hunter22", user={"pass_word": "s3cret-value"})),
+    ]
+    direct = routing.direct(processor, lines, None, NOW_MS / 1000, EXTRA)
+    assert direct is not None
+    body = direct[1][0][1][0]  # type: ignore[index]
+    assert b"hunter22" not in body and b"s3cret-value" not in body
+    assert orjson.loads(body.split(b"\n")[1])["password"] == "[REDACTED]"
+
+
+@needs_lane
+def test_chunks_the_lane_does_not_serve_are_parsed_the_normal_way() -> None:
+    text = [orjson.dumps(pino()), b"plain text line", b"    at continuation (file.js:1:1)"]
+    crlf = [orjson.dumps(pino()) + b"\r"]
+    invalid = [orjson.dumps(pino()), b"{not json"]
+    undecodable = [orjson.dumps(pino()), b'{"level":30,"msg":"bad utf-8 \xff"}']
+    for chunk in (text, crlf, invalid, undecodable):
+        processor, routing = fresh()
+        assert routing.direct(processor, list(chunk), None, NOW_MS / 1000, EXTRA) is None
+    records = [orjson.dumps(pino(time=NOW_MS + 5)), orjson.dumps(pino(time=NOW_MS + 9))]
+    # After a chunk with text the lane waits for a chunk of records only (parsed the normal way).
+    assert compare([text, records, records, invalid, records, records], stream="stdout") == 2 * len(records)
+    processor, routing = fresh("nest-json")  # Nest JSON records are never the lane's
+    assert routing.direct(processor, [orjson.dumps(pino())], None, NOW_MS / 1000, EXTRA) is None
+
+
+def test_routes_that_filter_or_encode_otherwise_are_not_served() -> None:
+    processor, _ = fresh()
+    line = [orjson.dumps(pino())]
+    filtered = Routing.build([(None, "out", FIELDS_JSON), (WhenConfig(level="error"), "errors", FIELDS_JSON)])
+    config = config_from_dict(
+        {
+            "sources": {"app": {"type": "stdin"}},
+            "sinks": {"dd": {"type": "datadog", "inputs": ["app"], "api_key": "k"}},
+        },
+        environ={},
+    )
+    datadog = Routing.build([(None, "dd", build_sink("dd", config.sinks["dd"]).preparer())])
+    for routing in (filtered, datadog):
+        assert routing.direct(processor, list(line), None, NOW_MS / 1000, EXTRA) is None
+    named = Routing.build([(None, "out", FIELDS_JSON)])
+    assert named.direct(processor, list(line), None, NOW_MS / 1000, {"service": "x"}) is None
+
+
+# Values as a JSON producer may write them: every kind, escapes, Unicode, numbers of every form.
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.sampled_from(["\x00", "\x1b[0m", "\u2028", "a\\b", 'q"', "\ud7ff", "\U0010ffff", "\x7f"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6,
+)
+level = st.one_of(st.sampled_from([10, 20, 30, 40, 50, 60, 35]), scalars)
+stamp = st.integers(NOW_MS - 86_400_000, NOW_MS + 86_400_000)
+request = st.one_of(
+    st.fixed_dictionaries({"method": st.sampled_from(["GET", "POST"]), "url": st.text(max_size=6)}),
+    st.fixed_dictionaries({"method": st.just("GET")}),
+    values,
+)
+response = st.one_of(st.fixed_dictionaries({"statusCode": st.sampled_from([200, 500])}), st.just({}), values)
+special = st.sampled_from(
+    ["req", "res", "responseTime", "http", "message", "host", "service", "stream", "file", "password", "token"]
+)
+
+
+# What a plain pino record holds, each drawn odd now and then.
+plain = {
+    "level": st.sampled_from([10, 20, 30, 40, 50, 60]),
+    "time": stamp,
+    "pid": st.integers(1, 99999),
+    "hostname": st.just("api-1"),
+    "msg": st.text(max_size=8),
+}
+odd = {"level": level, "time": st.one_of(st.sampled_from([99_999_999_999, 0, -5]), scalars), "hostname": scalars}
+
+
+@st.composite
+def line(draw: st.DrawFn) -> bytes:
+    record: dict[str, Any] = {}
+    for key in draw(st.permutations(list(plain))):
+        if draw(st.integers(0, 12)):
+            record[key] = draw(odd.get(key, values) if draw(st.integers(0, 6)) == 0 else plain[key])
+    for key in draw(st.lists(st.one_of(special, st.text(max_size=5)), max_size=3, unique=True)):
+        record[key] = draw(
+            {"req": request, "res": response, "responseTime": st.one_of(st.floats(0, 9), values)}.get(key, values)
+        )
+    form = draw(st.integers(0, 9))
+    if form == 0:  # spaces and \u escapes: another producer's JSON
+        return json.dumps(record, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+    if form == 1 and record:  # a duplicate key
+        first = next(iter(record))
+        return compact(record)[:-1] + b"," + compact(first) + b":" + compact(draw(scalars)) + b"}"
+    return compact(record)
+
+
+def compact(value: Any) -> bytes:
+    """Compact JSON as pino writes it; big integers and lone surrogates as JSON.stringify would."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+@needs_lane
+@settings(max_examples=500, deadline=None)
+@given(
+    chunks=st.lists(st.lists(line(), min_size=1, max_size=6), min_size=1, max_size=3),
+    stream=st.sampled_from([None, "stdout"]),
+)
+def test_the_lane_writes_what_the_normal_path_writes_on_any_lines(
+    chunks: list[list[bytes]], stream: str | None
+) -> None:
+    compare(chunks, stream)
+
+
+@needs_lane
+@needs_corpus
+def test_the_lane_writes_what_the_normal_path_writes_on_the_fastify_corpus() -> None:
+    lines = (CORPUS / "fastify-pino.ndjson").read_bytes().splitlines()
+    records = [line for line in lines if line.startswith(b"{")]
+    random.Random(7).shuffle(records)
+    chunks = [records[start : start + 50] for start in range(0, len(records), 50)]
+    assert compare(chunks, "stdout") == len(records)
