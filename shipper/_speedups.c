@@ -772,10 +772,31 @@ static int lane_http(writer *w, const member *members, int count, int has_http) 
     return !has_http;
 }
 
+/* How the lane writes a line: the fields form (`FieldsJson`), or Datadog's log object
+ * (sinks/datadog_logs.py `LogEncoder.to_doc`, then its time window and size rules). */
+typedef struct {
+    PyObject *forbidden, *constants, *extra;
+    int datadog;
+    PyObject *ddsource;               /* `,"ddsource":"nodejs"` */
+    PyObject *tags[LANE_LEVELS];      /* `,"ddtags":"..."` per level number (borrowed), NULL: none */
+    long long oldest, newest;         /* the time window, epoch ms */
+    PyObject *restamp;                /* the re-stamp (str), NULL: out-of-window lines go the normal way */
+    Py_ssize_t max_bytes;             /* a longer log goes the normal way (it is cut there) */
+} lane_form;
+
+/* `"YYYY-MM-DDTHH:MM:SS.mmmZ"` of `ms` (prefix: its second's first 19 characters). */
+static void put_stamp(writer *w, const char *prefix, Py_ssize_t prefix_size, long long ms) {
+    int frac = (int)(ms % 1000);
+    *w->at++ = '"';
+    put(w, prefix, prefix_size);
+    char millis[6] = {'.', (char)('0' + frac / 100), (char)('0' + frac / 10 % 10), (char)('0' + frac % 10), 'Z', '"'};
+    put(w, millis, 6);
+}
+
 /* One line in the lane: its wire form, Py_None when the normal path must take it, NULL on error.
- * `*stamp` gets its time (epoch ms). */
-static PyObject *lane_line(PyObject *line, PyObject *forbidden, PyObject *constants, PyObject *extra,
-                           long long *second, PyObject **prefix, long long *stamp) {
+ * `*stamp` gets its time (epoch ms); for Datadog, `*sent` the timestamp as sent (a new str). */
+static PyObject *lane_line(PyObject *line, const lane_form *form, long long *second, PyObject **prefix,
+                           long long *stamp, PyObject **sent) {
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(line);
     Py_ssize_t size = PyBytes_GET_SIZE(line);
     member members[LANE_KEYS];
@@ -801,12 +822,15 @@ static PyObject *lane_line(PyObject *line, PyObject *forbidden, PyObject *consta
     if (number < 0 || number >= LANE_LEVELS || level_words[number] == NULL || ms < EPOCH_MS_MIN || ms >= EPOCH_MS_END ||
         msg == NULL || msg->value[0] != '"' || hostname == NULL || hostname->value[0] != '"')
         Py_RETURN_NONE;
-    Py_ssize_t keys = PyTuple_GET_SIZE(forbidden);
+    Py_ssize_t keys = PyTuple_GET_SIZE(form->forbidden);
     for (Py_ssize_t k = 0; k < keys; k++) {
-        PyObject *key = PyTuple_GET_ITEM(forbidden, k);
+        PyObject *key = PyTuple_GET_ITEM(form->forbidden, k);
         if (lane_find(members, count, PyBytes_AS_STRING(key)) != NULL)
             Py_RETURN_NONE;
     }
+    int restamped = form->datadog && (ms < form->oldest || ms > form->newest);
+    if (restamped && form->restamp == NULL)
+        Py_RETURN_NONE;
     if (ms / 1000 != *second) {
         PyObject *fresh = PyObject_CallFunction(second_prefix, "L", ms / 1000);
         if (fresh == NULL)
@@ -814,83 +838,150 @@ static PyObject *lane_line(PyObject *line, PyObject *forbidden, PyObject *consta
         Py_SETREF(*prefix, fresh);
         *second = ms / 1000;
     }
-    Py_ssize_t prefix_size;
-    const char *head = PyUnicode_AsUTF8AndSize(*prefix, &prefix_size);
+    Py_ssize_t prefix_size, restamp_size = 0;
+    const char *head = PyUnicode_AsUTF8AndSize(*prefix, &prefix_size), *restamp = NULL;
     if (head == NULL)
         return NULL;
+    if (restamped && (restamp = PyUnicode_AsUTF8AndSize(form->restamp, &restamp_size)) == NULL)
+        return NULL;
     PyObject *word = level_words[number];
-    Py_ssize_t room = 2 * size + 160 + prefix_size + PyBytes_GET_SIZE(word) + PyBytes_GET_SIZE(constants) +
-                      PyBytes_GET_SIZE(extra);
+    PyObject *tags = form->datadog ? form->tags[number] : NULL;
+    Py_ssize_t room = 2 * size + 256 + 2 * prefix_size + restamp_size + PyBytes_GET_SIZE(word) +
+                      PyBytes_GET_SIZE(form->constants) + PyBytes_GET_SIZE(form->extra) +
+                      (form->datadog ? PyBytes_GET_SIZE(form->ddsource) : 0) + (tags ? PyBytes_GET_SIZE(tags) : 0);
     PyObject *out = PyBytes_FromStringAndSize(NULL, room);
     if (out == NULL)
         return NULL;
     writer w = {PyBytes_AS_STRING(out)};
     *w.at++ = '{';
-    int first = 1;
     for (int i = 0; i < count; i++) {
         const member *m = &members[i];
-        if (m == msg || m == hostname)
+        if (m == msg || m == hostname || (form->datadog && m == level))
             continue;
-        if (!first)
+        if (w.at - PyBytes_AS_STRING(out) > 1)
             *w.at++ = ',';
-        first = 0;
         if (m == level) {
             PUT(&w, "\"level\":");
             put(&w, PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word));
         } else
             put_member(&w, m);
     }
-    PUT(&w, ",\"level_num\":");
+    if (w.at - PyBytes_AS_STRING(out) > 1)
+        *w.at++ = ',';
+    PUT(&w, "\"level_num\":");
     put(&w, level->value, level->value_size);
-    PUT(&w, ",\"timestamp\":\"");
-    put(&w, head, prefix_size);
-    int frac = (int)(ms % 1000);
-    char millis[6] = {'.', (char)('0' + frac / 100), (char)('0' + frac / 10 % 10), (char)('0' + frac % 10), 'Z', '"'};
-    put(&w, millis, 6);
+    PUT(&w, ",\"timestamp\":");
+    if (restamped) {
+        *w.at++ = '"';
+        put(&w, restamp, restamp_size);
+        *w.at++ = '"';
+    } else
+        put_stamp(&w, head, prefix_size, ms);
     PUT(&w, ",\"message\":");
     put(&w, msg->value, msg->value_size);
-    PUT(&w, ",\"host\":");
-    put(&w, hostname->value, hostname->value_size);
-    put(&w, PyBytes_AS_STRING(constants), PyBytes_GET_SIZE(constants));
+    if (!form->datadog) {
+        PUT(&w, ",\"host\":");
+        put(&w, hostname->value, hostname->value_size);
+    }
+    put(&w, PyBytes_AS_STRING(form->constants), PyBytes_GET_SIZE(form->constants));
     if (!lane_http(&w, members, count, has_http)) {
         Py_DECREF(out);
         Py_RETURN_NONE;
     }
-    put(&w, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra));
+    put(&w, PyBytes_AS_STRING(form->extra), PyBytes_GET_SIZE(form->extra));
+    if (form->datadog) {
+        PUT(&w, ",\"hostname\":");
+        put(&w, hostname->value, hostname->value_size);
+        PUT(&w, ",\"status\":");
+        put(&w, PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word));
+        put(&w, PyBytes_AS_STRING(form->ddsource), PyBytes_GET_SIZE(form->ddsource));
+        if (tags != NULL)
+            put(&w, PyBytes_AS_STRING(tags), PyBytes_GET_SIZE(tags));
+        if (restamped) {
+            PUT(&w, ",\"shipper.original_timestamp\":");
+            put_stamp(&w, head, prefix_size, ms);
+        }
+    }
     *w.at++ = '}';
-    *stamp = ms;
-    if (_PyBytes_Resize(&out, w.at - PyBytes_AS_STRING(out)) < 0)
+    Py_ssize_t written = w.at - PyBytes_AS_STRING(out);
+    if (form->datadog && written > form->max_bytes) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    if (_PyBytes_Resize(&out, written) < 0)
         return NULL;
+    if (form->datadog) {
+        if (restamped)
+            *sent = Py_NewRef(form->restamp);
+        else if ((*sent = timestamp(*prefix, ms)) == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    *stamp = ms;
     return out;
 }
 
-/* direct_fields(lines, flagged, forbidden, constants, extra, second, prefix): see
+/* The Datadog settings tuple (ddsource member, {level number: ddtags member}, oldest, newest,
+ * re-stamp or None, max bytes) into `form`. */
+static int datadog_form(PyObject *settings, lane_form *form) {
+    PyObject *tags, *restamp;
+    if (!PyArg_ParseTuple(settings, "SO!LLOn:datadog settings", &form->ddsource, &PyDict_Type, &tags, &form->oldest,
+                          &form->newest, &restamp, &form->max_bytes))
+        return -1;
+    form->datadog = 1;
+    form->restamp = restamp == Py_None ? NULL : restamp;
+    if (form->restamp != NULL && !PyUnicode_Check(form->restamp)) {
+        PyErr_SetString(PyExc_TypeError, "the re-stamp must be a str");
+        return -1;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(tags, &pos, &key, &value)) {
+        long number = PyLong_AsLong(key);
+        if (number == -1 && PyErr_Occurred())
+            return -1;
+        if (number >= 0 && number < LANE_LEVELS && PyBytes_Check(value))
+            form->tags[number] = value;
+    }
+    return 0;
+}
+
+/* direct_lines(lines, flagged, forbidden, constants, extra, second, prefix, datadog=None): see
  * shipper/parsing/direct.py. */
-static PyObject *direct_fields(PyObject *self, PyObject *args) {
-    PyObject *lines, *flagged, *forbidden, *constants, *extra, *prefix;
+static PyObject *direct_lines(PyObject *self, PyObject *args) {
+    PyObject *lines, *flagged, *prefix, *datadog = Py_None;
     long long second;
-    if (!PyArg_ParseTuple(args, "O!SO!SSLU:direct_fields", &PyList_Type, &lines, &flagged, &PyTuple_Type, &forbidden,
-                          &constants, &extra, &second, &prefix))
+    lane_form form;
+    memset(&form, 0, sizeof form);
+    if (!PyArg_ParseTuple(args, "O!SO!SSLU|O:direct_lines", &PyList_Type, &lines, &flagged, &PyTuple_Type,
+                          &form.forbidden, &form.constants, &form.extra, &second, &prefix, &datadog))
         return NULL;
+    if (datadog != Py_None && (!PyTuple_Check(datadog) || datadog_form(datadog, &form) < 0)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "datadog settings must be a tuple");
+        return NULL;
+    }
     Py_ssize_t count = PyList_GET_SIZE(lines);
     if (PyBytes_GET_SIZE(flagged) != count) {
         PyErr_SetString(PyExc_ValueError, "flagged must hold a byte per line");
         return NULL;
     }
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(forbidden); k++)
-        if (!PyBytes_Check(PyTuple_GET_ITEM(forbidden, k))) {
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(form.forbidden); k++)
+        if (!PyBytes_Check(PyTuple_GET_ITEM(form.forbidden, k))) {
             PyErr_SetString(PyExc_TypeError, "forbidden keys must be bytes");
             return NULL;
         }
     const char *marks = PyBytes_AS_STRING(flagged);
     PyObject *outs = PyList_New(count), *slow = PyList_New(0), *before = PyList_New(0);
+    PyObject *stamps = form.datadog ? PyList_New(count) : Py_NewRef(Py_None);
     Py_INCREF(prefix);
-    long long fresh = -1;
-    if (outs == NULL || slow == NULL || before == NULL)
+    long long fresh = -1, restamped = 0;
+    if (outs == NULL || slow == NULL || before == NULL || stamps == NULL)
         goto fail;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *line = PyList_GET_ITEM(lines, i);
-        PyObject *out;
+        PyObject *out, *sent = NULL;
         long long stamp = -1;
         if (!PyBytes_Check(line)) {
             PyErr_SetString(PyExc_TypeError, "lines must be bytes");
@@ -898,9 +989,14 @@ static PyObject *direct_fields(PyObject *self, PyObject *args) {
         }
         if (marks[i])
             out = Py_NewRef(Py_None);
-        else if ((out = lane_line(line, forbidden, constants, extra, &second, &prefix, &stamp)) == NULL)
+        else if ((out = lane_line(line, &form, &second, &prefix, &stamp, &sent)) == NULL)
             goto fail;
         PyList_SET_ITEM(outs, i, out);
+        if (form.datadog) {
+            if (sent == form.restamp && sent != NULL)
+                restamped++;
+            PyList_SET_ITEM(stamps, i, sent != NULL ? sent : Py_NewRef(Py_None));
+        }
         if (out != Py_None) {
             fresh = stamp;
             continue;
@@ -913,11 +1009,15 @@ static PyObject *direct_fields(PyObject *self, PyObject *args) {
             goto fail;
         fresh = -1;
     }
+    if (form.datadog)
+        return Py_BuildValue("(NNNLLNNL)", outs, slow, before, fresh, second, prefix, stamps, restamped);
+    Py_DECREF(stamps);
     return Py_BuildValue("(NNNLLN)", outs, slow, before, fresh, second, prefix);
 fail:
     Py_XDECREF(outs);
     Py_XDECREF(slow);
     Py_XDECREF(before);
+    Py_XDECREF(stamps);
     Py_DECREF(prefix);
     return NULL;
 }
@@ -950,9 +1050,10 @@ static PyMethodDef methods[] = {
      "trigger_lines(data, phones) -> indexes of the lines (split at \\n) holding a redaction trigger word."},
     {"suspect_slots", suspect_slots, METH_VARARGS,
      "suspect_slots(record, phones) -> [(container, key or index)]: the values a redaction walk must judge."},
-    {"direct_fields", direct_fields, METH_VARARGS,
-     "direct_fields(lines, flagged, forbidden, constants, extra, second, prefix) -> "
-     "(wire forms or None, slow, fresh_before, fresh, second, prefix); see shipper/parsing/direct.py."},
+    {"direct_lines", direct_lines, METH_VARARGS,
+     "direct_lines(lines, flagged, forbidden, constants, extra, second, prefix, datadog=None) -> "
+     "(wire forms or None, slow, fresh_before, fresh, second, prefix[, stamps, restamped]); "
+     "see shipper/parsing/direct.py."},
     {"set_level_words", set_level_words, METH_VARARGS,
      "set_level_words({number: word as JSON bytes}): the level words the direct lane writes."},
     {NULL, NULL, 0, NULL},

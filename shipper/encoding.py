@@ -16,6 +16,7 @@ import orjson
 
 from shipper.event import Event, Prepared, PreparerSpec, wire_ends, wire_size
 from shipper.log import RateLimitedLog
+from shipper.parsing.direct import FIELDS_FORM, LaneForm
 
 log = logging.getLogger("shipper.encoding")
 
@@ -63,6 +64,10 @@ class FieldsJson:
     def __init__(self, sink: str) -> None:
         self.sink = sink
         self._notices = RateLimitedLog(log, interval=60.0)
+
+    def lane_form(self) -> LaneForm:
+        """The direct lane writes these logs as they are: the normalized fields."""
+        return FIELDS_FORM
 
     def prepare(self, events: list[Event]) -> Prepared:
         try:

@@ -27,6 +27,8 @@ import orjson
 from shipper.encoding import json_array, runs
 from shipper.event import Encoded, Event, Prepared, raw_of
 from shipper.parsing.clock import epoch_ms, format_ms
+from shipper.parsing.direct import LaneForm, member
+from shipper.parsing.records import LEVEL_BY_NUM
 from shipper.rules import ORIGINAL_TIMESTAMP, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
 from shipper.template import PLACEHOLDER
@@ -103,12 +105,28 @@ class LogEncoder:
         # its rendering up directly. (A dict or list value is unhashable: ddtags handles it.)
         single = self._paths[0] if len(self._paths) == 1 else ""
         self._tag_key = single if single and "." not in single else None
+        self._ddsource = member("ddsource", source)
+        self._lane_tags: dict[int, bytes] | None = None
         self._last_stamp: Any = None
         self._last_ms: int | None = None
         self.window = WindowRule(name, WINDOW, out_of_range)
         self.size = SizeRule(name, max_event_bytes, self.to_doc)
         # A request body within this holds no log above max_event_bytes, nor too many bytes.
         self._whole_body_limit = min(MAX_REQUEST_BYTES, max_event_bytes)
+
+    def lane_form(self) -> LaneForm | None:
+        """How the direct lane (shipper/parsing/direct.py) writes this sink's log objects now: the
+        window as of now, the re-stamp, the ddtags per level. None when it cannot: tags filled
+        from fields other than the level, or logs out of the window dropped."""
+        if self.window.drop or not set(self._paths) <= {"level"}:
+            return None
+        if self._lane_tags is None:
+            rendered = {number: self.ddtags({"level": word}) for number, word in LEVEL_BY_NUM.items()}
+            self._lane_tags = {number: member("ddtags", tags) for number, tags in rendered.items() if tags}
+        now_ms = int(time.time() * 1000)
+        oldest, newest = WINDOW.bounds(now_ms)
+        settings = (self._ddsource, self._lane_tags, oldest, newest, format_ms(now_ms), self.max_event_bytes)
+        return LaneForm(settings, self._service, self.window.count)
 
     def ddtags(self, fields: dict[str, Any]) -> str:
         """`k:v,...` from the static tags plus templates filled from the event; a template whose

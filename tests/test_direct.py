@@ -24,28 +24,40 @@ from shipper.config import RedactConfig, SourceConfig, WhenConfig, config_from_d
 from shipper.encoding import FIELDS_JSON
 from shipper.event import fill_in
 from shipper.parsing import Processor, build_processor
-from shipper.parsing.direct import Lane, direct_fields
+from shipper.parsing.direct import Lane, direct_lines
 from shipper.pipeline.routing import Routing
 from sinks import build_sink
 from tests.conftest import CORPUS, needs_corpus
 
 NOW_MS = int(time.time() * 1000)
-needs_lane = pytest.mark.skipif(direct_fields is None, reason="shipper._speedups was not built")
+needs_lane = pytest.mark.skipif(direct_lines is None, reason="shipper._speedups was not built")
 
 EXTRA = {"file": "/var/log/api.log"}
 
 
-def fresh(fmt: str = "auto") -> tuple[Processor, Routing]:
+# The sinks a feed routes to: two that send the normalized fields, or one Datadog sink (tags from
+# the level, a service of its own or not).
+SINKS: dict[str, dict[str, Any]] = {
+    "fields": {"out": {"type": "http", "url": "http://127.0.0.1:9/"}, "copy": {"type": "file", "path": "/tmp/x"}},
+    "datadog": {"dd": {"type": "datadog", "api_key": "k", "tags": ["env:prod", "level:{level}"]}},
+    "datadog-service": {"dd": {"type": "datadog", "api_key": "k", "service": "billing"}},
+}
+
+
+def fresh(fmt: str = "auto", sinks: str = "fields") -> tuple[Processor, Routing]:
     config = SourceConfig(type="stdin", format=fmt)
     processor = build_processor("api", config, host="agent", redact=RedactConfig())
-    return processor, Routing.build([(None, "out", FIELDS_JSON), (None, "copy", FIELDS_JSON)])
+    tables = {name: {**table, "inputs": ["app"]} for name, table in SINKS[sinks].items()}
+    shipper = config_from_dict({"sources": {"app": {"type": "stdin"}}, "sinks": tables}, environ={})
+    routes = [(None, name, build_sink(name, sink).preparer()) for name, sink in shipper.sinks.items()]
+    return processor, Routing.build(routes)
 
 
-def normal_way(processor: Processor, routing: Routing, lines: list[bytes], stream: str | None) -> tuple[int, bytes]:
+def normal_way(processor: Processor, routing: Routing, lines: list[bytes], stream: str | None) -> tuple[Any, ...]:
     events = processor.parse(list(lines), stream, NOW_MS / 1000)
     fill_in(events, EXTRA)
     shares = routing.split(events)
-    return len(events), shares[0][1][0] if shares else b""  # type: ignore[index]
+    return (len(events), *shares[0][1]) if shares else (0, b"", None)  # type: ignore[misc]
 
 
 def clock_after(processor: Processor, stream: str | None) -> Any:
@@ -54,10 +66,11 @@ def clock_after(processor: Processor, stream: str | None) -> Any:
     return [event.fields["timestamp"] for event in events]
 
 
-def compare(chunks: list[list[bytes]], stream: str | None = None, fmt: str = "auto") -> int:
-    """Both ways over the same chunks: the same count, bytes and clock. The lines the lane took."""
-    normal_processor, normal_routing = fresh(fmt)
-    lane_processor, lane_routing = fresh(fmt)
+def compare(chunks: list[list[bytes]], stream: str | None = None, fmt: str = "auto", sinks: str = "fields") -> int:
+    """Both ways over the same chunks: the same count, bytes, timestamps as sent and clock. The
+    lines the lane took."""
+    normal_processor, normal_routing = fresh(fmt, sinks)
+    lane_processor, lane_routing = fresh(fmt, sinks)
     taken = 0
     for lines in chunks:
         expected = normal_way(normal_processor, normal_routing, lines, stream)
@@ -66,13 +79,20 @@ def compare(chunks: list[list[bytes]], stream: str | None = None, fmt: str = "au
             got = normal_way(lane_processor, lane_routing, lines, stream)
         else:
             count, shares = direct
-            assert [index for index, _ in shares] == [0, 1]
-            assert shares[0][1] == shares[1][1]  # every route gets the same logs
-            got = (count, shares[0][1][0])  # type: ignore[index]
+            assert [index for index, _ in shares] == list(range(len(lane_routing.routes)))
+            assert all(share == shares[0][1] for _, share in shares)  # every route gets the same logs
+            got = (count, *shares[0][1])  # type: ignore[misc]
             taken += len(lines)
         assert got == expected
     assert clock_after(lane_processor, stream) == clock_after(normal_processor, stream)
     return taken
+
+
+@pytest.fixture(autouse=True)
+def _frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datadog's window is judged against now: both ways must see the same now."""
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)
 
 
 def pino(**extra: Any) -> dict[str, Any]:
@@ -83,22 +103,30 @@ def pino(**extra: Any) -> dict[str, Any]:
 
 
 @needs_lane
-def test_plain_pino_lines_are_taken_by_the_lane_and_written_as_the_normal_path_writes_them() -> None:
+@pytest.mark.parametrize("sinks", list(SINKS))
+def test_plain_pino_lines_are_taken_by_the_lane_and_written_as_the_normal_path_writes_them(sinks: str) -> None:
     lines = [
         orjson.dumps(pino(req={"method": "GET", "url": "/v1/x", "hostname": "h"}, msg="incoming request")),
         orjson.dumps(pino(res={"statusCode": 200}, responseTime=0.5366669893264771, msg="request completed")),
         orjson.dumps(pino(level=50, err={"type": "TypeError", "message": "x", "stack": "TypeError: x\n    at a"})),
         orjson.dumps(pino(level=40, msg='é ☃ \U0001f600 \x1b[31m \\ " \t', tags=["a", 1, 2.5, None, True])),
     ]
-    lane = direct_fields(lines, bytes(len(lines)), (), b',"service":"api","source":"api"', b"", -1, "")
+    _, routing = fresh(sinks=sinks)
+    form = routing._lane[0].lane_form()
+    written = Lane({"service": "api", "source": "api"}, EXTRA, form.datadog is not None, form.service)
+    args = (lines, bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
+    lane = direct_lines(*args) if form.datadog is None else direct_lines(*args, form.datadog)
     assert lane[1] == []  # no line left to the normal path
-    assert compare([lines]) == len(lines)
+    assert compare([lines], sinks=sinks) == len(lines)
+    old = [orjson.dumps(pino(time=NOW_MS - 30 * 86_400_000)), orjson.dumps(pino(time=NOW_MS + 86_400_000))]
+    assert compare([old, lines + old], sinks=sinks) == 2 * len(old) + len(lines)  # out of Datadog's window
     taken_lines = lane[0]
     assert orjson.loads(taken_lines[1])["http"] == {"status_code": 200, "duration_ms": 0.5366669893264771}
 
 
 @needs_lane
-def test_lines_written_otherwise_go_the_normal_way_in_their_place() -> None:
+@pytest.mark.parametrize("sinks", list(SINKS))
+def test_lines_written_otherwise_go_the_normal_way_in_their_place(sinks: str) -> None:
     plain = orjson.dumps(pino())
     odd = [
         b'{"level":30, "time":%d,"hostname":"h","msg":"space"}' % NOW_MS,
@@ -117,10 +145,10 @@ def test_lines_written_otherwise_go_the_normal_way_in_their_place() -> None:
     chunk = [plain]
     for line in odd:
         chunk += [line, plain]
-    assert compare([chunk]) == len(chunk)  # the lane served the chunk, leaving the odd lines
-    written = Lane({"service": "api", "source": "api"}, EXTRA)
+    assert compare([chunk], sinks=sinks) == len(chunk)  # the lane served the chunk, leaving the odd lines
+    written = Lane({"service": "api", "source": "api"}, EXTRA, False, None)
     flagged = bytes(index == 2 * odd.index(secret) + 1 for index in range(len(chunk)))  # as the prefilter flags it
-    lane = direct_fields(chunk, flagged, written.forbidden, written.constants, written.extra, -1, "")
+    lane = direct_lines(chunk, flagged, written.forbidden, written.constants, written.extra, -1, "")
     assert lane[1] == list(range(1, len(chunk), 2))
 
 
@@ -154,22 +182,27 @@ def test_chunks_the_lane_does_not_serve_are_parsed_the_normal_way() -> None:
     assert routing.direct(processor, [orjson.dumps(pino())], None, NOW_MS / 1000, EXTRA) is None
 
 
-def test_routes_that_filter_or_encode_otherwise_are_not_served() -> None:
+def datadog_preparer(**options: Any) -> Any:
+    table = {"type": "datadog", "inputs": ["app"], "api_key": "k", **options}
+    config = config_from_dict({"sources": {"app": {"type": "stdin"}}, "sinks": {"dd": table}}, environ={})
+    return build_sink("dd", config.sinks["dd"]).preparer()
+
+
+def test_routes_the_lane_cannot_write_for_are_not_served() -> None:
     processor, _ = fresh()
     line = [orjson.dumps(pino())]
-    filtered = Routing.build([(None, "out", FIELDS_JSON), (WhenConfig(level="error"), "errors", FIELDS_JSON)])
-    config = config_from_dict(
-        {
-            "sources": {"app": {"type": "stdin"}},
-            "sinks": {"dd": {"type": "datadog", "inputs": ["app"], "api_key": "k"}},
-        },
-        environ={},
-    )
-    datadog = Routing.build([(None, "dd", build_sink("dd", config.sinks["dd"]).preparer())])
-    for routing in (filtered, datadog):
-        assert routing.direct(processor, list(line), None, NOW_MS / 1000, EXTRA) is None
-    named = Routing.build([(None, "out", FIELDS_JSON)])
-    assert named.direct(processor, list(line), None, NOW_MS / 1000, {"service": "x"}) is None
+    not_served = [
+        [(None, "out", FIELDS_JSON), (WhenConfig(level="error"), "errors", FIELDS_JSON)],  # a filter
+        [(None, "dd", datadog_preparer()), (None, "out", FIELDS_JSON)],  # Datadog beside another sink
+        [(None, "dd", datadog_preparer(tags=["req:{reqId}"]))],  # a tag filled from another field
+        [(None, "dd", datadog_preparer(out_of_range="drop"))],  # old logs dropped (the normal way)
+    ]
+    for routes in not_served:
+        assert Routing.build(routes).direct(processor, list(line), None, NOW_MS / 1000, EXTRA) is None
+    for extra in ({"service": "x"}, {"status": "x"}):  # extra fields the lane cannot place
+        routing = Routing.build([(None, "dd", datadog_preparer())])
+        assert routing.direct(processor, list(line), None, NOW_MS / 1000, extra) is None
+    assert Routing.build([(None, "dd", datadog_preparer())]).direct(processor, line, None, NOW_MS / 1000, EXTRA)
 
 
 # Values as a JSON producer may write them: every kind, escapes, Unicode, numbers of every form.
@@ -187,7 +220,7 @@ values = st.recursive(
     max_leaves=6,
 )
 level = st.one_of(st.sampled_from([10, 20, 30, 40, 50, 60, 35]), scalars)
-stamp = st.integers(NOW_MS - 86_400_000, NOW_MS + 86_400_000)
+stamp = st.integers(NOW_MS - 40 * 86_400_000, NOW_MS + 86_400_000)  # Datadog's window inside
 request = st.one_of(
     st.fixed_dictionaries({"method": st.sampled_from(["GET", "POST"]), "url": st.text(max_size=6)}),
     st.fixed_dictionaries({"method": st.just("GET")}),
@@ -195,7 +228,20 @@ request = st.one_of(
 )
 response = st.one_of(st.fixed_dictionaries({"statusCode": st.sampled_from([200, 500])}), st.just({}), values)
 special = st.sampled_from(
-    ["req", "res", "responseTime", "http", "message", "host", "service", "stream", "file", "password", "token"]
+    [
+        "req",
+        "res",
+        "responseTime",
+        "http",
+        "message",
+        "host",
+        "service",
+        "stream",
+        "file",
+        "password",
+        "status",
+        "ddtags",
+    ]
 )
 
 
@@ -238,22 +284,24 @@ def compact(value: Any) -> bytes:
 
 
 @needs_lane
-@settings(max_examples=500, deadline=None)
+@pytest.mark.parametrize("sinks", list(SINKS))
+@settings(max_examples=300, deadline=None)
 @given(
     chunks=st.lists(st.lists(line(), min_size=1, max_size=6), min_size=1, max_size=3),
     stream=st.sampled_from([None, "stdout"]),
 )
 def test_the_lane_writes_what_the_normal_path_writes_on_any_lines(
-    chunks: list[list[bytes]], stream: str | None
+    chunks: list[list[bytes]], stream: str | None, sinks: str
 ) -> None:
-    compare(chunks, stream)
+    compare(chunks, stream, sinks=sinks)
 
 
 @needs_lane
 @needs_corpus
-def test_the_lane_writes_what_the_normal_path_writes_on_the_fastify_corpus() -> None:
+@pytest.mark.parametrize("sinks", list(SINKS))
+def test_the_lane_writes_what_the_normal_path_writes_on_the_fastify_corpus(sinks: str) -> None:
     lines = (CORPUS / "fastify-pino.ndjson").read_bytes().splitlines()
     records = [line for line in lines if line.startswith(b"{")]
     random.Random(7).shuffle(records)
     chunks = [records[start : start + 50] for start in range(0, len(records), 50)]
-    assert compare(chunks, "stdout") == len(records)
+    assert compare(chunks, "stdout", sinks=sinks) == len(records)

@@ -1,22 +1,26 @@
-"""The direct lane: plain pino lines straight to the fields-as-JSON wire form, in C.
+"""The direct lane: plain pino lines straight to a sink's wire form, in C.
 
 For a sink that sends an event's normalized fields as one JSON object (http, file, console:
-`FieldsJson`), parsing a plain pino line into a dict, normalizing it and encoding the dict again
-is nearly all of the work, and the result is the line with a few members moved and added. The lane
-(`direct_fields` in shipper/_speedups.c) checks that a line is JSON in the exact form msgspec
-writes, then copies it member by member with the fast path's changes (shipper/parsing/pino.py):
-no dict, no `Event`. A line it does not take (a redaction trigger word, an unusual record, any
-JSON written otherwise) goes the normal way, in its place, so output order and the stream's clock
-are as line by line. There is no Python twin: the normal path is what the lane must equal, byte
-for byte (tests/test_direct.py), and without the compiled module the normal path runs.
+`FieldsJson`) or as a Datadog log object (`LogEncoder`), parsing a plain pino line into a dict,
+normalizing it and encoding the dict again is nearly all of the work, and the result is the line
+with a few members moved and added. The lane (`direct_lines` in shipper/_speedups.c) checks that
+a line is JSON in the exact form msgspec writes, then copies it member by member with the fast
+path's changes (shipper/parsing/pino.py), and Datadog's (`LogEncoder.to_doc`, its time window
+re-stamping and its size limit): no dict, no `Event`. A line it does not take (a redaction
+trigger word, an unusual record, any JSON written otherwise) goes the normal way, in its place, so
+output order and the stream's clock are as line by line. There is no Python twin: the normal path
+is what the lane must equal, byte for byte (tests/test_direct.py), and without the compiled module
+the normal path runs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import msgspec
 
+from shipper.event import Event
 from shipper.parsing.records import LEVEL_BY_NUM
 from shipper.speedups import SPEEDUPS
 
@@ -31,25 +35,68 @@ if SPEEDUPS is not None:
     SPEEDUPS.set_level_words({number: _encoder.encode(word) for number, word in LEVEL_BY_NUM.items()})
 
 
+# Keys Datadog reads specially (sinks/datadog_logs.py SHADOWED, but pino's `hostname`, which
+# normalizing moved to `host`) and the re-stamp's record of the original time: a record holding one
+# goes the normal way; an extra field must not be named like one, nor `hostname`.
+DATADOG_KEYS = ("status", "ddsource", "ddtags", "shipper.original_timestamp")
+
+# Datadog's settings for the lane (`LogEncoder.lane`): its ddsource member, its ddtags member per
+# level number, the window (oldest and newest epoch ms), the re-stamp (None: drop, the normal way)
+# and the longest log.
+DatadogLane = tuple[bytes, dict[int, bytes], int, int, str | None, int]
+
+
+class Direct(NamedTuple):
+    """A chunk through the lane: each line's wire form, or None where the normal path took it;
+    those lines' indexes and their events (extra fields not added yet); for Datadog each log's
+    timestamp as sent (None where the normal path took it) and how many the lane re-stamped."""
+
+    wire: list[bytes | None]
+    slow: list[int]
+    events: list[Event]
+    stamps: list[Any] | None
+    restamped: int
+
+
+class LaneForm(NamedTuple):
+    """How a preparer's logs are written in the lane (`Preparer.lane_form`): as the normalized
+    fields (`datadog` None) or as Datadog log objects with these settings, the service the sink
+    sets, and where the logs the lane re-stamped are counted."""
+
+    datadog: DatadogLane | None = None
+    service: str | None = None
+    restamped: Callable[[int], None] | None = None
+
+
+FIELDS_FORM = LaneForm()
+
+
+def member(key: str, value: Any) -> bytes:
+    """`,"key":value` as msgspec writes it."""
+    return b"," + _encoder.encode(key) + b":" + _encoder.encode(value)
+
+
 class Lane:
-    """What the lane writes after a stream's records: its constant members and the feed's extra
-    fields, and the keys a record must not hold for the lane to take it."""
+    """What the lane writes after a stream's records: its constant members (the service as the
+    sink sets it) and the feed's extra fields, and the keys a record must not hold."""
 
     __slots__ = ("constants", "extra", "forbidden")
 
-    def __init__(self, const: dict[str, Any], extra: dict[str, Any] | None) -> None:
-        self.constants = b"".join(b"," + _encoder.encode(key) + b":" + _encoder.encode(v) for key, v in const.items())
+    def __init__(self, const: dict[str, Any], extra: dict[str, Any] | None, datadog: bool, service: str | None) -> None:
+        values = {**const, "service": service} if service is not None else const
+        self.constants = b"".join(member(key, value) for key, value in values.items())
         fields = extra or {}
-        self.extra = b"".join(b"," + _encoder.encode(key) + b":" + _encoder.encode(v) for key, v in fields.items())
-        self.forbidden = tuple(key.encode() for key in (*ADDED, *(("stream",) if "stream" in const else ()), *fields))
+        self.extra = b"".join(member(key, value) for key, value in fields.items())
+        named = (*ADDED, *(("stream",) if "stream" in const else ()), *fields, *(DATADOG_KEYS if datadog else ()))
+        self.forbidden = tuple(key.encode() for key in named)
 
     @staticmethod
     def serves(extra: dict[str, Any] | None) -> bool:
-        """Whether the lane can write these extra fields (none named like a normalized field, all
-        encodable) where `fill_in` would have added them."""
+        """Whether the lane can write these extra fields (none named like a normalized field or
+        one Datadog reads, all encodable) where `fill_in` would have added them."""
         if not extra:
             return True
-        if not _NAMED_BY_NORMALIZING.isdisjoint(extra):
+        if not _NAMED_BY_NORMALIZING.isdisjoint(extra) or not {*DATADOG_KEYS, "hostname"}.isdisjoint(extra):
             return False
         try:
             _encoder.encode(extra)
@@ -59,6 +106,7 @@ class Lane:
 
 
 # (lines, flagged: a byte per line, 1 where the normal path must take it, forbidden keys, constants,
-# extra, second, prefix) -> (wire forms or None, slow indexes, the last lane time before each slow
-# one, the last lane time after the last slow one, second, prefix); times as in normalize_records.
-direct_fields = SPEEDUPS.direct_fields if SPEEDUPS is not None else None
+# extra, second, prefix[, DatadogLane]) -> (wire forms or None, slow indexes, the last lane time
+# before each slow one, the last lane time after the last slow one, second, prefix[, each log's
+# timestamp as sent or None, how many were re-stamped]); times as in normalize_records.
+direct_lines = SPEEDUPS.direct_lines if SPEEDUPS is not None else None

@@ -13,7 +13,6 @@ import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from shipper.encoding import FieldsJson
 from shipper.event import Event, Prepared, Preparer, PreparerSpec, fill_in
 from shipper.parsing.direct import Lane
 from shipper.when import Predicate, compile_when
@@ -40,10 +39,10 @@ class Routing:
 
     def __init__(self, routes: list[tuple[Predicate | None, Preparer | None]]) -> None:
         self.routes = routes
-        # The direct lane serves routes that all take every event as normalized fields in JSON.
-        preparers = [preparer for predicate, preparer in routes if predicate is None]
-        fields_json = [p for p in preparers if isinstance(p, FieldsJson)]
-        self._fields_json = fields_json[0] if routes and len(fields_json) == len(routes) else None
+        # The direct lane may serve routes that all take every event, through preparers it can
+        # write for (`lane_form`).
+        lane = [preparer for predicate, preparer in routes if predicate is None and hasattr(preparer, "lane_form")]
+        self._lane: list[Any] = lane if routes and len(lane) == len(routes) else []
 
     @classmethod
     def build(cls, routes: Sequence[tuple[WhenConfig | Any | None, str, PreparerSpec | None]]) -> Routing:
@@ -68,22 +67,31 @@ class Routing:
     def direct(
         self, processor: Processor, lines: list[bytes], stream: str | None, now: float, extra: dict[str, Any] | None
     ) -> tuple[int, list[tuple[int, Share]]] | None:
-        """Complete lines parsed and prepared through the direct lane when every route sends the
-        normalized fields as JSON (the lines the lane leaves go the normal way in their place):
-        events parsed and each route's share; None when the lane does not serve the chunk (see
+        """Complete lines parsed and prepared through the direct lane (shipper/parsing/direct.py)
+        when every route takes every event, as the normalized fields or, for a lone Datadog route,
+        as log objects (the lines the lane leaves go the normal way in their place): events
+        parsed and each route's share. None when the lane does not serve the chunk (see
         `Processor.parse_direct`), nothing parsed then. The caller runs no transforms."""
-        preparer = self._fields_json
-        if preparer is None or not lines or not Lane.serves(extra):
+        if not self._lane or not lines or not Lane.serves(extra):
             return None
-        direct = processor.parse_direct(lines, stream, now, extra)
+        forms = [preparer.lane_form() for preparer in self._lane]
+        form = forms[0]
+        if None in forms or (form.datadog is not None and len(forms) > 1) or any(f.datadog for f in forms[1:]):
+            return None
+        direct = processor.parse_direct(lines, stream, now, extra, form.datadog, form.service)
         if direct is None:
             return None
-        wire, slow, events = direct
+        wire, slow, events, stamps, restamped = direct
+        if restamped and form.restamped is not None:
+            form.restamped(restamped)
         if events:
             fill_in(events, extra)
-            prepared = preparer.prepare(events)[0].split(b"\n")
-            for index, one in zip(slow, prepared, strict=False):
+            body, prepared_stamps = self._lane[0].prepare(events)
+            for index, one in zip(slow, body.split(b"\n"), strict=False):
                 wire[index] = one
+            if stamps is not None and prepared_stamps is not None:
+                for index, stamp in zip(slow, prepared_stamps, strict=True):
+                    stamps[index] = stamp
         wire.append(b"")
-        body = b"\n".join(cast(list[bytes], wire))
-        return len(wire) - 1, [(index, (body, None)) for index in range(len(self.routes))]
+        joined = b"\n".join(cast(list[bytes], wire))
+        return len(wire) - 1, [(index, (joined, stamps)) for index in range(len(self.routes))]
