@@ -11,6 +11,8 @@ from itertools import accumulate, repeat
 from operator import add, attrgetter
 from typing import Any, Protocol
 
+from shipper.speedups import SPEEDUPS
+
 # Memory a parsed event costs beyond twice its raw bytes (the bytes and their parsed copy): the
 # dicts, keys and small values. Measured with tracemalloc on every file of shared/corpus:
 # pino and pino-pretty events 1,150-1,230 bytes, so Fastify's access lines (the bulk of a real
@@ -83,7 +85,16 @@ raw_of = attrgetter("raw")
 
 
 def encoded_events(prepared: Prepared, fields: dict[str, Any]) -> list[Event]:
-    """One `Encoded` event per line of `prepared`, each sharing `fields`."""
+    """One `Encoded` event per line of `prepared`, each sharing `fields` (compiled where built:
+    shipper/_speedups.c sets the three slots directly, ~4x cheaper)."""
+    if SPEEDUPS is not None:
+        events: list[Event] = SPEEDUPS.encoded_events(Encoded, fields, *prepared)
+        return events
+    return encoded_events_py(prepared, fields)
+
+
+def encoded_events_py(prepared: Prepared, fields: dict[str, Any]) -> list[Event]:
+    """`encoded_events` in Python: what the compiled one does, where it was not built."""
     lines, stamps = prepared
     raws = lines.split(b"\n")
     raws.pop()

@@ -8,6 +8,7 @@ raw), the same records left for the careful path, the same clock notes and times
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import shutil
 import sysconfig
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.config import RedactConfig, SourceConfig
+from shipper.event import Encoded, encoded_events_py
 from shipper.parsing import build_processor
 from shipper.parsing import pino as pino_module
 from shipper.parsing.pino import normalize_records_py
@@ -152,3 +154,24 @@ def test_a_processor_gives_the_same_events_either_way(monkeypatch: pytest.Monkey
     assert results[0] == results[1]
     assert [fields["message"] for fields, _ in results[0]][:3] == ["hi", "custom level", "collides"]
     assert results[0][2][0]["original_message"] == "mine"
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    logs=st.lists(st.binary(max_size=12).map(lambda raw: raw.replace(b"\n", b" ")), max_size=20), stamped=st.booleans()
+)
+def test_prepared_logs_become_the_same_events_either_way(logs: list[bytes], stamped: bool) -> None:
+    assert SPEEDUPS is not None
+    body = b"".join(raw + b"\n" for raw in logs)
+    stamps = [f"stamp {index}" for index in range(len(logs))] if stamped else None
+    fields = {"source": "app"}
+    compiled = SPEEDUPS.encoded_events(Encoded, fields, body, stamps)
+    gc.collect()  # the new objects are whole when a collection walks them
+    twin = encoded_events_py((body, stamps), fields)
+    assert [(type(e), e.fields, e.raw, e.stamp) for e in compiled] == [
+        (type(e), e.fields, e.raw, e.stamp) for e in twin
+    ]  # type: ignore[attr-defined]
+    assert all(event.fields is fields for event in compiled)
+    with pytest.raises(ValueError, match="timestamps"):
+        SPEEDUPS.encoded_events(Encoded, fields, body + b"one more\n", stamps or [])
