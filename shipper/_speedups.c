@@ -775,14 +775,19 @@ static int lane_http(writer *w, const member *members, int count, int has_http) 
 
 /* How the lane writes a line: the fields form (`FieldsJson`), or Datadog's log object
  * (sinks/datadog_logs.py `LogEncoder.to_doc`, then its time window and size rules). */
+enum { FIELDS, DATADOG, LOKI };
+
 typedef struct {
     PyObject *forbidden, *constants, *extra;
-    int datadog;
-    PyObject *ddsource;               /* `,"ddsource":"nodejs"` */
-    PyObject *tags[LANE_LEVELS];      /* `,"ddtags":"..."` per level number (borrowed), NULL: none */
+    int kind;
+    PyObject *ddsource;               /* Datadog: `,"ddsource":"nodejs"` */
+    PyObject *tags[LANE_LEVELS];      /* Datadog: `,"ddtags":"..."` per level number (borrowed), NULL: none;
+                                         Loki: the stream (str) per level number */
     long long oldest, newest;         /* the time window, epoch ms */
     PyObject *restamp;                /* the re-stamp (str), NULL: out-of-window lines go the normal way */
+    long long restamp_ms;             /* the re-stamp in epoch ms */
     Py_ssize_t max_bytes;             /* a longer log goes the normal way (it is cut there) */
+    int level_label;                  /* Loki: the level is a label, not in the line */
 } lane_form;
 
 /* `"YYYY-MM-DDTHH:MM:SS.mmmZ"` of `ms` (prefix: its second's first 19 characters). */
@@ -795,9 +800,10 @@ static void put_stamp(writer *w, const char *prefix, Py_ssize_t prefix_size, lon
 }
 
 /* One line in the lane: its wire form, Py_None when the normal path must take it, NULL on error.
- * `*stamp` gets its time (epoch ms); for Datadog, `*sent` the timestamp as sent (a new str). */
+ * `*stamp` gets its time (epoch ms); `*sent` what the preparer gives with it: for Datadog the
+ * timestamp as sent (a new str), for Loki `(stream, ns, b"")`. */
 static PyObject *lane_line(PyObject *line, const lane_form *form, long long *second, PyObject **prefix,
-                           long long *stamp, PyObject **sent) {
+                           long long *stamp, PyObject **sent, int *restamp_out) {
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(line);
     Py_ssize_t size = PyBytes_GET_SIZE(line);
     member members[LANE_KEYS];
@@ -829,7 +835,9 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
         if (lane_find(members, count, PyBytes_AS_STRING(key)) != NULL)
             Py_RETURN_NONE;
     }
-    int restamped = form->datadog && (ms < form->oldest || ms > form->newest);
+    int restamped = form->kind != FIELDS && (ms < form->oldest || ms > form->newest);
+    if (form->kind == LOKI && form->tags[number] == NULL)
+        Py_RETURN_NONE;
     if (restamped && form->restamp == NULL)
         Py_RETURN_NONE;
     if (ms / 1000 != *second) {
@@ -846,10 +854,10 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
     if (restamped && (restamp = PyUnicode_AsUTF8AndSize(form->restamp, &restamp_size)) == NULL)
         return NULL;
     PyObject *word = level_words[number];
-    PyObject *tags = form->datadog ? form->tags[number] : NULL;
+    PyObject *tags = form->kind == DATADOG ? form->tags[number] : NULL;
     Py_ssize_t room = 2 * size + 256 + 2 * prefix_size + restamp_size + PyBytes_GET_SIZE(word) +
                       PyBytes_GET_SIZE(form->constants) + PyBytes_GET_SIZE(form->extra) +
-                      (form->datadog ? PyBytes_GET_SIZE(form->ddsource) : 0) + (tags ? PyBytes_GET_SIZE(tags) : 0);
+                      (form->kind == DATADOG ? PyBytes_GET_SIZE(form->ddsource) : 0) + (tags ? PyBytes_GET_SIZE(tags) : 0);
     PyObject *out = PyBytes_FromStringAndSize(NULL, room);
     if (out == NULL)
         return NULL;
@@ -857,7 +865,7 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
     *w.at++ = '{';
     for (int i = 0; i < count; i++) {
         const member *m = &members[i];
-        if (m == msg || m == hostname || (form->datadog && m == level))
+        if (m == msg || m == hostname || (m == level && (form->kind == DATADOG || form->level_label)))
             continue;
         if (w.at - PyBytes_AS_STRING(out) > 1)
             *w.at++ = ',';
@@ -880,7 +888,7 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
         put_stamp(&w, head, prefix_size, ms);
     PUT(&w, ",\"message\":");
     put(&w, msg->value, msg->value_size);
-    if (!form->datadog) {
+    if (form->kind != DATADOG) {
         PUT(&w, ",\"host\":");
         put(&w, hostname->value, hostname->value_size);
     }
@@ -890,7 +898,7 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
         Py_RETURN_NONE;
     }
     put(&w, PyBytes_AS_STRING(form->extra), PyBytes_GET_SIZE(form->extra));
-    if (form->datadog) {
+    if (form->kind == DATADOG) {
         PUT(&w, ",\"hostname\":");
         put(&w, hostname->value, hostname->value_size);
         PUT(&w, ",\"status\":");
@@ -898,39 +906,64 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
         put(&w, PyBytes_AS_STRING(form->ddsource), PyBytes_GET_SIZE(form->ddsource));
         if (tags != NULL)
             put(&w, PyBytes_AS_STRING(tags), PyBytes_GET_SIZE(tags));
-        if (restamped) {
-            PUT(&w, ",\"shipper.original_timestamp\":");
-            put_stamp(&w, head, prefix_size, ms);
-        }
+    }
+    if (restamped) {
+        PUT(&w, ",\"shipper.original_timestamp\":");
+        put_stamp(&w, head, prefix_size, ms);
     }
     *w.at++ = '}';
     Py_ssize_t written = w.at - PyBytes_AS_STRING(out);
-    if (form->datadog && written > form->max_bytes) {
+    if (form->kind != FIELDS && written > form->max_bytes) {
         Py_DECREF(out);
         Py_RETURN_NONE;
     }
     if (_PyBytes_Resize(&out, written) < 0)
         return NULL;
-    if (form->datadog) {
+    if (form->kind == DATADOG) {
         if (restamped)
             *sent = Py_NewRef(form->restamp);
         else if ((*sent = timestamp(*prefix, ms)) == NULL) {
             Py_DECREF(out);
             return NULL;
         }
+    } else if (form->kind == LOKI) {
+        *sent = Py_BuildValue("(OLy#)", form->tags[number], (restamped ? form->restamp_ms : ms) * 1000000LL, "", (Py_ssize_t)0);
+        if (*sent == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
     }
+    *restamp_out = restamped;
     *stamp = ms;
     return out;
 }
 
-/* The Datadog settings tuple (ddsource member, {level number: ddtags member}, oldest, newest,
- * re-stamp or None, max bytes) into `form`. */
-static int datadog_form(PyObject *settings, lane_form *form) {
-    PyObject *tags, *restamp;
-    if (!PyArg_ParseTuple(settings, "SO!LLOn:datadog settings", &form->ddsource, &PyDict_Type, &tags, &form->oldest,
-                          &form->newest, &restamp, &form->max_bytes))
+/* A sink's settings into `form`: ("datadog", ddsource member, {level number: ddtags member},
+ * oldest, newest, re-stamp or None, max bytes) or ("loki", {level number: stream}, oldest, newest,
+ * re-stamp or None, re-stamp ms, max bytes, level is a label). */
+static int sink_form(PyObject *settings, lane_form *form) {
+    PyObject *by_level, *restamp;
+    const char *kind;
+    if (!PyTuple_Check(settings) || PyTuple_GET_SIZE(settings) < 1 ||
+        (kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(settings, 0))) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "sink settings must be a tuple naming its kind");
         return -1;
-    form->datadog = 1;
+    }
+    if (strcmp(kind, "datadog") == 0) {
+        form->kind = DATADOG;
+        if (!PyArg_ParseTuple(settings, "sSO!LLOn:datadog settings", &kind, &form->ddsource, &PyDict_Type, &by_level,
+                              &form->oldest, &form->newest, &restamp, &form->max_bytes))
+            return -1;
+    } else if (strcmp(kind, "loki") == 0) {
+        form->kind = LOKI;
+        if (!PyArg_ParseTuple(settings, "sO!LLOLnp:loki settings", &kind, &PyDict_Type, &by_level, &form->oldest,
+                              &form->newest, &restamp, &form->restamp_ms, &form->max_bytes, &form->level_label))
+            return -1;
+    } else {
+        PyErr_Format(PyExc_ValueError, "no lane form %s", kind);
+        return -1;
+    }
     form->restamp = restamp == Py_None ? NULL : restamp;
     if (form->restamp != NULL && !PyUnicode_Check(form->restamp)) {
         PyErr_SetString(PyExc_TypeError, "the re-stamp must be a str");
@@ -938,31 +971,28 @@ static int datadog_form(PyObject *settings, lane_form *form) {
     }
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    while (PyDict_Next(tags, &pos, &key, &value)) {
+    while (PyDict_Next(by_level, &pos, &key, &value)) {
         long number = PyLong_AsLong(key);
         if (number == -1 && PyErr_Occurred())
             return -1;
-        if (number >= 0 && number < LANE_LEVELS && PyBytes_Check(value))
+        if (number >= 0 && number < LANE_LEVELS && (form->kind == DATADOG ? PyBytes_Check(value) : PyUnicode_Check(value)))
             form->tags[number] = value;
     }
     return 0;
 }
 
-/* direct_lines(lines, flagged, forbidden, constants, extra, second, prefix, datadog=None): see
+/* direct_lines(lines, flagged, forbidden, constants, extra, second, prefix, sink=None): see
  * shipper/parsing/direct.py. */
 static PyObject *direct_lines(PyObject *self, PyObject *args) {
-    PyObject *lines, *flagged, *prefix, *datadog = Py_None;
+    PyObject *lines, *flagged, *prefix, *settings = Py_None;
     long long second;
     lane_form form;
     memset(&form, 0, sizeof form);
     if (!PyArg_ParseTuple(args, "O!SO!SSLU|O:direct_lines", &PyList_Type, &lines, &flagged, &PyTuple_Type,
-                          &form.forbidden, &form.constants, &form.extra, &second, &prefix, &datadog))
+                          &form.forbidden, &form.constants, &form.extra, &second, &prefix, &settings))
         return NULL;
-    if (datadog != Py_None && (!PyTuple_Check(datadog) || datadog_form(datadog, &form) < 0)) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "datadog settings must be a tuple");
+    if (settings != Py_None && sink_form(settings, &form) < 0)
         return NULL;
-    }
     Py_ssize_t count = PyList_GET_SIZE(lines);
     if (PyBytes_GET_SIZE(flagged) != count) {
         PyErr_SetString(PyExc_ValueError, "flagged must hold a byte per line");
@@ -975,7 +1005,7 @@ static PyObject *direct_lines(PyObject *self, PyObject *args) {
         }
     const char *marks = PyBytes_AS_STRING(flagged);
     PyObject *outs = PyList_New(count), *slow = PyList_New(0), *before = PyList_New(0);
-    PyObject *stamps = form.datadog ? PyList_New(count) : Py_NewRef(Py_None);
+    PyObject *stamps = form.kind != FIELDS ? PyList_New(count) : Py_NewRef(Py_None);
     Py_INCREF(prefix);
     long long fresh = -1, restamped = 0;
     if (outs == NULL || slow == NULL || before == NULL || stamps == NULL)
@@ -984,20 +1014,19 @@ static PyObject *direct_lines(PyObject *self, PyObject *args) {
         PyObject *line = PyList_GET_ITEM(lines, i);
         PyObject *out, *sent = NULL;
         long long stamp = -1;
+        int was_restamped = 0;
         if (!PyBytes_Check(line)) {
             PyErr_SetString(PyExc_TypeError, "lines must be bytes");
             goto fail;
         }
         if (marks[i])
             out = Py_NewRef(Py_None);
-        else if ((out = lane_line(line, &form, &second, &prefix, &stamp, &sent)) == NULL)
+        else if ((out = lane_line(line, &form, &second, &prefix, &stamp, &sent, &was_restamped)) == NULL)
             goto fail;
         PyList_SET_ITEM(outs, i, out);
-        if (form.datadog) {
-            if (sent == form.restamp && sent != NULL)
-                restamped++;
+        restamped += was_restamped;
+        if (form.kind != FIELDS)
             PyList_SET_ITEM(stamps, i, sent != NULL ? sent : Py_NewRef(Py_None));
-        }
         if (out != Py_None) {
             fresh = stamp;
             continue;
@@ -1010,7 +1039,7 @@ static PyObject *direct_lines(PyObject *self, PyObject *args) {
             goto fail;
         fresh = -1;
     }
-    if (form.datadog)
+    if (form.kind != FIELDS)
         return Py_BuildValue("(NNNLLNNL)", outs, slow, before, fresh, second, prefix, stamps, restamped);
     Py_DECREF(stamps);
     return Py_BuildValue("(NNNLLN)", outs, slow, before, fresh, second, prefix);
@@ -1114,7 +1143,7 @@ static PyMethodDef methods[] = {
     {"suspect_slots", suspect_slots, METH_VARARGS,
      "suspect_slots(record, phones) -> [(container, key or index)]: the values a redaction walk must judge."},
     {"direct_lines", direct_lines, METH_VARARGS,
-     "direct_lines(lines, flagged, forbidden, constants, extra, second, prefix, datadog=None) -> "
+     "direct_lines(lines, flagged, forbidden, constants, extra, second, prefix, sink=None) -> "
      "(wire forms or None, slow, fresh_before, fresh, second, prefix[, stamps, restamped]); "
      "see shipper/parsing/direct.py."},
     {"encoded_events", encoded_events, METH_VARARGS,

@@ -126,7 +126,7 @@ class LogEncoder:
         now_ms = int(time.time() * 1000)
         oldest, newest = WINDOW.bounds(now_ms)
         settings = (self._ddsource, self._lane_tags, oldest, newest, format_ms(now_ms), self.max_event_bytes)
-        return LaneForm(settings, self._service, self.window.count)
+        return LaneForm("datadog", settings, self._service, restamped=self.window.count)
 
     def ddtags(self, fields: dict[str, Any]) -> str:
         """`k:v,...` from the static tags plus templates filled from the event; a template whose

@@ -30,6 +30,8 @@ from shipper import tally
 from shipper.bulk import EpochMs, cached_by_fields
 from shipper.event import Event, Prepared
 from shipper.log import RateLimitedLog
+from shipper.parsing.clock import format_ms
+from shipper.parsing.direct import LOKI_LABEL_FIELDS, LaneForm
 from shipper.rules import TRUNCATED, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.template import Template
 
@@ -96,6 +98,21 @@ class LokiEntries:
         self.max_line_bytes = max_line_bytes
         self._truncated = tally.events_truncated.labels(name)
         self._notices = RateLimitedLog(log, interval=60.0)
+
+    def lane_form(self) -> LaneForm | None:
+        """How the direct lane (shipper/parsing/direct.py) writes this sink's lines now: the
+        window as of now, the re-stamp, the label fields that leave the line. None when it cannot:
+        raw lines, structured metadata, out-of-window entries dropped, or a label from a field
+        that is neither the level nor constant over a stream's records."""
+        if self.raw_line or self._metadata or self.window.drop or self._top_fields is None:
+            return None
+        if not LOKI_LABEL_FIELDS.issuperset(self._top_fields):
+            return None
+        now_ms = int(time.time() * 1000)
+        oldest, newest = self.window.window.bounds(now_ms)
+        settings = (oldest, newest, format_ms(now_ms), now_ms, self.max_line_bytes)
+        labels = frozenset(self._label_fields)
+        return LaneForm("loki", settings, labels=labels, stream_of=self.stream, restamped=self.window.count)
 
     # ------------------------------------------------------------ per event
 

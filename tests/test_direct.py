@@ -24,7 +24,7 @@ from shipper.config import RedactConfig, SourceConfig, WhenConfig, config_from_d
 from shipper.encoding import FIELDS_JSON
 from shipper.event import fill_in
 from shipper.parsing import Processor, build_processor
-from shipper.parsing.direct import Lane, direct_lines
+from shipper.parsing.direct import FIELDS_FORM, Lane, direct_lines
 from shipper.pipeline.routing import Routing
 from sinks import build_sink
 from tests.conftest import CORPUS, needs_corpus
@@ -41,6 +41,10 @@ SINKS: dict[str, dict[str, Any]] = {
     "fields": {"out": {"type": "http", "url": "http://127.0.0.1:9/"}, "copy": {"type": "file", "path": "/tmp/x"}},
     "datadog": {"dd": {"type": "datadog", "api_key": "k", "tags": ["env:prod", "level:{level}"]}},
     "datadog-service": {"dd": {"type": "datadog", "api_key": "k", "service": "billing"}},
+    "loki": {"lk": {"type": "loki", "endpoint": "http://127.0.0.1:9"}},
+    "loki-labels": {
+        "lk": {"type": "loki", "endpoint": "http://127.0.0.1:9", "labels": {"app": "{source}", "env": "prod"}}
+    },
 }
 
 
@@ -113,9 +117,10 @@ def test_plain_pino_lines_are_taken_by_the_lane_and_written_as_the_normal_path_w
     ]
     _, routing = fresh(sinks=sinks)
     form = routing._lane[0].lane_form()
-    written = Lane({"service": "api", "source": "api"}, EXTRA, form.datadog is not None, form.service)
+    written = Lane({"service": "api", "source": "api"}, EXTRA, form)
     args = (lines, bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
-    lane = direct_lines(*args) if form.datadog is None else direct_lines(*args, form.datadog)
+    settings = written.settings(form)
+    lane = direct_lines(*args) if settings is None else direct_lines(*args, settings)
     assert lane[1] == []  # no line left to the normal path
     assert compare([lines], sinks=sinks) == len(lines)
     old = [orjson.dumps(pino(time=NOW_MS - 30 * 86_400_000)), orjson.dumps(pino(time=NOW_MS + 86_400_000))]
@@ -146,7 +151,7 @@ def test_lines_written_otherwise_go_the_normal_way_in_their_place(sinks: str) ->
     for line in odd:
         chunk += [line, plain]
     assert compare([chunk], sinks=sinks) == len(chunk)  # the lane served the chunk, leaving the odd lines
-    written = Lane({"service": "api", "source": "api"}, EXTRA, False, None)
+    written = Lane({"service": "api", "source": "api"}, EXTRA, FIELDS_FORM)
     flagged = bytes(index == 2 * odd.index(secret) + 1 for index in range(len(chunk)))  # as the prefilter flags it
     lane = direct_lines(chunk, flagged, written.forbidden, written.constants, written.extra, -1, "")
     assert lane[1] == list(range(1, len(chunk), 2))

@@ -97,7 +97,7 @@ from shipper.parsing.clock import (
     format_ms,
     resolve_zone,
 )
-from shipper.parsing.direct import DatadogLane, Direct, Lane, direct_lines
+from shipper.parsing.direct import Direct, Lane, LaneForm, direct_lines
 from shipper.parsing.pino import normalize_records
 from shipper.parsing.records import (
     LEVEL_BY_NUM,
@@ -250,7 +250,7 @@ class Processor:
         self._prefix = ""
         self._records_only = self._json  # whether the last chunk held nothing but records
         self._pino_lane = fmt in ("auto", "pino")  # Nest JSON records are never the lane's
-        self._lanes: dict[tuple[str | None, bool], Lane] = {}
+        self._lanes: dict[tuple[str | None, str], Lane] = {}
         self._text_reason = "unrecognized" if fmt != "text" else None
         self._fallbacks = {
             reason: parse_fallbacks.labels(source, reason)
@@ -335,20 +335,12 @@ class Processor:
         return state
 
     def parse_direct(
-        self,
-        lines: list[bytes],
-        stream: str | None,
-        received_at: float,
-        extra: dict[str, Any] | None,
-        datadog: DatadogLane | None = None,
-        service: str | None = None,
+        self, lines: list[bytes], stream: str | None, received_at: float, extra: dict[str, Any] | None, form: LaneForm
     ) -> Direct | None:
-        """Complete lines through the direct lane (shipper/parsing/direct.py), for a sink that
-        sends the normalized fields as JSON with `extra` added (`fill_in`), or, with `datadog`, a
-        Datadog log object (`service`: the one the sink sets). None, with nothing changed, when
-        the chunk is not for the lane: the lane is not built, the stream is not all records, a
-        group or long line is open, a line is long or ends in CR, or a line the lane left is not
-        a JSON object."""
+        """Complete lines through the direct lane (shipper/parsing/direct.py) in a sink's `form`,
+        with `extra` added as `fill_in` adds it. None, with nothing changed, when the chunk is not
+        for the lane: the lane is not built, the stream is not all records, a group or long line
+        is open, a line is long or ends in CR, or a line the lane left is not a JSON object."""
         if direct_lines is None or not (self._json and self._records_only and self._pino_lane):
             return None
         state = self._state(stream)
@@ -365,12 +357,13 @@ class Processor:
                 return None
             for index in found:
                 flagged[index] = 1
-        key = (stream, datadog is not None)
+        key = (stream, form.kind)
         lane = self._lanes.get(key)
         if lane is None:  # a processor serves one feed, whose extra fields and sinks stay
-            lane = self._lanes[key] = Lane(state.const, extra, datadog is not None, service)
+            lane = self._lanes[key] = Lane(state.const, extra, form)
         args = (lines, bytes(flagged), lane.forbidden, lane.constants, lane.extra, self._second, self._prefix)
-        result = direct_lines(*args) if datadog is None else direct_lines(*args, datadog)
+        settings = lane.settings(form)
+        result = direct_lines(*args) if settings is None else direct_lines(*args, settings)
         wire, slow, before, fresh, second, prefix = result[:6]
         records: list[dict[str, Any]] = []
         for index in slow:
@@ -392,7 +385,7 @@ class Processor:
             events += self._records([record], [raw], state, stream, received_at)
         if fresh >= 0:
             state.read(fresh, received_at)
-        stamps, restamped = (result[6], result[7]) if datadog is not None else (None, 0)
+        stamps, restamped = (result[6], result[7]) if settings is not None else (None, 0)
         return Direct(wire, slow, events, stamps, restamped)
 
     def _records(

@@ -36,20 +36,18 @@ if SPEEDUPS is not None:
 
 
 # Keys Datadog reads specially (sinks/datadog_logs.py SHADOWED, but pino's `hostname`, which
-# normalizing moved to `host`) and the re-stamp's record of the original time: a record holding one
-# goes the normal way; an extra field must not be named like one, nor `hostname`.
-DATADOG_KEYS = ("status", "ddsource", "ddtags", "shipper.original_timestamp")
-
-# Datadog's settings for the lane (`LogEncoder.lane`): its ddsource member, its ddtags member per
-# level number, the window (oldest and newest epoch ms), the re-stamp (None: drop, the normal way)
-# and the longest log.
-DatadogLane = tuple[bytes, dict[int, bytes], int, int, str | None, int]
+# normalizing moved to `host`): a record holding one goes the normal way; an extra field must not
+# be named like one, nor `hostname`.
+DATADOG_KEYS = ("status", "ddsource", "ddtags")
+# Where a re-stamp keeps the original time (shipper/rules.py ORIGINAL_TIMESTAMP).
+ORIGINAL_TIMESTAMP = "shipper.original_timestamp"
 
 
 class Direct(NamedTuple):
     """A chunk through the lane: each line's wire form, or None where the normal path took it;
-    those lines' indexes and their events (extra fields not added yet); for Datadog each log's
-    timestamp as sent (None where the normal path took it) and how many the lane re-stamped."""
+    those lines' indexes and their events (extra fields not added yet); for Datadog and Loki what
+    the preparer gives with each log (None where the normal path took it) and how many logs the
+    lane re-stamped."""
 
     wire: list[bytes | None]
     slow: list[int]
@@ -59,16 +57,28 @@ class Direct(NamedTuple):
 
 
 class LaneForm(NamedTuple):
-    """How a preparer's logs are written in the lane (`Preparer.lane_form`): as the normalized
-    fields (`datadog` None) or as Datadog log objects with these settings, the service the sink
-    sets, and where the logs the lane re-stamped are counted."""
+    """How the lane writes a preparer's logs (`Preparer.lane_form`).
 
-    datadog: DatadogLane | None = None
+    - `kind`: "fields" (the normalized fields), "datadog" (log objects) or "loki" (lines).
+    - `settings`: for Datadog its ddsource member, its ddtags member per level number, the window
+      (oldest and newest epoch ms), the re-stamp (None: drop, the normal way) and the longest log;
+      for Loki the window, the re-stamp and its epoch ms, and the longest line.
+    - `service`: the service the sink sets (Datadog), else the event's.
+    - `labels`: Loki's label fields, which leave the line; `stream_of` gives an event's stream.
+    - `restamped`: counts the logs the lane re-stamped.
+    """
+
+    kind: str = "fields"
+    settings: tuple[Any, ...] = ()
     service: str | None = None
+    labels: frozenset[str] = frozenset()
+    stream_of: Callable[[dict[str, Any]], str] | None = None
     restamped: Callable[[int], None] | None = None
 
 
 FIELDS_FORM = LaneForm()
+# The label fields the lane can place: each constant over a stream's records or the level.
+LOKI_LABEL_FIELDS = frozenset(("level", "service", "source", "stream"))
 
 
 def member(key: str, value: Any) -> bytes:
@@ -77,18 +87,33 @@ def member(key: str, value: Any) -> bytes:
 
 
 class Lane:
-    """What the lane writes after a stream's records: its constant members (the service as the
-    sink sets it) and the feed's extra fields, and the keys a record must not hold."""
+    """What the lane writes for a stream's records in one form: the constant members (the service
+    as the sink sets it, label fields left out), the feed's extra fields, the keys a record must
+    not hold, and the sink's settings as the C function takes them."""
 
-    __slots__ = ("constants", "extra", "forbidden")
+    __slots__ = ("constants", "extra", "forbidden", "streams")
 
-    def __init__(self, const: dict[str, Any], extra: dict[str, Any] | None, datadog: bool, service: str | None) -> None:
-        values = {**const, "service": service} if service is not None else const
-        self.constants = b"".join(member(key, value) for key, value in values.items())
+    def __init__(self, const: dict[str, Any], extra: dict[str, Any] | None, form: LaneForm) -> None:
+        values = {**const, "service": form.service} if form.service is not None else const
+        self.constants = b"".join(member(key, value) for key, value in values.items() if key not in form.labels)
         fields = extra or {}
         self.extra = b"".join(member(key, value) for key, value in fields.items())
-        named = (*ADDED, *(("stream",) if "stream" in const else ()), *fields, *(DATADOG_KEYS if datadog else ()))
+        named = [*ADDED, *(("stream",) if "stream" in const else ()), *fields]
+        if form.kind != "fields":
+            named += [*(DATADOG_KEYS if form.kind == "datadog" else ()), ORIGINAL_TIMESTAMP]
         self.forbidden = tuple(key.encode() for key in named)
+        # Loki: the stream of this source's records at each level.
+        self.streams: dict[int, str] = {}
+        if form.stream_of is not None:
+            self.streams = {number: form.stream_of({**const, "level": word}) for number, word in LEVEL_BY_NUM.items()}
+
+    def settings(self, form: LaneForm) -> tuple[Any, ...] | None:
+        """The sink's settings as `direct_lines` takes them (None: the fields form)."""
+        if form.kind == "datadog":
+            return ("datadog", *form.settings)
+        if form.kind == "loki":
+            return ("loki", self.streams, *form.settings, "level" in form.labels)
+        return None
 
     @staticmethod
     def serves(extra: dict[str, Any] | None) -> bool:
@@ -96,7 +121,8 @@ class Lane:
         one Datadog reads, all encodable) where `fill_in` would have added them."""
         if not extra:
             return True
-        if not _NAMED_BY_NORMALIZING.isdisjoint(extra) or not {*DATADOG_KEYS, "hostname"}.isdisjoint(extra):
+        named = {*DATADOG_KEYS, "hostname", ORIGINAL_TIMESTAMP}
+        if not _NAMED_BY_NORMALIZING.isdisjoint(extra) or not named.isdisjoint(extra):
             return False
         try:
             _encoder.encode(extra)
@@ -106,7 +132,7 @@ class Lane:
 
 
 # (lines, flagged: a byte per line, 1 where the normal path must take it, forbidden keys, constants,
-# extra, second, prefix[, DatadogLane]) -> (wire forms or None, slow indexes, the last lane time
-# before each slow one, the last lane time after the last slow one, second, prefix[, each log's
-# timestamp as sent or None, how many were re-stamped]); times as in normalize_records.
+# extra, second, prefix[, sink settings]) -> (wire forms or None, slow indexes, the last lane time
+# before each slow one, the last lane time after the last slow one, second, prefix[, what the
+# preparer gives with each log or None, how many were re-stamped]); times as in normalize_records.
 direct_lines = SPEEDUPS.direct_lines if SPEEDUPS is not None else None

@@ -68,17 +68,17 @@ class Routing:
         self, processor: Processor, lines: list[bytes], stream: str | None, now: float, extra: dict[str, Any] | None
     ) -> tuple[int, list[tuple[int, Share]]] | None:
         """Complete lines parsed and prepared through the direct lane (shipper/parsing/direct.py)
-        when every route takes every event, as the normalized fields or, for a lone Datadog route,
-        as log objects (the lines the lane leaves go the normal way in their place): events
+        when every route takes every event, as the normalized fields or, for a lone Datadog or Loki
+        route, in its form (the lines the lane leaves go the normal way in their place): events
         parsed and each route's share. None when the lane does not serve the chunk (see
         `Processor.parse_direct`), nothing parsed then. The caller runs no transforms."""
         if not self._lane or not lines or not Lane.serves(extra):
             return None
         forms = [preparer.lane_form() for preparer in self._lane]
         form = forms[0]
-        if None in forms or (form.datadog is not None and len(forms) > 1) or any(f.datadog for f in forms[1:]):
+        if None in forms or (form.kind != "fields" and len(forms) > 1) or any(f.kind != "fields" for f in forms[1:]):
             return None
-        direct = processor.parse_direct(lines, stream, now, extra, form.datadog, form.service)
+        direct = processor.parse_direct(lines, stream, now, extra, form)
         if direct is None:
             return None
         wire, slow, events, stamps, restamped = direct
