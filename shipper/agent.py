@@ -35,7 +35,6 @@ from shipper.config import Config, SinkConfig, SourceConfig, config_warnings, de
 from shipper.errors import ConfigError, ShipperError
 from shipper.event import Event
 from shipper.log import set_level
-from shipper.memory import TRIM_INTERVAL, release_free_memory
 from shipper.pipeline.channel import Channel
 from shipper.pipeline.deadletter import DeadLetters
 from shipper.pipeline.driver import SinkDriver, batch_limits
@@ -469,7 +468,6 @@ class Agent:
         housekeeping = [
             asyncio.create_task(self._flush_loop(), name="flush"),
             asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
-            asyncio.create_task(self._memory_loop(), name="memory"),
             asyncio.create_task(systemd.watchdog(), name="watchdog"),
         ]
         if self._spills:
@@ -635,12 +633,6 @@ class Agent:
             for context in self.contexts.values():
                 for feed in list(context.feeds):
                     await feed.flush()
-
-    @staticmethod
-    async def _memory_loop() -> None:
-        """Freed memory back to the system every TRIM_INTERVAL (shipper/memory.py)."""
-        while release_free_memory():
-            await asyncio.sleep(TRIM_INTERVAL)
 
     async def _checkpoint_loop(self) -> None:
         """Persist checkpoints as soon as one moves, then wait `checkpoint_interval` before the next
