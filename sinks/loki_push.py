@@ -36,6 +36,7 @@ from shipper.bulk import grouped, in_order
 from shipper.event import Encoded, Event
 from shipper.log import RateLimitedLog
 from shipper.sink import Request
+from shipper.speedups import SPEEDUPS
 from sinks.loki_entries import stream_key
 
 log = logging.getLogger("shipper.sinks.loki")
@@ -155,14 +156,8 @@ class Framer:
         moved apart by a nanosecond each, in arrival order: Loki stores equal timestamps in no set
         order and drops an entry equal to one it has (same time and line), so a line logged twice in
         a millisecond would be kept once. Our times are whole milliseconds: the nanoseconds are free."""
-        last = self.streams.newest.get(key, -1)
-        for event in group:
-            ns = event.stamp[1]  # type: ignore[attr-defined]
-            if ns <= last and last - ns < SAME_TIME_NS:
-                ns = last + 1
-                _stamp(event, (key, ns, event.stamp[2]))  # type: ignore[attr-defined]
-            if ns > last:
-                last = ns
+        distinct = SPEEDUPS.distinct_times if SPEEDUPS is not None else distinct_times_py
+        distinct(group, key, self.streams.newest.get(key, -1), SAME_TIME_NS)
         return group
 
     def _overflow(self, count: int) -> None:
@@ -217,13 +212,11 @@ class Framer:
         """The events' entries, `["<ns>","<line>"]` plus their metadata, as the pieces of one join
         (`_ENTRY_PARTS` per entry, ending in `],`: a run of entries is a slice of them without its
         last piece, which `json_push` closes), and each entry's size. The JSON lines are escaped
-        as strings' contents by one orjson call over them (measured: cheaper than bytes.replace,
-        whose matches are dense in JSON); every quote inside an escaped string follows a backslash,
-        so `","` occurs only between them. The times are written by one orjson call too."""
+        as strings' contents (`escaped_lines`); the times are written by one orjson call."""
         count = len(events)
         stamps = list(map(_STAMP, events))
         raws = list(map(_RAW, events))
-        lines = raws if self.escaped else orjson.dumps([raw.decode() for raw in raws])[2:-2].split(b'","')
+        lines = raws if self.escaped else escaped_lines(raws)
         times = orjson.dumps(list(map(_NS, stamps)))[1:-1].split(b",")
         metadata = list(map(_METADATA, stamps))
         parts = [b'["'] * (_ENTRY_PARTS * count)
@@ -239,6 +232,31 @@ class Framer:
     def line(self, event: Event) -> str:
         """The line of a prepared entry, as Loki stores it."""
         return str(orjson.loads(b'"' + event.raw + b'"')) if self.escaped else event.raw.decode()
+
+
+def escaped_lines_py(raws: list[bytes]) -> list[bytes]:
+    """JSON lines as JSON strings' contents, one orjson call over them (measured: cheaper than
+    bytes.replace, whose matches are dense in JSON); every quote inside an escaped string follows
+    a backslash, so `","` occurs only between them. The compiled one's twin
+    (shipper/_speedups.c `escaped_lines`, ~5x cheaper)."""
+    return orjson.dumps([raw.decode() for raw in raws])[2:-2].split(b'","') if raws else []
+
+
+escaped_lines: Callable[[list[bytes]], list[bytes]] = (
+    SPEEDUPS.escaped_lines if SPEEDUPS is not None else escaped_lines_py
+)
+
+
+def distinct_times_py(group: list[Event], key: str, last: int, same: int) -> None:
+    """`Framer._distinct` on a stream's entries in time order, `last` its newest time sent: the
+    compiled one's twin (shipper/_speedups.c `distinct_times`)."""
+    for event in group:
+        ns = event.stamp[1]  # type: ignore[attr-defined]
+        if ns <= last and last - ns < same:
+            ns = last + 1
+            _stamp(event, (key, ns, event.stamp[2]))  # type: ignore[attr-defined]
+        if ns > last:
+            last = ns
 
 
 def _stamp(event: Event, stamp: tuple[str, int, bytes]) -> None:

@@ -27,6 +27,7 @@ from shipper.parsing import build_processor
 from shipper.parsing import pino as pino_module
 from shipper.parsing.pino import normalize_records_py
 from shipper.speedups import SPEEDUPS
+from sinks.loki_push import SAME_TIME_NS, distinct_times_py, escaped_lines_py
 from tests.conftest import CORPUS, needs_corpus
 
 NOW_MS = int(time.time() * 1000)
@@ -175,3 +176,44 @@ def test_prepared_logs_become_the_same_events_either_way(logs: list[bytes], stam
     assert all(event.fields is fields for event in compiled)
     with pytest.raises(ValueError, match="timestamps"):
         SPEEDUPS.encoded_events(Encoded, fields, body + b"one more\n", stamps or [])
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    offsets=st.lists(st.integers(0, 3_000_000), max_size=30),
+    newest=st.one_of(st.just(-1), st.integers(0, 4_000_000)),
+)
+def test_equal_loki_times_move_apart_the_same_way_either_way(offsets: list[int], newest: int) -> None:
+    assert SPEEDUPS is not None
+    base = NOW_MS * 1_000_000
+    times = sorted(base + offset // 1_000_000 * 1_000_000 for offset in offsets)  # whole milliseconds, in order
+    last = -1 if newest < 0 else base + newest
+    results = []
+    for distinct in (SPEEDUPS.distinct_times, distinct_times_py):
+        group: list[Any] = [Encoded({}, b"line", ("{}", ns, b"")) for ns in times]
+        distinct(group, '{"app":"x"}', last, SAME_TIME_NS)
+        results.append([event.stamp for event in group])
+    assert results[0] == results[1]
+    sent = [ns for _, ns, _ in results[0]]
+    if last < 0:  # nothing sent before: every time distinct, in arrival order
+        assert sent == sorted(set(sent))
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.text(), max_size=10))
+def test_loki_lines_are_escaped_the_same_way_either_way(lines: list[str]) -> None:
+    assert SPEEDUPS is not None
+    raws = [raw for raw in (line.encode("utf-8", "surrogatepass") for line in lines) if _decodes(raw)]
+    escaped = SPEEDUPS.escaped_lines(raws)
+    assert escaped == escaped_lines_py(raws)
+    assert [orjson.loads(b'"' + line + b'"') for line in escaped] == [raw.decode() for raw in raws]
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
