@@ -1175,73 +1175,6 @@ static PyObject *distinct_times(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* sinks/loki_push.py: JSON lines as the contents of JSON strings (entries' lines), one `bytes`
- * each, escaped as orjson escapes a str: `"` and `\` by a backslash, \b \f \n \r \t by their
- * letters, other control characters as \u00XX; the rest (UTF-8 included) as it is. In Python a
- * decode, an orjson call over the list and a split cost ~1.6 us a line in the agent. */
-static PyObject *escaped_lines(PyObject *self, PyObject *args) {
-    PyObject *lines;
-    if (!PyArg_ParseTuple(args, "O!:escaped_lines", &PyList_Type, &lines))
-        return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(lines);
-    PyObject *out = PyList_New(count);
-    if (out == NULL)
-        return NULL;
-    static const char hex[] = "0123456789abcdef";
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *line = PyList_GET_ITEM(lines, i);
-        if (!PyBytes_Check(line)) {
-            Py_DECREF(out);
-            PyErr_SetString(PyExc_TypeError, "lines must be bytes");
-            return NULL;
-        }
-        const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(line);
-        Py_ssize_t size = PyBytes_GET_SIZE(line), extra = 0;
-        for (Py_ssize_t j = 0; j < size; j++) {
-            unsigned char c = data[j];
-            if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
-                extra += 1;
-            else if (c < 0x20)
-                extra += 5;
-        }
-        if (extra == 0) {
-            PyList_SET_ITEM(out, i, Py_NewRef(line));
-            continue;
-        }
-        PyObject *escaped = PyBytes_FromStringAndSize(NULL, size + extra);
-        if (escaped == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        char *at = PyBytes_AS_STRING(escaped);
-        for (Py_ssize_t j = 0; j < size; j++) {
-            unsigned char c = data[j];
-            if (c >= 0x20 && c != '"' && c != '\\') {
-                *at++ = (char)c;
-                continue;
-            }
-            *at++ = '\\';
-            switch (c) {
-            case '"': *at++ = '"'; break;
-            case '\\': *at++ = '\\'; break;
-            case '\b': *at++ = 'b'; break;
-            case '\f': *at++ = 'f'; break;
-            case '\n': *at++ = 'n'; break;
-            case '\r': *at++ = 'r'; break;
-            case '\t': *at++ = 't'; break;
-            default:
-                *at++ = 'u';
-                *at++ = '0';
-                *at++ = '0';
-                *at++ = hex[c >> 4];
-                *at++ = hex[c & 15];
-            }
-        }
-        PyList_SET_ITEM(out, i, escaped);
-    }
-    return out;
-}
-
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(levels, level_from_number, http_fields, second_prefix, event_type): the Python collaborators."},
@@ -1261,8 +1194,6 @@ static PyMethodDef methods[] = {
     {"distinct_times", distinct_times, METH_VARARGS,
      "distinct_times(entries, stream, newest, same_ns): equal times of a stream's entries moved apart; see "
      "sinks/loki_push.py."},
-    {"escaped_lines", escaped_lines, METH_VARARGS,
-     "escaped_lines(lines) -> each line as a JSON string's contents; see sinks/loki_push.py."},
     {"set_level_words", set_level_words, METH_VARARGS,
      "set_level_words({number: word as JSON bytes}): the level words the direct lane writes."},
     {NULL, NULL, 0, NULL},

@@ -27,7 +27,7 @@ from shipper.parsing import build_processor
 from shipper.parsing import pino as pino_module
 from shipper.parsing.pino import normalize_records_py
 from shipper.speedups import SPEEDUPS
-from sinks.loki_push import SAME_TIME_NS, distinct_times_py, escaped_lines_py
+from sinks.loki_push import SAME_TIME_NS, distinct_times_py
 from tests.conftest import CORPUS, needs_corpus
 
 NOW_MS = int(time.time() * 1000)
@@ -198,22 +198,3 @@ def test_equal_loki_times_move_apart_the_same_way_either_way(offsets: list[int],
     sent = [ns for _, ns, _ in results[0]]
     if last < 0:  # nothing sent before: every time distinct, in arrival order
         assert sent == sorted(set(sent))
-
-
-@needs_speedups
-@settings(max_examples=300, deadline=None)
-@given(lines=st.lists(st.text(), max_size=10))
-def test_loki_lines_are_escaped_the_same_way_either_way(lines: list[str]) -> None:
-    assert SPEEDUPS is not None
-    raws = [raw for raw in (line.encode("utf-8", "surrogatepass") for line in lines) if _decodes(raw)]
-    escaped = SPEEDUPS.escaped_lines(raws)
-    assert escaped == escaped_lines_py(raws)
-    assert [orjson.loads(b'"' + line + b'"') for line in escaped] == [raw.decode() for raw in raws]
-
-
-def _decodes(raw: bytes) -> bool:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
