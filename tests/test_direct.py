@@ -310,3 +310,14 @@ def test_the_lane_writes_what_the_normal_path_writes_on_the_fastify_corpus(sinks
     random.Random(7).shuffle(records)
     chunks = [records[start : start + 50] for start in range(0, len(records), 50)]
     assert compare(chunks, "stdout", sinks=sinks) == len(records)
+
+
+@needs_lane
+def test_a_reload_that_changes_a_sink_changes_what_the_lane_writes() -> None:
+    processor, _ = fresh()
+    line = [orjson.dumps(pino())]
+    for service in ("billing", "payments", "billing"):  # the same feed, its sink reloaded
+        routing = Routing.build([(None, "dd", datadog_preparer(service=service))])
+        direct = routing.direct(processor, list(line), None, NOW_MS / 1000, EXTRA)
+        assert direct is not None
+        assert orjson.loads(direct[1][0][1][0])["service"] == service  # type: ignore[index]

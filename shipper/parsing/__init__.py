@@ -250,7 +250,7 @@ class Processor:
         self._prefix = ""
         self._records_only = self._json  # whether the last chunk held nothing but records
         self._pino_lane = fmt in ("auto", "pino")  # Nest JSON records are never the lane's
-        self._lanes: dict[tuple[str | None, str], Lane] = {}
+        self._lanes: dict[tuple[Any, ...], Lane] = {}
         self._text_reason = "unrecognized" if fmt != "text" else None
         self._fallbacks = {
             reason: parse_fallbacks.labels(source, reason)
@@ -357,9 +357,10 @@ class Processor:
                 return None
             for index in found:
                 flagged[index] = 1
-        key = (stream, form.kind)
+        # A processor serves one feed, whose extra fields stay; its sinks may change (a reload).
+        key = (stream, form.kind, form.service, form.labels, form.stream_of)
         lane = self._lanes.get(key)
-        if lane is None:  # a processor serves one feed, whose extra fields and sinks stay
+        if lane is None:
             lane = self._lanes[key] = Lane(state.const, extra, form)
         args = (lines, bytes(flagged), lane.forbidden, lane.constants, lane.extra, self._second, self._prefix)
         settings = lane.settings(form)
