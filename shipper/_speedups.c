@@ -435,6 +435,11 @@ static PyObject *trigger_lines(PyObject *self, PyObject *args) {
             line++;
             continue;
         }
+        if (kind == LETTER) { /* most letters start no word with their neighbour: no call */
+            unsigned char next = i + 1 < size ? data[i + 1] : 0;
+            if (next != '-' && next != '_' && !(first_of[lower_of[data[i]]] & second_of[lower_of[next]]))
+                continue;
+        }
         if (!trigger_at(data, i, size, phones))
             continue;
         PyObject *index = PyLong_FromSsize_t(line);
