@@ -74,6 +74,14 @@ static PyObject *pair(PyObject *k1, PyObject *v1, PyObject *k2, PyObject *v2) {
     return out;
 }
 
+/* {out1: src1[k1], out2: src2[k2]} (a new reference), or NULL: with an error set on error, without
+ * when a key is missing. */
+static PyObject *pair_of(PyObject *src1, PyObject *k1, PyObject *src2, PyObject *k2, PyObject *out1, PyObject *out2) {
+    PyObject *first = PyDict_GetItemWithError(src1, k1);
+    PyObject *second = first ? PyDict_GetItemWithError(src2, k2) : NULL;
+    return second != NULL ? pair(out1, first, out2, second) : NULL;
+}
+
 /* Fastify's access fields (a new reference, Py_None when there are none, NULL on error). */
 static PyObject *http_of(PyObject *record) {
     PyObject *req = PyDict_GetItemWithError(record, k_req);
@@ -84,12 +92,9 @@ static PyObject *http_of(PyObject *record) {
         if (has_res < 0)
             return NULL;
         if (!has_res && PyDict_Check(req)) {
-            PyObject *method = PyDict_GetItemWithError(req, k_method);
-            PyObject *url = method ? PyDict_GetItemWithError(req, k_url) : NULL;
-            if (url != NULL)
-                return pair(k_method, method, k_url, url);
-            if (PyErr_Occurred())
-                return NULL;
+            PyObject *found = pair_of(req, k_method, req, k_url, k_method, k_url);
+            if (found != NULL || PyErr_Occurred())
+                return found;
         }
         return PyObject_CallOneArg(http_fields, record);
     }
@@ -102,12 +107,9 @@ static PyObject *http_of(PyObject *record) {
     if (res == Py_None)
         Py_RETURN_NONE;
     if (PyDict_Check(res)) {
-        PyObject *status = PyDict_GetItemWithError(res, k_status_code_in);
-        PyObject *duration = status ? PyDict_GetItemWithError(record, k_response_time) : NULL;
-        if (duration != NULL)
-            return pair(k_status_code, status, k_duration_ms, duration);
-        if (PyErr_Occurred())
-            return NULL;
+        PyObject *found = pair_of(res, k_status_code_in, record, k_response_time, k_status_code, k_duration_ms);
+        if (found != NULL || PyErr_Occurred())
+            return found;
     }
     return PyObject_CallOneArg(http_fields, record);
 }
@@ -786,8 +788,8 @@ typedef struct {
     PyObject *forbidden, *constants, *extra;
     int kind;
     PyObject *ddsource;               /* Datadog: `,"ddsource":"nodejs"` */
-    PyObject *tags[LANE_LEVELS];      /* Datadog: `,"ddtags":"..."` per level number (borrowed), NULL: none;
-                                         Loki: the stream (str) per level number */
+    PyObject *by_level[LANE_LEVELS];  /* per level number (borrowed): Datadog's `,"ddtags":"..."`
+                                         (NULL: none), Loki's stream (str; NULL: the normal way) */
     long long oldest, newest;         /* the time window, epoch ms */
     PyObject *restamp;                /* the re-stamp (str), NULL: out-of-window lines go the normal way */
     long long restamp_ms;             /* the re-stamp in epoch ms */
@@ -841,7 +843,7 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
             Py_RETURN_NONE;
     }
     int restamped = form->kind != FIELDS && (ms < form->oldest || ms > form->newest);
-    if (form->kind == LOKI && form->tags[number] == NULL)
+    if (form->kind == LOKI && form->by_level[number] == NULL)
         Py_RETURN_NONE;
     if (restamped && form->restamp == NULL)
         Py_RETURN_NONE;
@@ -859,7 +861,7 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
     if (restamped && (restamp = PyUnicode_AsUTF8AndSize(form->restamp, &restamp_size)) == NULL)
         return NULL;
     PyObject *word = level_words[number];
-    PyObject *tags = form->kind == DATADOG ? form->tags[number] : NULL;
+    PyObject *tags = form->kind == DATADOG ? form->by_level[number] : NULL;
     Py_ssize_t room = 2 * size + 256 + 2 * prefix_size + restamp_size + PyBytes_GET_SIZE(word) +
                       PyBytes_GET_SIZE(form->constants) + PyBytes_GET_SIZE(form->extra) +
                       (form->kind == DATADOG ? PyBytes_GET_SIZE(form->ddsource) : 0) + (tags ? PyBytes_GET_SIZE(tags) : 0);
@@ -932,7 +934,7 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
             return NULL;
         }
     } else if (form->kind == LOKI) {
-        *sent = Py_BuildValue("(OLy#)", form->tags[number], (restamped ? form->restamp_ms : ms) * 1000000LL, "", (Py_ssize_t)0);
+        *sent = Py_BuildValue("(OLy#)", form->by_level[number], (restamped ? form->restamp_ms : ms) * 1000000LL, "", (Py_ssize_t)0);
         if (*sent == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -944,8 +946,8 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
 }
 
 /* A sink's settings into `form`: ("datadog", ddsource member, {level number: ddtags member},
- * oldest, newest, re-stamp or None, max bytes) or ("loki", {level number: stream}, oldest, newest,
- * re-stamp or None, re-stamp ms, max bytes, level is a label). */
+ * window, max bytes) or ("loki", {level number: stream}, window, max bytes, level is a label), the
+ * window being oldest, newest, re-stamp or None, re-stamp ms (shipper/rules.py `lane_window`). */
 static int sink_form(PyObject *settings, lane_form *form) {
     PyObject *by_level, *restamp;
     const char *kind;
@@ -957,8 +959,8 @@ static int sink_form(PyObject *settings, lane_form *form) {
     }
     if (strcmp(kind, "datadog") == 0) {
         form->kind = DATADOG;
-        if (!PyArg_ParseTuple(settings, "sSO!LLOn:datadog settings", &kind, &form->ddsource, &PyDict_Type, &by_level,
-                              &form->oldest, &form->newest, &restamp, &form->max_bytes))
+        if (!PyArg_ParseTuple(settings, "sSO!LLOLn:datadog settings", &kind, &form->ddsource, &PyDict_Type, &by_level,
+                              &form->oldest, &form->newest, &restamp, &form->restamp_ms, &form->max_bytes))
             return -1;
     } else if (strcmp(kind, "loki") == 0) {
         form->kind = LOKI;
@@ -981,7 +983,7 @@ static int sink_form(PyObject *settings, lane_form *form) {
         if (number == -1 && PyErr_Occurred())
             return -1;
         if (number >= 0 && number < LANE_LEVELS && (form->kind == DATADOG ? PyBytes_Check(value) : PyUnicode_Check(value)))
-            form->tags[number] = value;
+            form->by_level[number] = value;
     }
     return 0;
 }

@@ -118,14 +118,13 @@ class LogEncoder:
         """How the direct lane (shipper/parsing/direct.py) writes this sink's log objects now: the
         window as of now, the re-stamp, the ddtags per level. None when it cannot: tags filled
         from fields other than the level, or logs out of the window dropped."""
-        if self.window.drop or not set(self._paths) <= {"level"}:
+        window = self.window.lane_window()
+        if window is None or not set(self._paths) <= {"level"}:
             return None
         if self._lane_tags is None:
             rendered = {number: self.ddtags({"level": word}) for number, word in LEVEL_BY_NUM.items()}
             self._lane_tags = {number: member("ddtags", tags) for number, tags in rendered.items() if tags}
-        now_ms = int(time.time() * 1000)
-        oldest, newest = WINDOW.bounds(now_ms)
-        settings = (self._ddsource, self._lane_tags, oldest, newest, format_ms(now_ms), self.max_event_bytes)
+        settings = (self._ddsource, self._lane_tags, *window, self.max_event_bytes)
         return LaneForm("datadog", settings, self._service, restamped=self.window.count)
 
     def ddtags(self, fields: dict[str, Any]) -> str:

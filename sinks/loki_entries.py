@@ -30,7 +30,6 @@ from shipper import tally
 from shipper.bulk import EpochMs, cached_by_fields
 from shipper.event import Event, Prepared
 from shipper.log import RateLimitedLog
-from shipper.parsing.clock import format_ms
 from shipper.parsing.direct import LOKI_LABEL_FIELDS, LaneForm
 from shipper.rules import TRUNCATED, Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.template import Template
@@ -104,13 +103,12 @@ class LokiEntries:
         window as of now, the re-stamp, the label fields that leave the line. None when it cannot:
         raw lines, structured metadata, out-of-window entries dropped, or a label from a field
         that is neither the level nor constant over a stream's records."""
-        if self.raw_line or self._metadata or self.window.drop or self._top_fields is None:
+        window = self.window.lane_window()
+        if self.raw_line or self._metadata or window is None or self._top_fields is None:
             return None
         if not LOKI_LABEL_FIELDS.issuperset(self._top_fields):
             return None
-        now_ms = int(time.time() * 1000)
-        oldest, newest = self.window.window.bounds(now_ms)
-        settings = (oldest, newest, format_ms(now_ms), now_ms, self.max_line_bytes)
+        settings = (*window, self.max_line_bytes)
         labels = frozenset(self._label_fields)
         return LaneForm("loki", settings, labels=labels, stream_of=self.stream, restamped=self.window.count)
 

@@ -270,7 +270,7 @@ class Processor:
         json_ok = self._json
         redactor = self._redactor
         joined = b"\n".join(lines)
-        if open_end or state.cut or (len(joined) > self._max_line and max(map(len, lines)) > self._max_line):
+        if open_end or state.cut or self._has_long_line(joined, lines):
             return out + self._feed_long(lines, stream, state, received_at, open_end)
         crlf = joined.find(b"\r") >= 0 and any(line[-1:] == b"\r" for line in lines)
         # Lines that may hold a secret, found for the whole chunk at once, by object identity so
@@ -347,8 +347,13 @@ class Processor:
         if state.group is not None or state.cut:
             return None
         joined = b"\n".join(lines)
-        if b"\r" in joined or (len(joined) > self._max_line and max(map(len, lines)) > self._max_line):
+        if b"\r" in joined or self._has_long_line(joined, lines):
             return None
+        # A processor serves one feed, whose extra fields stay; its sinks may change (a reload).
+        key = (stream, form.kind, form.service, form.labels, form.stream_of)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Lane(state.const, extra, form)
         redactor = self._redactor
         flagged = bytearray(len(lines))
         if redactor.enabled:
@@ -357,11 +362,6 @@ class Processor:
                 return None
             for index in found:
                 flagged[index] = 1
-        # A processor serves one feed, whose extra fields stay; its sinks may change (a reload).
-        key = (stream, form.kind, form.service, form.labels, form.stream_of)
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = Lane(state.const, extra, form)
         args = (lines, bytes(flagged), lane.forbidden, lane.constants, lane.extra, self._second, self._prefix)
         settings = lane.settings(form)
         result = direct_lines(*args) if settings is None else direct_lines(*args, settings)
@@ -388,6 +388,10 @@ class Processor:
             state.read(fresh, received_at)
         stamps, restamped = (result[6], result[7]) if settings is not None else (None, 0)
         return Direct(wire, slow, events, stamps, restamped)
+
+    def _has_long_line(self, joined: bytes, lines: list[bytes]) -> bool:
+        """Whether a line of `lines` (`joined`: them joined) is over `max_line_bytes`."""
+        return len(joined) > self._max_line and max(map(len, lines)) > self._max_line
 
     def _records(
         self, records: list[dict[str, Any]], raws: list[bytes], state: _Stream, stream: str | None, received_at: float

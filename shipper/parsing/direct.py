@@ -60,9 +60,8 @@ class LaneForm(NamedTuple):
     """How the lane writes a preparer's logs (`Preparer.lane_form`).
 
     - `kind`: "fields" (the normalized fields), "datadog" (log objects) or "loki" (lines).
-    - `settings`: for Datadog its ddsource member, its ddtags member per level number, the window
-      (oldest and newest epoch ms), the re-stamp (None: drop, the normal way) and the longest log;
-      for Loki the window, the re-stamp and its epoch ms, and the longest line.
+    - `settings`: for Datadog its ddsource member and its ddtags member per level number; then, for
+      both, the window as `WindowRule.lane_window` gives it and the longest log or line.
     - `service`: the service the sink sets (Datadog), else the event's.
     - `labels`: Loki's label fields, which leave the line; `stream_of` gives an event's stream.
     - `restamped`: counts the logs the lane re-stamped.

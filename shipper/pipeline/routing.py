@@ -75,9 +75,9 @@ class Routing:
         if not self._lane or not lines or not Lane.serves(extra):
             return None
         forms = [preparer.lane_form() for preparer in self._lane]
+        if None in forms or (len(forms) > 1 and any(form.kind != "fields" for form in forms)):
+            return None  # several routes share one body: only in the fields form
         form = forms[0]
-        if None in forms or (form.kind != "fields" and len(forms) > 1) or any(f.kind != "fields" for f in forms[1:]):
-            return None
         direct = processor.parse_direct(lines, stream, now, extra, form)
         if direct is None:
             return None
