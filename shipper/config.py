@@ -281,7 +281,11 @@ class SourceConfig(Strict):
 # ---------------------------------------------------------------- sinks
 
 
-MEMORY_BUFFER_BYTES = 32 * 1024 * 1024
+# A sink's buffer in memory when `buffer.max_bytes` is unset: the working set between the parse and
+# the requests in flight (a few batches), not the place for a backlog. A tailed file keeps its backlog
+# in the file; input that cannot be read again spills to the disk buffer past it. Measured: 4 MiB
+# sends as fast as 16 or 32 (the bench's sinks keep up either way) at 20-30 MiB less peak RSS.
+MEMORY_BUFFER_BYTES = 4 * 1024 * 1024
 DISK_BUFFER_BYTES = 1024 * 1024 * 1024
 
 
@@ -322,8 +326,6 @@ class SinkConfig(Strict):
     type: str
     inputs: list[str] = Field(min_length=1)
     when: WhenConfig | None = None
-    # In-memory buffer when `buffer.max_bytes` is unset (shipper/pipeline/channel.py).
-    memory_buffer_bytes: ClassVar[int] = MEMORY_BUFFER_BYTES
     buffer: BufferConfig = BufferConfig()
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
@@ -337,7 +339,7 @@ class SinkConfig(Strict):
     def memory_bytes(self) -> int:
         """The bound of this sink's buffer in memory."""
         buffer = self.buffer
-        return buffer.max_bytes if buffer.type == "memory" and buffer.max_bytes else self.memory_buffer_bytes
+        return buffer.max_bytes if buffer.type == "memory" and buffer.max_bytes else MEMORY_BUFFER_BYTES
 
     @property
     def disk_bytes(self) -> int:

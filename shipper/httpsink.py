@@ -142,6 +142,8 @@ class HttpSink(Sink):
                 request.wire = await loop.run_in_executor(_compressors, self.wire_form, request)
             else:
                 request.wire = self.wire_form(request)
+            if request.wire is not request.body:
+                request.body = b""  # retries send `wire`; splits and re-encodings start from the events
         return request.wire
 
     def wire_in_thread(self) -> bool:

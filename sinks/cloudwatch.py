@@ -127,8 +127,6 @@ class CloudWatchConfig(HttpSinkConfig):
     compression: Literal["none"] = "none"  # PutLogEvents takes no compressed body
     max_event_bytes: Size = Field(default=MAX_EVENT_BYTES, ge=4096, le=MAX_CALL_BYTES)
     out_of_range: OutOfRange = "restamp"
-    # Prepared events are bytes (~2x their line: the fields as JSON, escaped): ~22,000 pino lines.
-    memory_buffer_bytes: ClassVar[int] = 16 * 1024 * 1024
 
     @field_validator("log_group")
     @classmethod

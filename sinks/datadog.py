@@ -16,7 +16,7 @@ import re
 import time
 from base64 import b64encode
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -66,10 +66,6 @@ class DatadogConfig(HttpSinkConfig):
     source: str = "nodejs"
     tags: list[str] = []
     max_event_bytes: Size = Field(default=MAX_EVENT_BYTES, ge=4096, le=MAX_EVENT_BYTES)
-    # 16 MiB, not the 32 of other sinks: logs prepared in a parse worker cost ~0.6 KB each, not
-    # ~1.6 KB, so this holds ~29,000 of them (more than 32 MiB of parsed events); with a slow
-    # intake filling it, the agent and its worker peak at ~108 MiB RSS (~92 PSS).
-    memory_buffer_bytes: ClassVar[int] = 16 * 1024 * 1024
     out_of_range: OutOfRange = "restamp"
 
     @model_validator(mode="before")

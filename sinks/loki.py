@@ -12,10 +12,9 @@ from __future__ import annotations
 import re
 from base64 import b64encode
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import cramjam
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shipper import tally
@@ -65,9 +64,6 @@ class LokiConfig(HttpSinkConfig):
     max_ahead: Duration = 600.0  # Loki's creation_grace_period
     max_behind: Duration = 3600.0  # half of Loki's max_chunk_age
     out_of_range: OutOfRange = "restamp"
-    # 16 MiB, as Datadog's: prepared entries cost their line and ~130 bytes each, not a parsed event's
-    # ~1.6 KB, so this holds more events than 32 MiB of parsed ones; the bench peaks under 100 MiB RSS.
-    memory_buffer_bytes: ClassVar[int] = 16 * 1024 * 1024
 
     @field_validator("endpoint")
     @classmethod
@@ -184,6 +180,8 @@ class LokiSink(HttpSink):
         """JSON as framed; protobuf built from the entries and compressed with RAW snappy (Loki
         refuses the framed snappy format); either gzipped on top when configured."""
         if self.config.encoding == "protobuf":
+            import cramjam  # here, not at the top: its ~2 MiB are paid only by protobuf pushes
+
             request.body = bytes(cramjam.snappy.compress_raw(protobuf_push(request.events, self.framer.line)))
         return super().wire_form(request)
 

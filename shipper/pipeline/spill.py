@@ -39,7 +39,6 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import cramjam
 
 from shipper import metrics
 from shipper.checkpoint import CheckpointStore
@@ -303,7 +302,7 @@ class SpillLog:
             return None
         try:
             events = decode_payload(payload)
-        except (ValueError, EOFError, TypeError, cramjam.DecompressionError):
+        except (ValueError, EOFError, TypeError):
             return None
         return (events, HEADER.size + length) if len(events) == count else None
 
@@ -409,13 +408,22 @@ def encode_record(events: list[Event]) -> bytes:
     fields = [first] if shared else [event.fields for event in events]
     prepared = isinstance(events[0], Encoded)
     stamps = [event.stamp for event in events] if prepared else None  # type: ignore[attr-defined]
+    import cramjam  # here, not at the top: its ~2 MiB are paid only by a sink that spills
+
     payload = bytes(cramjam.zstd.compress(marshal.dumps((prepared, [e.raw for e in events], stamps, fields)), level=1))
     count = len(events)
     return HEADER.pack(MAGIC, len(payload), count, zlib.crc32(payload, zlib.crc32(struct.pack("<I", count)))) + payload
 
 
 def decode_payload(payload: bytes) -> list[Event]:
-    prepared, raws, stamps, fields = marshal.loads(bytes(cramjam.zstd.decompress(payload)))
+    """A record's events; ValueError when the payload does not decompress."""
+    import cramjam
+
+    try:
+        plain = bytes(cramjam.zstd.decompress(payload))
+    except cramjam.DecompressionError as exc:
+        raise ValueError(str(exc)) from exc
+    prepared, raws, stamps, fields = marshal.loads(plain)
     shared = fields[0] if len(fields) == 1 else None
     if prepared:
         if shared is not None:
