@@ -39,7 +39,6 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-
 from shipper import metrics
 from shipper.checkpoint import CheckpointStore
 from shipper.event import ENCODED_OVERHEAD, Encoded, Event, memory_size
