@@ -387,3 +387,27 @@ def test_a_value_without_a_rules_marks_never_matches_that_rule(words: list[str])
             stripped = stripped.replace(mark, " ")
         if marks:
             assert re.search(pattern, stripped) is None, (name, stripped)
+
+
+def test_values_seen_clean_stay_clean_and_secrets_are_redacted_and_counted_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Values the rules left unchanged are remembered (a trigger word in a repeated URL costs the
+    rules once); a value with a secret never is: each line with it is redacted and counted."""
+    monkeypatch.setattr(redact_module, "CLEAN_VALUES", 3)
+    lines = [
+        b'{"level":30,"time":1795394900000,"msg":"req","url":"/v1/auth/token","q":"/login?token=s3cretPw"}',
+    ] * 4 + [b'{"level":30,"time":1795394900000,"msg":"req","url":"/v1/token/%d"}' % n for n in range(6)]
+    before = count("query_secret")
+    events = parse(lines)
+    assert [event.fields["url"] for event in events[:4]] == ["/v1/auth/token"] * 4
+    assert [event.fields["q"] for event in events[:4]] == [f"/login?token={REDACTED}"] * 4
+    assert all(b"s3cretPw" not in event.raw for event in events)
+    assert count("query_secret") == before + 4
+    assert [event.fields["url"] for event in events[4:]] == [f"/v1/token/{n}" for n in range(6)]
+
+    redactor = Redactor(RedactConfig())
+    for n in range(10):
+        assert redactor.text(f"/v1/token/{n}") == f"/v1/token/{n}"
+        assert redactor.text(f"/v1/token/{n}?token=abc{n}xyz") == f"/v1/token/{n}?token={REDACTED}"
+    assert len(redactor._clean) <= 3  # bounded: it starts over when full
