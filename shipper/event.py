@@ -104,12 +104,29 @@ def encoded_events_py(prepared: Prepared, fields: dict[str, Any]) -> list[Event]
 
 
 def wire_ends(events: list[Event]) -> list[int]:
-    """Where each event ends in its events' NDJSON (each raw plus a newline): running totals."""
-    return list(accumulate(map(add, map(len, map(raw_of, events)), repeat(1))))
+    """Where each event ends in its events' NDJSON (each raw plus a newline): running totals
+    (compiled where built: ~5x cheaper, on every batch cut)."""
+    if SPEEDUPS is not None:
+        ends: list[int] = SPEEDUPS.wire_ends(Event, events, True)
+        return ends
+    return wire_ends_py(events)
 
 
 def wire_size(events: list[Event]) -> int:
     """What `events` weigh as NDJSON: each raw plus a newline (`wire_ends`' last value)."""
+    if SPEEDUPS is not None:
+        size: int = SPEEDUPS.wire_ends(Event, events, False)
+        return size
+    return wire_size_py(events)
+
+
+def wire_ends_py(events: list[Event]) -> list[int]:
+    """`wire_ends` in Python: what the compiled one does, where it was not built."""
+    return list(accumulate(map(add, map(len, map(raw_of, events)), repeat(1))))
+
+
+def wire_size_py(events: list[Event]) -> int:
+    """`wire_size` in Python: what the compiled one does, where it was not built."""
     return sum(map(len, map(raw_of, events))) + len(events)
 
 

@@ -157,6 +157,55 @@ def test_lines_written_otherwise_go_the_normal_way_in_their_place(sinks: str) ->
     assert lane[1] == list(range(1, len(chunk), 2))
 
 
+DECIMALS = [
+    *("5.0", "0.0", "-0.0", "1.5", "-12.25", "0.001", "0.0001", "0.00001", "0.000123", "1.50", "2.10", "10.0"),
+    *("123456789012345.0", "1234567890123456.0", "12345678901234.5", "1234567890123456.7", "9007199254740993.0"),
+    *("0.1234567890123456", "0.123456789012345", "0.30000000000000004", "0.5366669893264771", "99999999999999.99"),
+]
+
+
+@needs_lane
+@pytest.mark.parametrize("sinks", ["fields", "datadog"])
+def test_a_decimal_is_taken_as_written_only_when_it_is_pythons_repr_of_its_value(sinks: str) -> None:
+    """The lane writes a decimal as it is only when msgspec would write the same: Python's shortest
+    repr. Short ones it accepts on sight, the others it converts to judge."""
+    lines = [b'{"level":30,"time":%d,"hostname":"h","msg":"n","n":%s}' % (NOW_MS, text.encode()) for text in DECIMALS]
+    written = Lane({"service": "api", "source": "api"}, EXTRA, FIELDS_FORM)
+    lane = direct_lines(lines, bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
+    assert [DECIMALS[index] for index in lane[1]] == [text for text in DECIMALS if repr(float(text)) != text]
+    assert compare([lines], sinks=sinks) == len(lines)
+
+
+@needs_lane
+def test_a_string_is_judged_the_same_whatever_the_offset_of_its_odd_byte() -> None:
+    """The lane reads plain string bytes eight at a time: an escape, a multi-byte character or a
+    byte JSON forbids is found wherever it falls in those eight."""
+    odd = [
+        b'\\"',
+        b"\\\\",
+        b"\\n",
+        "\u00e9".encode(),
+        "\u2603".encode(),
+        b"\\u001b",
+        b"\x7f",
+        b"\x01",
+        b"\\u00e9",
+        b"\\/",
+        b"\xff",
+    ]
+    lines = [
+        b'{"level":30,"time":%d,"hostname":"h","msg":"%s"}' % (NOW_MS, b"a" * offset + piece + b"b" * (17 - offset))
+        for piece in odd
+        for offset in range(18)
+    ]
+    written = Lane({"service": "api", "source": "api"}, EXTRA, FIELDS_FORM)
+    lane = direct_lines(lines, bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
+    left = {odd[index // 18] for index in lane[1]}
+    assert left == {b"\x01", b"\\u00e9", b"\\/", b"\xff"}  # not JSON, or not as msgspec writes it
+    assert len(lane[1]) == 4 * 18
+    assert compare([[line for line in lines if b"\x01" not in line and b"\xff" not in line]]) > 0
+
+
 @needs_lane
 def test_a_secret_in_a_lane_chunk_is_redacted() -> None:
     processor, routing = fresh()

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.config import RedactConfig, SourceConfig
-from shipper.event import Encoded, encoded_events_py
+from shipper.event import Encoded, Event, encoded_events_py, wire_ends_py, wire_size_py
 from shipper.parsing import build_processor
 from shipper.parsing import pino as pino_module
 from shipper.parsing.pino import normalize_records_py
@@ -176,6 +176,36 @@ def test_prepared_logs_become_the_same_events_either_way(logs: list[bytes], stam
     assert all(event.fields is fields for event in compiled)
     with pytest.raises(ValueError, match="timestamps"):
         SPEEDUPS.encoded_events(Encoded, fields, body + b"one more\n", stamps or [])
+
+
+class _Upper(Event):
+    """An event whose `raw` is computed, not the slot: the compiled pass must ask for it."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.fields = {}
+
+    @property  # type: ignore[override]
+    def raw(self) -> bytes:
+        return b"UPPER"
+
+
+@needs_speedups
+@settings(max_examples=200, deadline=None)
+@given(kinds=st.lists(st.tuples(st.sampled_from(["event", "encoded", "upper"]), st.binary(max_size=40)), max_size=30))
+def test_wire_sizes_are_the_same_either_way_for_every_kind_of_event(kinds: list[tuple[str, bytes]]) -> None:
+    assert SPEEDUPS is not None
+    make = {
+        "event": lambda raw: Event({}, raw),
+        "encoded": lambda raw: Encoded({}, raw, None),
+        "upper": lambda raw: _Upper(),
+    }
+    events = [make[kind](raw) for kind, raw in kinds]
+    assert SPEEDUPS.wire_ends(Event, events, True) == wire_ends_py(events)
+    assert SPEEDUPS.wire_ends(Event, events, False) == wire_size_py(events)
+    with pytest.raises(TypeError, match="not bytes"):
+        SPEEDUPS.wire_ends(Event, [*events, Event({}, "text")], False)  # type: ignore[arg-type]
 
 
 @needs_speedups
