@@ -1233,6 +1233,143 @@ error:
     return NULL;
 }
 
+/* sinks/loki_push.py's `Framer.entries`: a stream's entries as one JSON text, each
+ * `["<ns>","<line>"<metadata>],`, and where each ends. Lines are escaped as orjson escapes a
+ * string (quote, backslash, control characters; UTF-8 kept as is) unless `escaped` says they come
+ * so. Two passes: sizes (the ends), then the bytes into one buffer. In Python the entry's seven
+ * pieces, two orjson calls and a join cost ~3 us an entry. */
+static const char short_escape[32] = {[8] = 'b', [9] = 't', [10] = 'n', [12] = 'f', [13] = 'r'};
+
+static Py_ssize_t escaped_size(const unsigned char *p, Py_ssize_t size) {
+    Py_ssize_t out = size;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned c = p[i];
+        if (c == '"' || c == '\\')
+            out += 1;
+        else if (c < 0x20)
+            out += short_escape[c] ? 1 : 5;
+    }
+    return out;
+}
+
+static char *escape_into(char *w, const unsigned char *p, Py_ssize_t size) {
+    static const char hex[] = "0123456789abcdef";
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned c = p[i];
+        if (c == '"' || c == '\\') {
+            *w++ = '\\';
+            *w++ = (char)c;
+        } else if (c >= 0x20) {
+            *w++ = (char)c;
+        } else if (short_escape[c]) {
+            *w++ = '\\';
+            *w++ = short_escape[c];
+        } else {
+            memcpy(w, "\\u00", 4);
+            w[4] = hex[c >> 4];
+            w[5] = hex[c & 15];
+            w += 6;
+        }
+    }
+    return w;
+}
+
+typedef struct {
+    PyObject *raw, *metadata; /* borrowed */
+    long long ns;
+} loki_entry;
+
+/* `value` in decimal at `out` (at most 20 bytes); how many were written. */
+static int decimal_into(char *out, long long value) {
+    char reversed[24];
+    int n = 0, k = 0;
+    unsigned long long rest = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    do {
+        reversed[n++] = (char)('0' + rest % 10);
+        rest /= 10;
+    } while (rest);
+    if (value < 0)
+        out[k++] = '-';
+    while (n)
+        out[k++] = reversed[--n];
+    return k;
+}
+
+static PyObject *loki_entries(PyObject *self, PyObject *args) {
+    PyTypeObject *kind;
+    PyObject *events;
+    int escaped;
+    if (!PyArg_ParseTuple(args, "O!O!p:loki_entries", &PyType_Type, &kind, &PyList_Type, &events, &escaped))
+        return NULL;
+    Py_ssize_t at_raw = slot_offset(kind, "raw"), at_stamp = slot_offset(kind, "stamp");
+    if (at_raw < 0 || at_stamp < 0)
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(events), total = 0;
+    loki_entry *entries = PyMem_Malloc(sizeof(loki_entry) * (size_t)(count ? count : 1));
+    PyObject *ends = PyList_New(count), *body = NULL;
+    if (entries == NULL || ends == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *event = PyList_GET_ITEM(events, i);
+        if (Py_TYPE(event) != kind && !PyObject_TypeCheck(event, kind)) {
+            PyErr_SetString(PyExc_TypeError, "a Loki entry is not a prepared event");
+            goto error;
+        }
+        PyObject *raw = *(PyObject **)((char *)event + at_raw), *stamp = *(PyObject **)((char *)event + at_stamp);
+        if (raw == NULL || !PyBytes_Check(raw) || stamp == NULL || !PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 3 ||
+            !PyLong_Check(PyTuple_GET_ITEM(stamp, 1)) || !PyBytes_Check(PyTuple_GET_ITEM(stamp, 2))) {
+            PyErr_SetString(PyExc_TypeError, "a Loki entry needs bytes and a (stream, ns, metadata) stamp");
+            goto error;
+        }
+        long long ns = PyLong_AsLongLong(PyTuple_GET_ITEM(stamp, 1));
+        if (ns == -1 && PyErr_Occurred())
+            goto error;
+        entries[i] = (loki_entry){raw, PyTuple_GET_ITEM(stamp, 2), ns};
+        char digits[24];
+        Py_ssize_t size = PyBytes_GET_SIZE(raw);
+        total += decimal_into(digits, ns) + PyBytes_GET_SIZE(entries[i].metadata) +
+                 (escaped ? size : escaped_size((const unsigned char *)PyBytes_AS_STRING(raw), size)) +
+                 (Py_ssize_t)sizeof "[\"\",\"\"]," - 1;
+        PyObject *end = PyLong_FromSsize_t(total);
+        if (end == NULL)
+            goto error;
+        PyList_SET_ITEM(ends, i, end);
+    }
+    body = PyBytes_FromStringAndSize(NULL, total);
+    if (body == NULL)
+        goto error;
+    char *w = PyBytes_AS_STRING(body);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const loki_entry *entry = &entries[i];
+        memcpy(w, "[\"", 2);
+        w += 2;
+        w += decimal_into(w, entry->ns);
+        memcpy(w, "\",\"", 3);
+        w += 3;
+        const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(entry->raw);
+        Py_ssize_t size = PyBytes_GET_SIZE(entry->raw);
+        if (escaped) {
+            memcpy(w, raw, (size_t)size);
+            w += size;
+        } else {
+            w = escape_into(w, raw, size);
+        }
+        *w++ = '"';
+        Py_ssize_t meta = PyBytes_GET_SIZE(entry->metadata);
+        memcpy(w, PyBytes_AS_STRING(entry->metadata), (size_t)meta);
+        w += meta;
+        *w++ = ']';
+        *w++ = ',';
+    }
+    PyMem_Free(entries);
+    return Py_BuildValue("(NN)", body, ends);
+error:
+    PyMem_Free(entries);
+    Py_XDECREF(ends);
+    Py_XDECREF(body);
+    return NULL;
+}
+
 /* sinks/loki_push.py's `Framer._distinct`: entries of a stream (in time order) that share a
  * timestamp with each other or with the stream's newest sent, moved apart by a nanosecond each in
  * arrival order; each moved entry gets a new stamp `(key, ns, metadata)` in its slot. A replayed
@@ -1294,6 +1431,8 @@ static PyMethodDef methods[] = {
      "encoded_events(kind, fields, body, stamps) -> one `kind` per line of NDJSON `body`; see shipper/event.py."},
     {"wire_ends", wire_ends, METH_VARARGS,
      "wire_ends(kind, events, ends) -> running totals of each raw plus a newline, or their sum; see shipper/event.py."},
+    {"loki_entries", loki_entries, METH_VARARGS,
+     "loki_entries(kind, entries, escaped) -> (JSON of the entries, where each ends); see sinks/loki_push.py."},
     {"distinct_times", distinct_times, METH_VARARGS,
      "distinct_times(entries, stream, newest, same_ns): equal times of a stream's entries moved apart; see "
      "sinks/loki_push.py."},

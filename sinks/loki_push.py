@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from itertools import accumulate, repeat
-from operator import add, attrgetter, itemgetter
+from itertools import accumulate
+from operator import attrgetter, itemgetter
 from typing import cast
 
 import orjson
@@ -46,7 +46,6 @@ log = logging.getLogger("shipper.sinks.loki")
 BEHIND_MARGIN_NS = 10 * 60 * 1_000_000_000
 FALLBACK_LABEL = "shipper_overflow"
 SAME_TIME_NS = 1_000_000  # entries are timed to the millisecond
-_ENTRY_PARTS = 7  # pieces of an entry in `Framer.entries`: ["  ns  ","  line  "  metadata  ],
 _STAMP, _RAW = attrgetter("stamp"), attrgetter("raw")
 _KEY, _NS, _METADATA = itemgetter(0), itemgetter(1), itemgetter(2)
 _STREAM_OVERHEAD = len('{"stream":,"values":[]},')
@@ -178,22 +177,20 @@ class Framer:
         One stream per push by default: Loki's ingester answers a push with the error of its LAST
         stream only (pkg/ingester/instance.go), so the entries it refused in an earlier stream (too
         far behind, a stream's rate limit) would be lost without a word, even under a 204."""
-        pieces: list[tuple[str, list[bytes], list[Event], int]] = []  # a stream's run within the limits, its size
+        pieces: list[tuple[str, bytes, list[Event], int]] = []  # a stream's run within the limits, its size
         for group in groups:
             key = group[0].stamp[0]  # type: ignore[attr-defined]
-            parts, sizes = self.entries(group)
+            text, ends = self.entries(group)
             overhead = len(key) + _STREAM_OVERHEAD
-            ends = list(accumulate(map(add, sizes, repeat(1))))
             start = base = 0
             while start < len(group):  # one step for a stream that fits, the common case
                 end = bisect_right(ends, base + max_bytes - overhead, start, min(len(group), start + max_events))
                 end = max(end, start + 1)
-                run = parts[_ENTRY_PARTS * start : _ENTRY_PARTS * end - 1]
-                pieces.append((key, run, group[start:end], ends[end - 1] - base + overhead))
+                pieces.append((key, text[base : ends[end - 1] - 1], group[start:end], ends[end - 1] - base + overhead))
                 base = ends[end - 1]
                 start = end
         out: list[Request] = []
-        pending: list[tuple[str, list[bytes], list[Event]]] = []
+        pending: list[tuple[str, bytes, list[Event]]] = []
         count = size = 0
         for key, run, events, weight in pieces:
             if pending and (
@@ -208,33 +205,34 @@ class Framer:
             out.append(json_push(pending))
         return out
 
-    def entries(self, events: list[Event]) -> tuple[list[bytes], list[int]]:
-        """The events' entries, `["<ns>","<line>"]` plus their metadata, as the pieces of one join
-        (`_ENTRY_PARTS` per entry, ending in `],`: a run of entries is a slice of them without its
-        last piece, which `json_push` closes), and each entry's size. The JSON lines are escaped
-        as strings' contents by one orjson call over them (measured: cheaper than bytes.replace,
-        whose matches are dense in JSON, and than a C loop over the bytes); every quote inside an
-        escaped string follows a backslash, so `","` occurs only between them. The times are
-        written by one orjson call too."""
-        count = len(events)
-        stamps = list(map(_STAMP, events))
-        raws = list(map(_RAW, events))
-        lines = raws if self.escaped else orjson.dumps([raw.decode() for raw in raws])[2:-2].split(b'","')
-        times = orjson.dumps(list(map(_NS, stamps)))[1:-1].split(b",")
-        metadata = list(map(_METADATA, stamps))
-        parts = [b'["'] * (_ENTRY_PARTS * count)
-        parts[1::_ENTRY_PARTS] = times
-        parts[2::_ENTRY_PARTS] = repeat(b'","', count)
-        parts[3::_ENTRY_PARTS] = lines
-        parts[4::_ENTRY_PARTS] = repeat(b'"', count)
-        parts[5::_ENTRY_PARTS] = metadata
-        parts[6::_ENTRY_PARTS] = repeat(b"],", count)
-        sizes = list(map(add, map(add, map(len, times), map(len, lines)), map(len, metadata)))
-        return parts, list(map(add, sizes, repeat(len(b'["",""]'))))
+    def entries(self, events: list[Event]) -> tuple[bytes, list[int]]:
+        """A stream's entries as JSON, each `["<ns>","<line>"<metadata>],` (a run of them is a slice
+        without its last comma), and where each ends (compiled where built: ~8x cheaper)."""
+        if SPEEDUPS is not None:
+            return SPEEDUPS.loki_entries(Encoded, events, self.escaped)
+        return entries_py(events, self.escaped)
 
     def line(self, event: Event) -> str:
         """The line of a prepared entry, as Loki stores it."""
         return str(orjson.loads(b'"' + event.raw + b'"')) if self.escaped else event.raw.decode()
+
+
+def entries_py(events: list[Event], escaped: bool) -> tuple[bytes, list[int]]:
+    """`Framer.entries` in Python: what the compiled one does, where it was not built. The JSON lines
+    are escaped as strings' contents by one orjson call over them; every quote inside an escaped
+    string follows a backslash, so `","` occurs only between them. The times are written by one
+    orjson call too."""
+    if not events:
+        return b"", []
+    stamps = list(map(_STAMP, events))
+    raws = list(map(_RAW, events))
+    lines = raws if escaped else orjson.dumps([raw.decode() for raw in raws])[2:-2].split(b'","')
+    times = orjson.dumps(list(map(_NS, stamps)))[1:-1].split(b",")
+    pieces = [
+        b'["' + ns + b'","' + line + b'"' + metadata + b"],"
+        for ns, line, metadata in zip(times, lines, map(_METADATA, stamps), strict=True)
+    ]
+    return b"".join(pieces), list(accumulate(map(len, pieces)))
 
 
 def distinct_times_py(group: list[Event], key: str, last: int, same: int) -> None:
@@ -255,13 +253,13 @@ def _stamp(event: Event, stamp: tuple[str, int, bytes]) -> None:
     cast(Encoded, event).stamp = stamp
 
 
-def json_push(streams: list[tuple[str, list[bytes], list[Event]]]) -> Request:
-    """A JSON push of entries grouped by stream: (stream key, the pieces of its entries as
-    `Framer.entries` lays them out, their events), in one join."""
+def json_push(streams: list[tuple[str, bytes, list[Event]]]) -> Request:
+    """A JSON push of entries grouped by stream: (stream key, its entries' JSON as `Framer.entries`
+    writes them, without the last comma, their events), in one join."""
     parts = [b'{"streams":[']
     for key, run, _ in streams:
-        parts += (b'{"stream":', key.encode(), b',"values":[', *run, b"]]},")  # the last entry's `]` too
-    parts[-1] = b"]]}]}"
+        parts += (b'{"stream":', key.encode(), b',"values":[', run, b"]},")
+    parts[-1] = b"]}]}"
     return Request(b"".join(parts), [event for _, _, events in streams for event in events])
 
 

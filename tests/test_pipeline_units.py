@@ -140,6 +140,26 @@ async def test_channel_blocks_when_full_and_admits_one_oversized_part() -> None:
     assert channel.nevents == 1
 
 
+async def test_a_backlog_filling_the_buffer_again_and_again_warns_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A file read from its start fills a small buffer many times a second: that is backpressure
+    working, said once (then once a minute, with how many times it was not said)."""
+    channel = Channel("backlog", 100, "block")
+    tracker = AckTracker()
+    with caplog.at_level(logging.WARNING, logger="shipper.channel"):
+        for number in range(5):
+            await channel.put(Part([event(f"a{number}")], tracker.open(number), 90))
+            blocked = asyncio.create_task(channel.put(Part([event(f"b{number}")], tracker.open(number), 90)))
+            await asyncio.sleep(0.01)
+            assert not blocked.done()  # full: the source waits
+            await channel.get(0)
+            await asyncio.wait_for(blocked, 1)
+            await channel.get(0)
+    warned = [record for record in caplog.records if "sink buffer full" in record.getMessage()]
+    assert len(warned) == 1 and warned[0].getMessage() == "sink buffer full: pausing the source"
+
+
 async def test_channel_drop_newest_counts_and_acks() -> None:
     channel = Channel("dropper", 100, "drop_newest")
     commits: list[int] = []

@@ -27,7 +27,7 @@ from shipper.parsing import build_processor
 from shipper.parsing import pino as pino_module
 from shipper.parsing.pino import normalize_records_py
 from shipper.speedups import SPEEDUPS
-from sinks.loki_push import SAME_TIME_NS, distinct_times_py
+from sinks.loki_push import SAME_TIME_NS, distinct_times_py, entries_py
 from tests.conftest import CORPUS, needs_corpus
 
 NOW_MS = int(time.time() * 1000)
@@ -228,3 +228,29 @@ def test_equal_loki_times_move_apart_the_same_way_either_way(offsets: list[int],
     sent = [ns for _, ns, _ in results[0]]
     if last < 0:  # nothing sent before: every time distinct, in arrival order
         assert sent == sorted(set(sent))
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(st.text(max_size=30), st.integers(0, 2**63 - 1), st.sampled_from([b"", b',{"trace_id":"a\\"b"}'])),
+        max_size=20,
+    ),
+    escaped=st.booleans(),
+)
+def test_loki_entries_are_the_same_json_either_way(entries: list[tuple[str, int, bytes]], escaped: bool) -> None:
+    """Quotes, backslashes, every control character and any UTF-8 in a line; times of any size."""
+
+    def raw(line: str) -> bytes:  # a raw line arrives escaped already: copied as it is
+        return orjson.dumps(line)[1:-1] if escaped else line.encode()
+
+    events: list[Event] = [Encoded({}, raw(line), ("{}", ns, metadata)) for line, ns, metadata in entries]
+    assert SPEEDUPS is not None
+    compiled = SPEEDUPS.loki_entries(Encoded, events, escaped)
+    assert compiled == entries_py(events, escaped)
+    text, ends = compiled
+    if entries:  # every entry is a JSON array whose line reads back as the original
+        values = orjson.loads(b"[" + text[:-1] + b"]")
+        assert [(int(ns), line) for ns, line, *_ in values] == [(ns, line) for line, ns, _ in entries]
+        assert ends[-1] == len(text)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from shipper import metrics
 from shipper.event import Event, wire_size
+from shipper.log import RateLimitedLog
 from shipper.pipeline.acks import Ack
 from shipper.pipeline.spill import SpillLog, events_memory
 from shipper.tally import Cell
@@ -70,7 +71,7 @@ class Channel:
         self._gauge_events = metrics.buffer_events.labels(sink)
         self._dropped = metrics.events_dropped.labels(sink, "buffer_full")
         metrics.buffer_capacity.labels(sink).set(max_bytes)
-        self._full_logged = False
+        self._full_notices = RateLimitedLog(log, interval=60.0)
         self._disk_full_logged = False
 
     def open(self) -> None:
@@ -95,19 +96,18 @@ class Channel:
                 self._spill(part)
                 return
             dropping = self.when_full == "drop_newest"
-            if not self._full_logged:
-                log.warning(
-                    "sink buffer full: dropping newest events" if dropping else "sink buffer full: pausing the source",
-                    extra={"sink": self.sink, "buffer_bytes": self.nbytes, "max_bytes": self.max_bytes},
-                )
-                self._full_logged = True
+            self._full_notices.warning(  # a backlog fills the buffer again and again: once a minute
+                "full",
+                "sink buffer full: dropping newest events" if dropping else "sink buffer full: pausing the source",
+                sink=self.sink,
+                buffer_bytes=self.nbytes,
+                max_bytes=self.max_bytes,
+            )
             if dropping:
                 self._drop(part, self._dropped)
                 return
             self._writable.clear()
             await self._writable.wait()
-        if self._full_logged and self.nbytes + part.nbytes <= self.max_bytes // 2:
-            self._full_logged = False  # drained well below the bound: the next episode is logged again
         self._enqueue(part)
 
     def _enqueue(self, part: Part) -> None:
