@@ -1240,37 +1240,75 @@ error:
  * pieces, two orjson calls and a join cost ~3 us an entry. */
 static const char short_escape[32] = {[8] = 'b', [9] = 't', [10] = 'n', [12] = 'f', [13] = 'r'};
 
+/* A high bit in each of 8 bytes that is '"', '\\' or a control character (the lowest one exact:
+ * a borrow only marks bytes above a true one). */
+static uint64_t eight_to_escape(uint64_t x) {
+    uint64_t quote = x ^ BYTES('"'), backslash = x ^ BYTES('\\');
+    return (((x - BYTES(0x20)) & ~x) | ((quote - BYTES(1)) & ~quote) | ((backslash - BYTES(1)) & ~backslash)) &
+           BYTES(0x80);
+}
+
+/* What escaping adds to a byte. */
+static Py_ssize_t escape_growth(unsigned c) {
+    if (c == '"' || c == '\\')
+        return 1;
+    return c < 0x20 ? (short_escape[c] ? 1 : 5) : 0;
+}
+
 static Py_ssize_t escaped_size(const unsigned char *p, Py_ssize_t size) {
-    Py_ssize_t out = size;
-    for (Py_ssize_t i = 0; i < size; i++) {
-        unsigned c = p[i];
-        if (c == '"' || c == '\\')
-            out += 1;
-        else if (c < 0x20)
-            out += short_escape[c] ? 1 : 5;
+    Py_ssize_t out = size, i = 0;
+    while (size - i >= 8) {
+        uint64_t eight, marks;
+        memcpy(&eight, p + i, 8);
+        marks = eight_to_escape(eight);
+        if (marks == 0) {
+            i += 8;
+            continue;
+        }
+        i += __builtin_ctzll(marks) >> 3;
+        out += escape_growth(p[i++]);
     }
+    for (; i < size; i++)
+        out += escape_growth(p[i]);
     return out;
 }
 
-static char *escape_into(char *w, const unsigned char *p, Py_ssize_t size) {
+static char *escape_byte(char *w, unsigned c) {
     static const char hex[] = "0123456789abcdef";
-    for (Py_ssize_t i = 0; i < size; i++) {
-        unsigned c = p[i];
-        if (c == '"' || c == '\\') {
-            *w++ = '\\';
-            *w++ = (char)c;
-        } else if (c >= 0x20) {
-            *w++ = (char)c;
-        } else if (short_escape[c]) {
-            *w++ = '\\';
-            *w++ = short_escape[c];
-        } else {
-            memcpy(w, "\\u00", 4);
-            w[4] = hex[c >> 4];
-            w[5] = hex[c & 15];
-            w += 6;
-        }
+    *w++ = '\\';
+    if (c == '"' || c == '\\') {
+        *w++ = (char)c;
+    } else if (short_escape[c]) {
+        *w++ = short_escape[c];
+    } else {
+        memcpy(w, "u00", 3);
+        w[3] = hex[c >> 4];
+        w[4] = hex[c & 15];
+        w += 5;
     }
+    return w;
+}
+
+static char *escape_into(char *w, const unsigned char *p, Py_ssize_t size) {
+    Py_ssize_t i = 0;
+    while (size - i >= 8) { /* plain runs 8 bytes a step, up to the next byte to escape */
+        uint64_t eight, marks;
+        memcpy(&eight, p + i, 8);
+        marks = eight_to_escape(eight);
+        if (marks == 0) {
+            memcpy(w, p + i, 8);
+            w += 8;
+            i += 8;
+            continue;
+        }
+        int plain = __builtin_ctzll(marks) >> 3;
+        memcpy(w, p + i, (size_t)plain);
+        w += plain;
+        i += plain;
+        w = escape_byte(w, p[i++]);
+    }
+    for (; i < size; i++)
+        w = escape_growth(p[i]) ? escape_byte(w, p[i]) : (*w = (char)p[i], w + 1);
     return w;
 }
 
