@@ -287,6 +287,9 @@ enum { PLAIN, NEWLINE, SIGN, LETTER };
 static unsigned char kind_of[256];
 /* Per lowercase letter, a bit per word of trigger_words that has it first, and second. */
 static unsigned int first_of[256], second_of[256];
+/* Per pair of bytes (the first in the low 8 bits), whether a trigger may start at the first: one bit
+ * each, without and with phone numbers ('+'). Most pairs start none: one look-up a byte. */
+static uint64_t may_start[2][65536 / 64];
 
 static void scanner_init(void) {
     for (int c = 0; c < 256; c++)
@@ -299,6 +302,19 @@ static void scanner_init(void) {
         kind_of[c] = first_of[lower_of[c]] ? LETTER : PLAIN;
     kind_of['\n'] = NEWLINE;
     kind_of['@'] = kind_of['+'] = kind_of['_'] = SIGN;
+    for (int pair = 0; pair < 65536; pair++) {
+        int c = pair & 255, next = pair >> 8, start;
+        if (c == '@')
+            start = 1;
+        else if (c == '_')
+            start = next == 'l' || next == 't'; /* _live_, _test_ */
+        else
+            start = kind_of[c] == LETTER &&
+                    (next == '-' || next == '_' || (first_of[lower_of[c]] & second_of[lower_of[next]]) != 0);
+        for (int phones = 0; phones < 2; phones++)
+            if (start || (phones && c == '+'))
+                may_start[phones][pair >> 6] |= 1ULL << (pair & 63);
+    }
 }
 
 /* Whether trigger word `word` goes on at data[j] (its first two letters already matched). */
@@ -420,31 +436,30 @@ static PyObject *suspect_slots(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* Newlines in `size` bytes at `data`. */
+static Py_ssize_t newlines_in(const unsigned char *data, Py_ssize_t size) {
+    Py_ssize_t count = 0;
+    for (const unsigned char *p = data, *end = data + size; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+        count++;
+    return count;
+}
+
 static PyObject *trigger_lines(PyObject *self, PyObject *args) {
     Py_buffer view;
     int phones;
     if (!PyArg_ParseTuple(args, "y*p:trigger_lines", &view, &phones))
         return NULL;
     const unsigned char *data = (const unsigned char *)view.buf;
-    Py_ssize_t size = view.len, line = 0;
+    const uint64_t *starts = may_start[phones];
+    Py_ssize_t size = view.len, line = 0, counted = 0; /* the newlines before `counted` are in `line` */
     PyObject *out = PyList_New(0);
     if (out == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < size; i++) {
-        unsigned char kind = kind_of[data[i]];
-        if (kind == PLAIN)
+        unsigned pair = data[i] | (i + 1 < size ? (unsigned)data[i + 1] << 8 : 0);
+        if (!((starts[pair >> 6] >> (pair & 63)) & 1) || !trigger_at(data, i, size, phones))
             continue;
-        if (kind == NEWLINE) {
-            line++;
-            continue;
-        }
-        if (kind == LETTER) { /* most letters start no word with their neighbour: no call */
-            unsigned char next = i + 1 < size ? data[i + 1] : 0;
-            if (next != '-' && next != '_' && !(first_of[lower_of[data[i]]] & second_of[lower_of[next]]))
-                continue;
-        }
-        if (!trigger_at(data, i, size, phones))
-            continue;
+        line += newlines_in(data + counted, i - counted);
         PyObject *index = PyLong_FromSsize_t(line);
         if (index == NULL || PyList_Append(out, index) < 0) {
             Py_XDECREF(index);
@@ -455,7 +470,9 @@ static PyObject *trigger_lines(PyObject *self, PyObject *args) {
         const unsigned char *next = memchr(data + i, '\n', (size_t)(size - i));
         if (next == NULL)
             break;
-        i = next - data - 1; /* the loop's i++ lands on the newline */
+        i = next - data; /* the loop's i++ goes past the newline */
+        line++;
+        counted = i + 1;
     }
 done:
     PyBuffer_Release(&view);
@@ -840,14 +857,27 @@ static void put_stamp(writer *w, const char *prefix, Py_ssize_t prefix_size, lon
 /* One line in the lane: its wire form, Py_None when the normal path must take it, NULL on error.
  * `*stamp` gets its time (epoch ms); `*sent` what the preparer gives with it: for Datadog the
  * timestamp as sent (a new str), for Loki `(stream, ns, b"")`. */
-static PyObject *lane_line(PyObject *line, const lane_form *form, long long *second, PyObject **prefix,
-                           long long *stamp, PyObject **sent, int *restamp_out) {
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(line);
-    Py_ssize_t size = PyBytes_GET_SIZE(line);
+/* The lane's output: the lines it wrote, each ending in a newline, in one growing bytes object. */
+typedef struct {
+    PyObject *bytes;
+    Py_ssize_t used;
+} lane_out;
+
+/* Where `room` more bytes can be written at the end of `out`; NULL on error. */
+static char *lane_reserve(lane_out *out, Py_ssize_t room) {
+    Py_ssize_t size = PyBytes_GET_SIZE(out->bytes);
+    if (size - out->used < room && _PyBytes_Resize(&out->bytes, Py_MAX(2 * size, out->used + room)) < 0)
+        return NULL;
+    return PyBytes_AS_STRING(out->bytes) + out->used;
+}
+
+/* One line in `form` at the end of `out` (1), or not the lane's (0, nothing written), or an error (-1). */
+static int lane_line(const unsigned char *data, Py_ssize_t size, const lane_form *form, long long *second,
+                     PyObject **prefix, long long *stamp, PyObject **sent, int *restamp_out, lane_out *buffer) {
     member members[LANE_KEYS];
     int count;
     if (size < 2 || data[0] != '{' || lane_members(data + 1, data + size, 0, members, LANE_KEYS, &count) != data + size)
-        Py_RETURN_NONE;
+        return 0;
     const member *level = NULL, *time = NULL, *msg = NULL, *hostname = NULL;
     int has_http = 0;
     for (int i = 0; i < count; i++) {
@@ -866,46 +896,46 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
     long long number = lane_count(level), ms = lane_count(time);
     if (number < 0 || number >= LANE_LEVELS || level_words[number] == NULL || ms < EPOCH_MS_MIN || ms >= EPOCH_MS_END ||
         msg == NULL || msg->value[0] != '"' || hostname == NULL || hostname->value[0] != '"')
-        Py_RETURN_NONE;
+        return 0;
     Py_ssize_t keys = PyTuple_GET_SIZE(form->forbidden);
     for (Py_ssize_t k = 0; k < keys; k++) {
         PyObject *key = PyTuple_GET_ITEM(form->forbidden, k);
         if (lane_find(members, count, PyBytes_AS_STRING(key)) != NULL)
-            Py_RETURN_NONE;
+            return 0;
     }
     int restamped = form->kind != FIELDS && (ms < form->oldest || ms > form->newest);
     if (form->kind == LOKI && form->by_level[number] == NULL)
-        Py_RETURN_NONE;
+        return 0;
     if (restamped && form->restamp == NULL)
-        Py_RETURN_NONE;
+        return 0;
     if (ms / 1000 != *second) {
         PyObject *fresh = PyObject_CallFunction(second_prefix, "L", ms / 1000);
         if (fresh == NULL)
-            return NULL;
+            return -1;
         Py_SETREF(*prefix, fresh);
         *second = ms / 1000;
     }
     Py_ssize_t prefix_size, restamp_size = 0;
     const char *head = PyUnicode_AsUTF8AndSize(*prefix, &prefix_size), *restamp = NULL;
     if (head == NULL)
-        return NULL;
+        return -1;
     if (restamped && (restamp = PyUnicode_AsUTF8AndSize(form->restamp, &restamp_size)) == NULL)
-        return NULL;
+        return -1;
     PyObject *word = level_words[number];
     PyObject *tags = form->kind == DATADOG ? form->by_level[number] : NULL;
     Py_ssize_t room = 2 * size + 256 + 2 * prefix_size + restamp_size + PyBytes_GET_SIZE(word) +
                       PyBytes_GET_SIZE(form->constants) + PyBytes_GET_SIZE(form->extra) +
                       (form->kind == DATADOG ? PyBytes_GET_SIZE(form->ddsource) : 0) + (tags ? PyBytes_GET_SIZE(tags) : 0);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, room);
+    char *out = lane_reserve(buffer, room + 1);
     if (out == NULL)
-        return NULL;
-    writer w = {PyBytes_AS_STRING(out)};
+        return -1;
+    writer w = {out};
     *w.at++ = '{';
     for (int i = 0; i < count; i++) {
         const member *m = &members[i];
         if (m == msg || m == hostname || (m == level && (form->kind == DATADOG || form->level_label)))
             continue;
-        if (w.at - PyBytes_AS_STRING(out) > 1)
+        if (w.at - out > 1)
             *w.at++ = ',';
         if (m == level) {
             PUT(&w, "\"level\":");
@@ -913,7 +943,7 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
         } else
             put_member(&w, m);
     }
-    if (w.at - PyBytes_AS_STRING(out) > 1)
+    if (w.at - out > 1)
         *w.at++ = ',';
     PUT(&w, "\"level_num\":");
     put(&w, level->value, level->value_size);
@@ -931,10 +961,8 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
         put(&w, hostname->value, hostname->value_size);
     }
     put(&w, PyBytes_AS_STRING(form->constants), PyBytes_GET_SIZE(form->constants));
-    if (!lane_http(&w, members, count, has_http)) {
-        Py_DECREF(out);
-        Py_RETURN_NONE;
-    }
+    if (!lane_http(&w, members, count, has_http))
+        return 0;
     put(&w, PyBytes_AS_STRING(form->extra), PyBytes_GET_SIZE(form->extra));
     if (form->kind == DATADOG) {
         PUT(&w, ",\"hostname\":");
@@ -950,30 +978,24 @@ static PyObject *lane_line(PyObject *line, const lane_form *form, long long *sec
         put_stamp(&w, head, prefix_size, ms);
     }
     *w.at++ = '}';
-    Py_ssize_t written = w.at - PyBytes_AS_STRING(out);
-    if (form->kind != FIELDS && written > form->max_bytes) {
-        Py_DECREF(out);
-        Py_RETURN_NONE;
-    }
-    if (_PyBytes_Resize(&out, written) < 0)
-        return NULL;
+    Py_ssize_t written = w.at - out;
+    if (form->kind != FIELDS && written > form->max_bytes)
+        return 0;
     if (form->kind == DATADOG) {
         if (restamped)
             *sent = Py_NewRef(form->restamp);
-        else if ((*sent = timestamp(*prefix, ms)) == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
+        else if ((*sent = timestamp(*prefix, ms)) == NULL)
+            return -1;
     } else if (form->kind == LOKI) {
         *sent = Py_BuildValue("(OLy#)", form->by_level[number], (restamped ? form->restamp_ms : ms) * 1000000LL, "", (Py_ssize_t)0);
-        if (*sent == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
+        if (*sent == NULL)
+            return -1;
     }
+    *w.at++ = '\n';
+    buffer->used += written + 1;
     *restamp_out = restamped;
     *stamp = ms;
-    return out;
+    return 1;
 }
 
 /* A sink's settings into `form`: ("datadog", ddsource member, {level number: ddtags member},
@@ -1022,18 +1044,23 @@ static int sink_form(PyObject *settings, lane_form *form) {
 /* direct_lines(lines, flagged, forbidden, constants, extra, second, prefix, sink=None): see
  * shipper/parsing/direct.py. */
 static PyObject *direct_lines(PyObject *self, PyObject *args) {
-    PyObject *lines, *flagged, *prefix, *settings = Py_None;
+    PyObject *joined, *flagged, *prefix, *settings = Py_None;
     long long second;
     lane_form form;
     memset(&form, 0, sizeof form);
-    if (!PyArg_ParseTuple(args, "O!SO!SSLU|O:direct_lines", &PyList_Type, &lines, &flagged, &PyTuple_Type,
-                          &form.forbidden, &form.constants, &form.extra, &second, &prefix, &settings))
+    if (!PyArg_ParseTuple(args, "SSO!SSLU|O:direct_lines", &joined, &flagged, &PyTuple_Type, &form.forbidden,
+                          &form.constants, &form.extra, &second, &prefix, &settings))
         return NULL;
     if (settings != Py_None && sink_form(settings, &form) < 0)
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(lines);
-    if (PyBytes_GET_SIZE(flagged) != count) {
-        PyErr_SetString(PyExc_ValueError, "flagged must hold a byte per line");
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(joined);
+    const unsigned char *end = data + PyBytes_GET_SIZE(joined);
+    Py_ssize_t count = 1;
+    for (const unsigned char *p = data; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+        count++;
+    Py_ssize_t flags = PyBytes_GET_SIZE(flagged); /* the lines after them are not flagged */
+    if (flags > count) {
+        PyErr_SetString(PyExc_ValueError, "flagged holds a byte per line, at most");
         return NULL;
     }
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(form.forbidden); k++)
@@ -1042,48 +1069,55 @@ static PyObject *direct_lines(PyObject *self, PyObject *args) {
             return NULL;
         }
     const char *marks = PyBytes_AS_STRING(flagged);
-    PyObject *outs = PyList_New(count), *slow = PyList_New(0), *before = PyList_New(0);
+    lane_out out = {PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(joined) * 2 + 1024), 0};
+    PyObject *slow = PyList_New(0), *slow_lines = PyList_New(0), *cuts = PyList_New(0), *before = PyList_New(0);
     PyObject *stamps = form.kind != FIELDS ? PyList_New(count) : Py_NewRef(Py_None);
     Py_INCREF(prefix);
     long long fresh = -1, restamped = 0;
-    if (outs == NULL || slow == NULL || before == NULL || stamps == NULL)
+    if (out.bytes == NULL || slow == NULL || slow_lines == NULL || cuts == NULL || before == NULL || stamps == NULL)
         goto fail;
+    const unsigned char *line = data;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *line = PyList_GET_ITEM(lines, i);
-        PyObject *out, *sent = NULL;
+        const unsigned char *stop = memchr(line, '\n', (size_t)(end - line));
+        if (stop == NULL)
+            stop = end;
+        PyObject *sent = NULL;
         long long stamp = -1;
-        int was_restamped = 0;
-        if (!PyBytes_Check(line)) {
-            PyErr_SetString(PyExc_TypeError, "lines must be bytes");
+        int was_restamped = 0, taken = 0;
+        if (!(i < flags && marks[i]) &&
+            (taken = lane_line(line, stop - line, &form, &second, &prefix, &stamp, &sent, &was_restamped, &out)) < 0)
             goto fail;
-        }
-        if (marks[i])
-            out = Py_NewRef(Py_None);
-        else if ((out = lane_line(line, &form, &second, &prefix, &stamp, &sent, &was_restamped)) == NULL)
-            goto fail;
-        PyList_SET_ITEM(outs, i, out);
         restamped += was_restamped;
         if (form.kind != FIELDS)
             PyList_SET_ITEM(stamps, i, sent != NULL ? sent : Py_NewRef(Py_None));
-        if (out != Py_None) {
+        if (taken) {
             fresh = stamp;
-            continue;
+        } else { /* the normal way, in its place: where it goes in the output, and the clock before it */
+            PyObject *index = PyLong_FromSsize_t(i), *prior = PyLong_FromLongLong(fresh);
+            PyObject *cut = PyLong_FromSsize_t(out.used);
+            PyObject *text = PyBytes_FromStringAndSize((const char *)line, stop - line);
+            int failed = index == NULL || prior == NULL || cut == NULL || text == NULL || PyList_Append(slow, index) < 0 ||
+                         PyList_Append(before, prior) < 0 || PyList_Append(cuts, cut) < 0 ||
+                         PyList_Append(slow_lines, text) < 0;
+            Py_XDECREF(index);
+            Py_XDECREF(prior);
+            Py_XDECREF(cut);
+            Py_XDECREF(text);
+            if (failed)
+                goto fail;
+            fresh = -1;
         }
-        PyObject *index = PyLong_FromSsize_t(i), *prior = PyLong_FromLongLong(fresh);
-        int failed = index == NULL || prior == NULL || PyList_Append(slow, index) < 0 || PyList_Append(before, prior) < 0;
-        Py_XDECREF(index);
-        Py_XDECREF(prior);
-        if (failed)
-            goto fail;
-        fresh = -1;
+        line = stop + 1;
     }
-    if (form.kind != FIELDS)
-        return Py_BuildValue("(NNNLLNNL)", outs, slow, before, fresh, second, prefix, stamps, restamped);
-    Py_DECREF(stamps);
-    return Py_BuildValue("(NNNLLN)", outs, slow, before, fresh, second, prefix);
+    if (_PyBytes_Resize(&out.bytes, out.used) < 0)
+        goto fail;
+    return Py_BuildValue("(NNNLLNNLNNn)", out.bytes, slow, before, fresh, second, prefix, stamps, restamped, cuts,
+                         slow_lines, count);
 fail:
-    Py_XDECREF(outs);
+    Py_XDECREF(out.bytes);
     Py_XDECREF(slow);
+    Py_XDECREF(slow_lines);
+    Py_XDECREF(cuts);
     Py_XDECREF(before);
     Py_XDECREF(stamps);
     Py_DECREF(prefix);
@@ -1462,8 +1496,8 @@ static PyMethodDef methods[] = {
     {"suspect_slots", suspect_slots, METH_VARARGS,
      "suspect_slots(record, phones) -> [(container, key or index)]: the values a redaction walk must judge."},
     {"direct_lines", direct_lines, METH_VARARGS,
-     "direct_lines(lines, flagged, forbidden, constants, extra, second, prefix, sink=None) -> "
-     "(wire forms or None, slow, fresh_before, fresh, second, prefix[, stamps, restamped]); "
+     "direct_lines(joined, flagged, forbidden, constants, extra, second, prefix, sink=None) -> "
+     "(lines written, slow, fresh_before, fresh, second, prefix, stamps, restamped, cuts, slow_lines, lines); "
      "see shipper/parsing/direct.py."},
     {"encoded_events", encoded_events, METH_VARARGS,
      "encoded_events(kind, fields, body, stamps) -> one `kind` per line of NDJSON `body`; see shipper/event.py."},

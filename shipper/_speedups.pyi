@@ -16,14 +16,14 @@ def normalize_records(
 def trigger_lines(data: bytes, phones: bool) -> list[int]: ...
 def suspect_slots(record: dict[str, Any], phones: bool) -> list[tuple[dict[str, Any] | list[Any], str | int]]: ...
 def direct_lines(
-    lines: list[bytes],
+    joined: bytes,
     flagged: bytes,
     forbidden: tuple[bytes, ...],
     constants: bytes,
     extra: bytes,
     second: int,
     prefix: str,
-    datadog: tuple[bytes, dict[int, bytes], int, int, str | None, int] | None = None,
+    sink: tuple[Any, ...] | None = None,
 ) -> tuple[Any, ...]: ...
 def set_level_words(words: dict[int, bytes]) -> None: ...
 def encoded_events(kind: type[Event], fields: dict[str, Any], body: bytes, stamps: list[Any] | None) -> list[Event]: ...

@@ -55,15 +55,14 @@ class WorkerFeed:
         self.transforms = build_transforms(source, settings.transforms, redaction)
         self.routing = Routing.build(routes)
 
-    def parse(
-        self, lines: list[bytes], stream: str | None, now: float, open_end: bool
-    ) -> tuple[int, int, list[Routed]]:
-        """A chunk's lines parsed and routed (`parsed`), through the direct lane when it serves them."""
+    def parse(self, body: bytes, stream: str | None, now: float, open_end: bool) -> tuple[int, int, list[Routed]]:
+        """A chunk's lines (`body`: joined by newlines) parsed and routed (`parsed`), through the
+        direct lane when it serves them (it reads them joined: no bytes object a line)."""
         direct = None
         if not open_end and self.transforms is None:
-            direct = self.routing.direct(self.processor, lines, stream, now, self.extra)
+            direct = self.routing.direct(self.processor, body, stream, now, self.extra)
         if direct is None:
-            return self.parsed(self.processor.parse(lines, stream, now, open_end))
+            return self.parsed(self.processor.parse(body.split(b"\n"), stream, now, open_end))
         count, shares = direct
         return self.processor.held_bytes, count, [(index, *cast(Prepared, share)) for index, share in shares]
 
@@ -113,7 +112,7 @@ class _Server:
             processor = feed.processor
             if kind == "parse":
                 _, _, stream, now, open_end = message
-                held, count, routed = feed.parse(body.split(b"\n"), stream, now, open_end)
+                held, count, routed = feed.parse(body, stream, now, open_end)
             else:
                 _, _, now, force, rests = message
                 events = [e for stream, rest in rests for e in processor.parse([rest], stream, now)]

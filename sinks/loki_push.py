@@ -209,7 +209,8 @@ class Framer:
         """A stream's entries as JSON, each `["<ns>","<line>"<metadata>],` (a run of them is a slice
         without its last comma), and where each ends (compiled where built: ~8x cheaper)."""
         if SPEEDUPS is not None:
-            return SPEEDUPS.loki_entries(Encoded, events, self.escaped)
+            entries: tuple[bytes, list[int]] = SPEEDUPS.loki_entries(Encoded, events, self.escaped)
+            return entries
         return entries_py(events, self.escaped)
 
     def line(self, event: Event) -> str:

@@ -78,7 +78,7 @@ def compare(chunks: list[list[bytes]], stream: str | None = None, fmt: str = "au
     taken = 0
     for lines in chunks:
         expected = normal_way(normal_processor, normal_routing, lines, stream)
-        direct = lane_routing.direct(lane_processor, list(lines), stream, NOW_MS / 1000, EXTRA)
+        direct = lane_routing.direct(lane_processor, b"\n".join(lines), stream, NOW_MS / 1000, EXTRA)
         if direct is None:
             got = normal_way(lane_processor, lane_routing, lines, stream)
         else:
@@ -118,14 +118,14 @@ def test_plain_pino_lines_are_taken_by_the_lane_and_written_as_the_normal_path_w
     _, routing = fresh(sinks=sinks)
     form = routing._lane[0].lane_form()
     written = Lane({"service": "api", "source": "api"}, EXTRA, form)
-    args = (lines, bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
+    args = (b"\n".join(lines), bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
     settings = written.settings(form)
     lane = direct_lines(*args) if settings is None else direct_lines(*args, settings)
     assert lane[1] == []  # no line left to the normal path
     assert compare([lines], sinks=sinks) == len(lines)
     old = [orjson.dumps(pino(time=NOW_MS - 30 * 86_400_000)), orjson.dumps(pino(time=NOW_MS + 86_400_000))]
     assert compare([old, lines + old], sinks=sinks) == 2 * len(old) + len(lines)  # out of Datadog's window
-    taken_lines = lane[0]
+    taken_lines = lane[0].split(b"\n")
     assert orjson.loads(taken_lines[1])["http"] == {"status_code": 200, "duration_ms": 0.5366669893264771}
 
 
@@ -153,7 +153,7 @@ def test_lines_written_otherwise_go_the_normal_way_in_their_place(sinks: str) ->
     assert compare([chunk], sinks=sinks) == len(chunk)  # the lane served the chunk, leaving the odd lines
     written = Lane({"service": "api", "source": "api"}, EXTRA, FIELDS_FORM)
     flagged = bytes(index == 2 * odd.index(secret) + 1 for index in range(len(chunk)))  # as the prefilter flags it
-    lane = direct_lines(chunk, flagged, written.forbidden, written.constants, written.extra, -1, "")
+    lane = direct_lines(b"\n".join(chunk), flagged, written.forbidden, written.constants, written.extra, -1, "")
     assert lane[1] == list(range(1, len(chunk), 2))
 
 
@@ -171,7 +171,9 @@ def test_a_decimal_is_taken_as_written_only_when_it_is_pythons_repr_of_its_value
     repr. Short ones it accepts on sight, the others it converts to judge."""
     lines = [b'{"level":30,"time":%d,"hostname":"h","msg":"n","n":%s}' % (NOW_MS, text.encode()) for text in DECIMALS]
     written = Lane({"service": "api", "source": "api"}, EXTRA, FIELDS_FORM)
-    lane = direct_lines(lines, bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
+    lane = direct_lines(
+        b"\n".join(lines), bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, ""
+    )
     assert [DECIMALS[index] for index in lane[1]] == [text for text in DECIMALS if repr(float(text)) != text]
     assert compare([lines], sinks=sinks) == len(lines)
 
@@ -199,7 +201,9 @@ def test_a_string_is_judged_the_same_whatever_the_offset_of_its_odd_byte() -> No
         for offset in range(18)
     ]
     written = Lane({"service": "api", "source": "api"}, EXTRA, FIELDS_FORM)
-    lane = direct_lines(lines, bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
+    lane = direct_lines(
+        b"\n".join(lines), bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, ""
+    )
     left = {odd[index // 18] for index in lane[1]}
     assert left == {b"\x01", b"\\u00e9", b"\\/", b"\xff"}  # not JSON, or not as msgspec writes it
     assert len(lane[1]) == 4 * 18
@@ -213,7 +217,7 @@ def test_a_secret_in_a_lane_chunk_is_redacted() -> None:
         orjson.dumps(pino()),
         orjson.dumps(pino(msg="login", password="hunter22", user={"pass_word": "s3cret-value"})),
     ]
-    direct = routing.direct(processor, lines, None, NOW_MS / 1000, EXTRA)
+    direct = routing.direct(processor, b"\n".join(lines), None, NOW_MS / 1000, EXTRA)
     assert direct is not None
     body = direct[1][0][1][0]  # type: ignore[index]
     assert b"hunter22" not in body and b"s3cret-value" not in body
@@ -228,12 +232,12 @@ def test_chunks_the_lane_does_not_serve_are_parsed_the_normal_way() -> None:
     undecodable = [orjson.dumps(pino()), b'{"level":30,"msg":"bad utf-8 \xff"}']
     for chunk in (text, crlf, invalid, undecodable):
         processor, routing = fresh()
-        assert routing.direct(processor, list(chunk), None, NOW_MS / 1000, EXTRA) is None
+        assert routing.direct(processor, b"\n".join(chunk), None, NOW_MS / 1000, EXTRA) is None
     records = [orjson.dumps(pino(time=NOW_MS + 5)), orjson.dumps(pino(time=NOW_MS + 9))]
     # After a chunk with text the lane waits for a chunk of records only (parsed the normal way).
     assert compare([text, records, records, invalid, records, records], stream="stdout") == 2 * len(records)
     processor, routing = fresh("nest-json")  # Nest JSON records are never the lane's
-    assert routing.direct(processor, [orjson.dumps(pino())], None, NOW_MS / 1000, EXTRA) is None
+    assert routing.direct(processor, orjson.dumps(pino()), None, NOW_MS / 1000, EXTRA) is None
 
 
 def datadog_preparer(**options: Any) -> Any:
@@ -244,7 +248,7 @@ def datadog_preparer(**options: Any) -> Any:
 
 def test_routes_the_lane_cannot_write_for_are_not_served() -> None:
     processor, _ = fresh()
-    line = [orjson.dumps(pino())]
+    line = orjson.dumps(pino())
     not_served = [
         [(None, "out", FIELDS_JSON), (WhenConfig(level="error"), "errors", FIELDS_JSON)],  # a filter
         [(None, "dd", datadog_preparer()), (None, "out", FIELDS_JSON)],  # Datadog beside another sink
@@ -252,10 +256,10 @@ def test_routes_the_lane_cannot_write_for_are_not_served() -> None:
         [(None, "dd", datadog_preparer(out_of_range="drop"))],  # old logs dropped (the normal way)
     ]
     for routes in not_served:
-        assert Routing.build(routes).direct(processor, list(line), None, NOW_MS / 1000, EXTRA) is None
+        assert Routing.build(routes).direct(processor, line, None, NOW_MS / 1000, EXTRA) is None
     for extra in ({"service": "x"}, {"status": "x"}):  # extra fields the lane cannot place
         routing = Routing.build([(None, "dd", datadog_preparer())])
-        assert routing.direct(processor, list(line), None, NOW_MS / 1000, extra) is None
+        assert routing.direct(processor, line, None, NOW_MS / 1000, extra) is None
     assert Routing.build([(None, "dd", datadog_preparer())]).direct(processor, line, None, NOW_MS / 1000, EXTRA)
 
 
@@ -364,9 +368,9 @@ def test_the_lane_writes_what_the_normal_path_writes_on_the_fastify_corpus(sinks
 @needs_lane
 def test_a_reload_that_changes_a_sink_changes_what_the_lane_writes() -> None:
     processor, _ = fresh()
-    line = [orjson.dumps(pino())]
+    line = orjson.dumps(pino())
     for service in ("billing", "payments", "billing"):  # the same feed, its sink reloaded
         routing = Routing.build([(None, "dd", datadog_preparer(service=service))])
-        direct = routing.direct(processor, list(line), None, NOW_MS / 1000, EXTRA)
+        direct = routing.direct(processor, line, None, NOW_MS / 1000, EXTRA)
         assert direct is not None
         assert orjson.loads(direct[1][0][1][0])["service"] == service  # type: ignore[index]

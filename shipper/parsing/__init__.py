@@ -335,19 +335,19 @@ class Processor:
         return state
 
     def parse_direct(
-        self, lines: list[bytes], stream: str | None, received_at: float, extra: dict[str, Any] | None, form: LaneForm
+        self, joined: bytes, stream: str | None, received_at: float, extra: dict[str, Any] | None, form: LaneForm
     ) -> Direct | None:
-        """Complete lines through the direct lane (shipper/parsing/direct.py) in a sink's `form`,
-        with `extra` added as `fill_in` adds it. None, with nothing changed, when the chunk is not
-        for the lane: the lane is not built, the stream is not all records, a group or long line
-        is open, a line is long or ends in CR, or a line the lane left is not a JSON object."""
+        """Complete lines (`joined` by newlines: a worker gets them so, and the lane reads them so,
+        with no bytes object a line) through the direct lane (shipper/parsing/direct.py) in a
+        sink's `form`, with `extra` added as `fill_in` adds it. None, with nothing changed, when the
+        chunk is not for the lane: the lane is not built, the stream is not all records, a group or
+        long line is open, a line is long or ends in CR, or a line the lane left is not a JSON object."""
         if direct_lines is None or not (self._json and self._records_only and self._pino_lane):
             return None
         state = self._state(stream)
         if state.group is not None or state.cut:
             return None
-        joined = b"\n".join(lines)
-        if b"\r" in joined or self._has_long_line(joined, lines):
+        if b"\r" in joined or (len(joined) > self._max_line and self._has_long_line(joined, joined.split(b"\n"))):
             return None
         # A processor serves one feed, whose extra fields stay; its sinks may change (a reload).
         key = (stream, form.kind, form.service, form.labels, form.stream_of)
@@ -355,21 +355,23 @@ class Processor:
         if lane is None:
             lane = self._lanes[key] = Lane(state.const, extra, form)
         redactor = self._redactor
-        flagged = bytearray(len(lines))
+        flagged = bytearray()  # a byte per line up to the last flagged one
         if redactor.enabled:
             found = redactor.suspects(joined)
             if found is None:
                 return None
-            for index in found:
-                flagged[index] = 1
-        args = (lines, bytes(flagged), lane.forbidden, lane.constants, lane.extra, self._second, self._prefix)
+            if found:
+                flagged = bytearray(max(found) + 1)
+                for index in found:
+                    flagged[index] = 1
+        args = (joined, bytes(flagged), lane.forbidden, lane.constants, lane.extra, self._second, self._prefix)
         settings = lane.settings(form)
         result = direct_lines(*args) if settings is None else direct_lines(*args, settings)
-        wire, slow, before, fresh, second, prefix = result[:6]
+        wire, slow, before, fresh, second, prefix, stamps, restamped, cuts, slow_lines, count = result
         records: list[dict[str, Any]] = []
-        for index in slow:
+        for line in slow_lines:
             try:
-                record = orjson.loads(lines[index])
+                record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 return None
             if type(record) is not dict:
@@ -377,17 +379,15 @@ class Processor:
             records.append(record)
         self._second, self._prefix = second, prefix
         events: list[Event] = []
-        for index, prior, record in zip(slow, before, records, strict=True):
+        for index, prior, record, raw in zip(slow, before, records, slow_lines, strict=True):
             if prior >= 0:
                 state.read(prior, received_at)
-            raw = lines[index]
-            if flagged[index] and redactor.record(record) is not None:
+            if index < len(flagged) and flagged[index] and redactor.record(record) is not None:
                 raw = orjson.dumps(record)
             events += self._records([record], [raw], state, stream, received_at)
         if fresh >= 0:
             state.read(fresh, received_at)
-        stamps, restamped = (result[6], result[7]) if settings is not None else (None, 0)
-        return Direct(wire, slow, events, stamps, restamped)
+        return Direct(count, wire, cuts, slow, events, stamps, restamped)
 
     def _has_long_line(self, joined: bytes, lines: list[bytes]) -> bool:
         """Whether a line of `lines` (`joined`: them joined) is over `max_line_bytes`."""

@@ -44,12 +44,14 @@ ORIGINAL_TIMESTAMP = "shipper.original_timestamp"
 
 
 class Direct(NamedTuple):
-    """A chunk through the lane: each line's wire form, or None where the normal path took it;
-    those lines' indexes and their events (extra fields not added yet); for Datadog and Loki what
-    the preparer gives with each log (None where the normal path took it) and how many logs the
-    lane re-stamped."""
+    """A chunk through the lane: how many lines it had, the lines the lane wrote (NDJSON) and, for
+    each line the normal path took, where its wire form goes in them (`cuts`, in order); those lines' indexes and their
+    events (extra fields not added yet); for Datadog and Loki what the preparer gives with each log
+    (None where the normal path took it) and how many logs the lane re-stamped."""
 
-    wire: list[bytes | None]
+    line_count: int
+    wire: bytes
+    cuts: list[int]
     slow: list[int]
     events: list[Event]
     stamps: list[Any] | None

@@ -232,7 +232,7 @@ class LineFeed:
             assert routing is not None
             direct = None
             if not piece_open and self.transforms is None:
-                direct = routing.direct(processor, piece, stream, now, self.fields)
+                direct = routing.direct(processor, b"\n".join(piece), stream, now, self.fields)
             if direct is None:
                 await self._hand_on(processor.parse(piece, stream, now, piece_open), ack)
                 continue

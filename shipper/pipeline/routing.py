@@ -65,33 +65,38 @@ class Routing:
         return shares
 
     def direct(
-        self, processor: Processor, lines: list[bytes], stream: str | None, now: float, extra: dict[str, Any] | None
+        self, processor: Processor, joined: bytes, stream: str | None, now: float, extra: dict[str, Any] | None
     ) -> tuple[int, list[tuple[int, Share]]] | None:
-        """Complete lines parsed and prepared through the direct lane (shipper/parsing/direct.py)
+        """Complete lines (`joined` by newlines) parsed and prepared through the direct lane (shipper/parsing/direct.py)
         when every route takes every event, as the normalized fields or, for a lone Datadog or Loki
         route, in its form (the lines the lane leaves go the normal way in their place): events
         parsed and each route's share. None when the lane does not serve the chunk (see
         `Processor.parse_direct`), nothing parsed then. The caller runs no transforms."""
-        if not self._lane or not lines or not Lane.serves(extra):
+        if not self._lane or not Lane.serves(extra):
             return None
         forms = [preparer.lane_form() for preparer in self._lane]
         if None in forms or (len(forms) > 1 and any(form.kind != "fields" for form in forms)):
             return None  # several routes share one body: only in the fields form
         form = forms[0]
-        direct = processor.parse_direct(lines, stream, now, extra, form)
+        direct = processor.parse_direct(joined, stream, now, extra, form)
         if direct is None:
             return None
-        wire, slow, events, stamps, restamped = direct
+        count, wire, cuts, slow, events, stamps, restamped = direct
         if restamped and form.restamped is not None:
             form.restamped(restamped)
-        if events:
+        if events:  # the lines the normal way took, each in its place between the lane's
             fill_in(events, extra)
             body, prepared_stamps = self._lane[0].prepare(events)
-            for index, one in zip(slow, body.split(b"\n"), strict=False):
-                wire[index] = one
+            lines = body.split(b"\n")
+            lines.pop()
+            pieces: list[bytes] = []
+            start = 0
+            for cut, line in zip(cuts, lines, strict=True):  # a log each: the lane serves no dropping preparer
+                pieces += (wire[start:cut], line, b"\n")
+                start = cut
+            pieces.append(wire[start:])
+            wire = b"".join(pieces)
             if stamps is not None and prepared_stamps is not None:
                 for index, stamp in zip(slow, prepared_stamps, strict=True):
                     stamps[index] = stamp
-        wire.append(b"")
-        joined = b"\n".join(cast(list[bytes], wire))
-        return len(wire) - 1, [(index, (joined, stamps)) for index in range(len(self.routes))]
+        return count, [(index, (wire, stamps)) for index in range(len(self.routes))]
