@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 import orjson
 
-from shipper.event import Event, Prepared, PreparerSpec, wire_ends, wire_size
+from shipper.event import Event, Prepared, PreparerSpec, raw_of, wire_ends, wire_size
 from shipper.log import RateLimitedLog
 from shipper.parsing.direct import FIELDS_FORM, LaneForm
+from shipper.speedups import SPEEDUPS
 
 log = logging.getLogger("shipper.encoding")
 
@@ -96,6 +97,30 @@ def json_array(items: list[bytes], head: bytes = b"", tail: bytes = b"") -> byte
     items[0] = head + b"[" + items[0]
     items[-1] += b"]" + tail
     return b",".join(items)
+
+
+def framed(events: list[Event], opening: bytes, separator: bytes, closing: bytes) -> bytes:
+    """A request body of encoded events: `opening`, their raw bytes between `separator`s, `closing`,
+    in one allocation (compiled where built: no list of the raws, ~3x cheaper a body)."""
+    if SPEEDUPS is not None:
+        body: bytes = SPEEDUPS.framed(Event, events, opening, separator, closing)
+        return body
+    return framed_py(events, opening, separator, closing)
+
+
+def framed_py(events: list[Event], opening: bytes, separator: bytes, closing: bytes) -> bytes:
+    """`framed` in Python: what the compiled one does, where it was not built."""
+    return b"".join((opening, separator.join(map(raw_of, events)), closing))
+
+
+def json_array_of(events: list[Event]) -> bytes:
+    """Encoded events as a JSON array."""
+    return framed(events, b"[", b",", b"]")
+
+
+def ndjson_of(events: list[Event]) -> bytes:
+    """Encoded events one per line, each line ending in a newline."""
+    return framed(events, b"", b"\n", b"\n") if events else b""
 
 
 def ndjson_body(items: list[bytes]) -> bytes:

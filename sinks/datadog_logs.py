@@ -24,8 +24,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from shipper.encoding import json_array, runs
-from shipper.event import Encoded, Event, Prepared, raw_of
+from shipper.encoding import json_array_of, runs
+from shipper.event import Encoded, Event, Prepared
 from shipper.parsing.clock import epoch_ms, format_ms
 from shipper.parsing.direct import LaneForm, member
 from shipper.parsing.records import LEVEL_BY_NUM
@@ -67,7 +67,7 @@ def _encoded(doc: Doc) -> bytes:
 def _framed(batch: list[Event]) -> Request:
     """One request of encoded logs (`Encoded` events) that fit its limits."""
     stamps = map(getattr, batch, repeat("stamp"), repeat(None))  # none for an event not `Encoded`
-    return Request(json_array(list(map(raw_of, batch))), batch, {"oldest_ms": _oldest_ms(stamps)})
+    return Request(json_array_of(batch), batch, {"oldest_ms": _oldest_ms(stamps)})
 
 
 def _oldest_ms(stamps: Iterable[Any]) -> int | None:

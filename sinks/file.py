@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import Field
 
 from shipper.config import SinkConfig, check_writable
-from shipper.encoding import FIELDS_JSON, ndjson_body
-from shipper.event import Event, PreparerSpec, raw_of
+from shipper.encoding import FIELDS_JSON, ndjson_of
+from shipper.event import Event, PreparerSpec
 from shipper.rotating import RotatingFile
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request, Sink
 from shipper.units import Size
@@ -46,7 +46,7 @@ class FileSink(Sink):
 
     def encode(self, events: list[Event]) -> list[Request]:
         events = self.encoded(events)
-        return [Request(ndjson_body(list(map(raw_of, events))), events)]
+        return [Request(ndjson_of(events), events)]
 
     async def start(self) -> None:
         await asyncio.to_thread(self._file.open)

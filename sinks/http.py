@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 from shipper.config import HttpSinkConfig
-from shipper.encoding import FIELDS_JSON, json_array, ndjson_body, runs
-from shipper.event import Event, PreparerSpec, raw_of
+from shipper.encoding import FIELDS_JSON, json_array_of, ndjson_of, runs
+from shipper.event import Event, PreparerSpec
 from shipper.httpsink import HttpSink
 from shipper.sink import BatchLimits, Request
 from shipper.units import Size
@@ -26,7 +26,7 @@ class GenericHttpSink(HttpSink):
     def __init__(self, name: str, config: HttpConfig) -> None:
         super().__init__(name, config)
         self.content_type = "application/json" if config.encoding == "json" else "application/x-ndjson"
-        self._frame = json_array if config.encoding == "json" else ndjson_body
+        self._frame = json_array_of if config.encoding == "json" else ndjson_of
 
     def url(self, request: Request) -> str:
         return self.config.url
@@ -38,10 +38,7 @@ class GenericHttpSink(HttpSink):
         """Each event's fields as prepared where it was parsed, framed into bodies of at most
         `max_request_bytes` (a single larger event goes alone)."""
         limit = int(self.config.max_request_bytes)
-        return [
-            Request(self._frame(list(map(raw_of, run))), run)
-            for run in runs(self.encoded(events), self.limits.max_events, limit)
-        ]
+        return [Request(self._frame(run), run) for run in runs(self.encoded(events), self.limits.max_events, limit)]
 
 
 REGISTRATION = (HttpConfig, GenericHttpSink)

@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.config import RedactConfig, SourceConfig
+from shipper.encoding import framed_py
 from shipper.event import Encoded, Event, encoded_events_py, wire_ends_py, wire_size_py
 from shipper.parsing import build_processor
 from shipper.parsing import pino as pino_module
@@ -194,7 +195,7 @@ class _Upper(Event):
 @needs_speedups
 @settings(max_examples=200, deadline=None)
 @given(kinds=st.lists(st.tuples(st.sampled_from(["event", "encoded", "upper"]), st.binary(max_size=40)), max_size=30))
-def test_wire_sizes_are_the_same_either_way_for_every_kind_of_event(kinds: list[tuple[str, bytes]]) -> None:
+def test_wire_sizes_and_bodies_are_the_same_either_way_for_every_kind_of_event(kinds: list[tuple[str, bytes]]) -> None:
     assert SPEEDUPS is not None
     make = {
         "event": lambda raw: Event({}, raw),
@@ -204,8 +205,12 @@ def test_wire_sizes_are_the_same_either_way_for_every_kind_of_event(kinds: list[
     events = [make[kind](raw) for kind, raw in kinds]
     assert SPEEDUPS.wire_ends(Event, events, True) == wire_ends_py(events)
     assert SPEEDUPS.wire_ends(Event, events, False) == wire_size_py(events)
+    for frame in ((b"[", b",", b"]"), (b"", b"\n", b"\n"), (b'{"logEvents":[', b",", b"]}")):
+        assert SPEEDUPS.framed(Event, events, *frame) == framed_py(events, *frame)
     with pytest.raises(TypeError, match="not bytes"):
         SPEEDUPS.wire_ends(Event, [*events, Event({}, "text")], False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not bytes"):
+        SPEEDUPS.framed(Event, [*events, Event({}, "text")], b"[", b",", b"]")  # type: ignore[arg-type]
 
 
 @needs_speedups
