@@ -246,6 +246,7 @@ def datadog_preparer(**options: Any) -> Any:
     return build_sink("dd", config.sinks["dd"]).preparer()
 
 
+@needs_lane
 def test_routes_the_lane_cannot_write_for_are_not_served() -> None:
     processor, _ = fresh()
     line = orjson.dumps(pino())
