@@ -259,3 +259,11 @@ def test_loki_entries_are_the_same_json_either_way(entries: list[tuple[str, int,
         values = orjson.loads(b"[" + text[:-1] + b"]")
         assert [(int(ns), line) for ns, line, *_ in values] == [(ns, line) for line, ns, _ in entries]
         assert ends[-1] == len(text)
+
+
+@needs_speedups
+@given(data=st.binary(max_size=300).map(lambda data: data.replace(b"a", b"\n")))
+def test_newlines_are_counted_as_bytes_count_counts_them(data: bytes) -> None:
+    assert SPEEDUPS is not None
+    assert SPEEDUPS.newlines(data) == data.count(b"\n")
+    assert SPEEDUPS.newlines(memoryview(data)) == data.count(b"\n")
