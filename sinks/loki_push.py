@@ -177,10 +177,11 @@ class Framer:
         One stream per push by default: Loki's ingester answers a push with the error of its LAST
         stream only (pkg/ingester/instance.go), so the entries it refused in an earlier stream (too
         far behind, a stream's rate limit) would be lost without a word, even under a 204."""
-        pieces: list[tuple[str, bytes, list[Event], int]] = []  # a stream's run within the limits, its size
+        pieces: list[tuple[str, memoryview, list[Event], int]] = []  # a stream's run within the limits, its size
         for group in groups:
             key = group[0].stamp[0]  # type: ignore[attr-defined]
-            text, ends = self.entries(group)
+            entries, ends = self.entries(group)
+            text = memoryview(entries)  # runs are views: the push's join is their only copy
             overhead = len(key) + _STREAM_OVERHEAD
             start = base = 0
             while start < len(group):  # one step for a stream that fits, the common case
@@ -190,7 +191,7 @@ class Framer:
                 base = ends[end - 1]
                 start = end
         out: list[Request] = []
-        pending: list[tuple[str, bytes, list[Event]]] = []
+        pending: list[tuple[str, memoryview, list[Event]]] = []
         count = size = 0
         for key, run, events, weight in pieces:
             if pending and (
@@ -254,10 +255,10 @@ def _stamp(event: Event, stamp: tuple[str, int, bytes]) -> None:
     cast(Encoded, event).stamp = stamp
 
 
-def json_push(streams: list[tuple[str, bytes, list[Event]]]) -> Request:
+def json_push(streams: list[tuple[str, memoryview, list[Event]]]) -> Request:
     """A JSON push of entries grouped by stream: (stream key, its entries' JSON as `Framer.entries`
     writes them, without the last comma, their events), in one join."""
-    parts = [b'{"streams":[']
+    parts: list[bytes | memoryview] = [b'{"streams":[']
     for key, run, _ in streams:
         parts += (b'{"stream":', key.encode(), b',"values":[', run, b"]},")
     parts[-1] = b"]}]}"
