@@ -840,7 +840,10 @@ static int lane_http(writer *w, const member *members, int count, int has_http) 
 
 /* How the lane writes a line: the fields form (`FieldsJson`), or Datadog's log object
  * (sinks/datadog_logs.py `LogEncoder.to_doc`, then its time window and size rules). */
-enum { FIELDS, DATADOG, LOKI };
+enum { FIELDS, DATADOG, LOKI, CLOUDWATCH };
+
+static char *escape_into(char *w, const unsigned char *p, Py_ssize_t size);
+static int decimal_into(char *out, long long value);
 
 typedef struct {
     PyObject *forbidden, *constants, *extra;
@@ -853,6 +856,7 @@ typedef struct {
     long long restamp_ms;             /* the re-stamp in epoch ms */
     Py_ssize_t max_bytes;             /* a longer log goes the normal way (it is cut there) */
     int level_label;                  /* Loki: the level is a label, not in the line */
+    PyObject *stream;                 /* CloudWatch: the log stream (str, borrowed) */
 } lane_form;
 
 /* `"YYYY-MM-DDTHH:MM:SS.mmmZ"` of `ms` (prefix: its second's first 19 characters). */
@@ -936,9 +940,13 @@ static int lane_line(const unsigned char *data, Py_ssize_t size, const lane_form
     Py_ssize_t room = 2 * size + 256 + 2 * prefix_size + restamp_size + PyBytes_GET_SIZE(word) +
                       PyBytes_GET_SIZE(form->constants) + PyBytes_GET_SIZE(form->extra) +
                       (form->kind == DATADOG ? PyBytes_GET_SIZE(form->ddsource) : 0) + (tags ? PyBytes_GET_SIZE(tags) : 0);
-    char *out = lane_reserve(buffer, room + 1);
-    if (out == NULL)
+    /* CloudWatch: the fields go to the end of the room, then into the log event's message, escaped
+     * (at most twice as long: the lane's JSON holds no raw control character). */
+    Py_ssize_t wrapped = form->kind == CLOUDWATCH ? 2 * room + 64 : 0;
+    char *event = lane_reserve(buffer, wrapped + room + 1);
+    if (event == NULL)
         return -1;
+    char *out = event + wrapped;
     writer w = {out};
     *w.at++ = '{';
     for (int i = 0; i < count; i++) {
@@ -991,6 +999,22 @@ static int lane_line(const unsigned char *data, Py_ssize_t size, const lane_form
     Py_ssize_t written = w.at - out;
     if (form->kind != FIELDS && written > form->max_bytes)
         return 0;
+    if (form->kind == CLOUDWATCH) {
+        long long sent_ms = restamped ? form->restamp_ms : ms;
+        if ((*sent = Py_BuildValue("(LO)", sent_ms, form->stream)) == NULL)
+            return -1;
+        char *at = event;
+        memcpy(at, "{\"timestamp\":", 13);
+        at += 13;
+        at += decimal_into(at, sent_ms);
+        memcpy(at, ",\"message\":\"", 12);
+        at = escape_into(at + 12, (const unsigned char *)out, written);
+        memcpy(at, "\"}\n", 3);
+        buffer->used += at + 3 - event;
+        *restamp_out = restamped;
+        *stamp = ms;
+        return 1;
+    }
     if (form->kind == DATADOG) {
         if (restamped)
             *sent = Py_NewRef(form->restamp);
@@ -1030,6 +1054,12 @@ static int sink_form(PyObject *settings, lane_form *form) {
         if (!PyArg_ParseTuple(settings, "sO!LLOLnp:loki settings", &kind, &PyDict_Type, &by_level, &form->oldest,
                               &form->newest, &restamp, &form->restamp_ms, &form->max_bytes, &form->level_label))
             return -1;
+    } else if (strcmp(kind, "cloudwatch") == 0) {
+        form->kind = CLOUDWATCH;
+        by_level = NULL;
+        if (!PyArg_ParseTuple(settings, "sULLOLn:cloudwatch settings", &kind, &form->stream, &form->oldest,
+                              &form->newest, &restamp, &form->restamp_ms, &form->max_bytes))
+            return -1;
     } else {
         PyErr_Format(PyExc_ValueError, "no lane form %s", kind);
         return -1;
@@ -1041,7 +1071,7 @@ static int sink_form(PyObject *settings, lane_form *form) {
     }
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    while (PyDict_Next(by_level, &pos, &key, &value)) {
+    while (by_level != NULL && PyDict_Next(by_level, &pos, &key, &value)) {
         long number = PyLong_AsLong(key);
         if (number == -1 && PyErr_Occurred())
             return -1;
@@ -1518,6 +1548,51 @@ error:
     return NULL;
 }
 
+/* sinks/cloudwatch_events.py's `log_event_lines`: `{"timestamp":<ms>,"message":"<message>"}` a line,
+ * each message (UTF-8 JSON text) escaped as msgspec escapes a string. Decoding each message to a
+ * str and encoding a struct of it cost ~2 us an event in Python. */
+static PyObject *log_event_lines(PyObject *self, PyObject *args) {
+    PyObject *times, *messages;
+    if (!PyArg_ParseTuple(args, "O!O!:log_event_lines", &PyList_Type, &times, &PyList_Type, &messages))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(times), total = 0;
+    static const char head[] = "{\"timestamp\":", middle[] = ",\"message\":\"", tail[] = "\"}\n";
+    if (PyList_GET_SIZE(messages) != count) {
+        PyErr_SetString(PyExc_ValueError, "a time for each message");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *message = PyList_GET_ITEM(messages, i), *time = PyList_GET_ITEM(times, i);
+        if (!PyBytes_Check(message) || !PyLong_Check(time)) {
+            PyErr_SetString(PyExc_TypeError, "times are ints and messages bytes");
+            return NULL;
+        }
+        long long ms = PyLong_AsLongLong(time);
+        if (ms == -1 && PyErr_Occurred())
+            return NULL;
+        char digits[24];
+        total += decimal_into(digits, ms) +
+                 escaped_size((const unsigned char *)PyBytes_AS_STRING(message), PyBytes_GET_SIZE(message)) +
+                 (Py_ssize_t)(sizeof head + sizeof middle + sizeof tail - 3);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *message = PyList_GET_ITEM(messages, i);
+        memcpy(w, head, sizeof head - 1);
+        w += sizeof head - 1;
+        w += decimal_into(w, PyLong_AsLongLong(PyList_GET_ITEM(times, i)));
+        memcpy(w, middle, sizeof middle - 1);
+        w += sizeof middle - 1;
+        w = escape_into(w, (const unsigned char *)PyBytes_AS_STRING(message), PyBytes_GET_SIZE(message));
+        memcpy(w, tail, sizeof tail - 1);
+        w += sizeof tail - 1;
+    }
+    return out;
+}
+
 /* sinks/loki_push.py's `Framer._distinct`: entries of a stream (in time order) that share a
  * timestamp with each other or with the stream's newest sent, moved apart by a nanosecond each in
  * arrival order; each moved entry gets a new stamp `(key, ns, metadata)` in its slot. A replayed
@@ -1582,6 +1657,8 @@ static PyMethodDef methods[] = {
      "wire_ends(kind, events, ends) -> running totals of each raw plus a newline, or their sum; see shipper/event.py."},
     {"framed", framed, METH_VARARGS,
      "framed(kind, events, opening, separator, closing) -> the events' raw bytes framed; see shipper/encoding.py."},
+    {"log_event_lines", log_event_lines, METH_VARARGS,
+     "log_event_lines(times, messages) -> CloudWatch log events, a line each; see sinks/cloudwatch_events.py."},
     {"loki_entries", loki_entries, METH_VARARGS,
      "loki_entries(kind, entries, escaped) -> (JSON of the entries, where each ends); see sinks/loki_push.py."},
     {"distinct_times", distinct_times, METH_VARARGS,

@@ -31,8 +31,10 @@ import orjson
 from shipper.bulk import EpochMs, cached_by_fields, grouped, in_order
 from shipper.encoding import json_array
 from shipper.event import Event, Prepared
+from shipper.parsing.direct import LaneForm
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
+from shipper.speedups import SPEEDUPS
 from shipper.template import Template
 from shipper.when import field_value
 
@@ -67,6 +69,20 @@ class _LogEvent(msgspec.Struct):
 
 _LINES = msgspec.json.Encoder()
 _ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError)
+
+
+def log_event_lines(times: list[int], messages: list[bytes]) -> bytes:
+    """Log events, `{"timestamp":<ms>,"message":"<message>"}` a line, from each one's time and its
+    message as UTF-8 JSON text (compiled where built: no str and no struct an event, ~3x cheaper)."""
+    if SPEEDUPS is not None:
+        lines: bytes = SPEEDUPS.log_event_lines(times, messages)
+        return lines
+    return log_event_lines_py(times, messages)
+
+
+def log_event_lines_py(times: list[int], messages: list[bytes]) -> bytes:
+    """`log_event_lines` in Python: what the compiled one does, where it was not built."""
+    return _LINES.encode_lines([_LogEvent(ms, message.decode()) for ms, message in zip(times, messages, strict=True)])
 
 
 def stream_name(text: str) -> str:
@@ -107,6 +123,16 @@ class LogEvents:
         self._top_paths = None if any("." in path for path in paths) else paths
         self._clock = EpochMs()
 
+    def lane_form(self) -> LaneForm | None:
+        """How the direct lane (shipper/parsing/direct.py) writes this sink's log events now: the
+        fields as the message, the window as of now and its re-stamp, the message's limit. None
+        when it cannot: raw messages, a stream named from the fields, or out-of-window events dropped."""
+        window = self.window.lane_window()
+        if self.raw or self._fixed_stream is None or window is None:
+            return None
+        settings = (self._fixed_stream, *window, self.size.limit)
+        return LaneForm("cloudwatch", settings, restamped=self.window.count)
+
     # ------------------------------------------------------------ per event
 
     def prepare(self, events: list[Event]) -> Prepared:
@@ -115,8 +141,11 @@ class LogEvents:
         now_ms = int(now * 1000)
         events, docs = self._in_window(events, now)
         times = self._clock.of([doc.get("timestamp") for doc in docs], now_ms)
-        messages = self._messages(events, docs)
-        lines = _LINES.encode_lines([_LogEvent(ms, message) for ms, message in zip(times, messages, strict=True)])
+        if self.raw:
+            raws = [self._raw_message(event, doc) for event, doc in zip(events, docs, strict=True)]
+            lines = _LINES.encode_lines([_LogEvent(ms, message) for ms, message in zip(times, raws, strict=True)])
+        else:
+            lines = log_event_lines(times, self._messages(events, docs))
         fixed = self._fixed_stream
         if fixed is not None:
             return lines, list(zip(times, repeat(fixed, len(times)), strict=True))
@@ -137,12 +166,9 @@ class LogEvents:
             docs[index] = dict(docs[index])
         return self.window.fit_objects(events, docs, now)
 
-    def _messages(self, events: list[Event], docs: list[Doc]) -> list[str]:
-        """Each event's message: its line as read (`raw`), or its fields as compact JSON: one
-        msgspec call for the list, event by event only when one is too big or not encodable.
-        (Escaping the JSON as bytes instead, two replaces over the list, measured no faster.)"""
-        if self.raw:
-            return [self._raw_message(event, doc) for event, doc in zip(events, docs, strict=True)]
+    def _messages(self, events: list[Event], docs: list[Doc]) -> list[bytes]:
+        """Each event's fields as compact JSON, its message: one msgspec call for the list, event
+        by event only when one is too big or not encodable."""
         limit = self.size.limit
         try:
             lines = _LINES.encode_lines(docs).split(b"\n")
@@ -150,7 +176,7 @@ class LogEvents:
         except _ENCODE_ERRORS:
             lines = [b""] * len(docs)
         return [
-            line.decode() if 0 < len(line) <= limit else self._fitted(event, doc)
+            line if 0 < len(line) <= limit else self._fitted(event, doc)
             for event, doc, line in zip(events, docs, lines, strict=True)
         ]
 
@@ -162,12 +188,12 @@ class LogEvents:
             line = raw.decode("utf-8", "replace")
             if raw.isascii() or len(line.encode()) <= limit:  # each byte not UTF-8 became 3
                 return line
-        return self._fitted(event, doc)
+        return self._fitted(event, doc).decode()
 
-    def _fitted(self, event: Event, doc: Doc) -> str:
+    def _fitted(self, event: Event, doc: Doc) -> bytes:
         """The fields as JSON within the size limit, values JSON cannot carry replaced: flagged, counted."""
         _, fitted = self.size.fit(Event(doc, event.raw), doc)
-        return orjson.dumps(fitted).decode()
+        return orjson.dumps(fitted)
 
     def _stream(self, fields: dict[str, Any]) -> str:
         """The log stream an event goes to: its template rendered, cached by the fields' values

@@ -45,6 +45,7 @@ SINKS: dict[str, dict[str, Any]] = {
     "loki-labels": {
         "lk": {"type": "loki", "endpoint": "http://127.0.0.1:9", "labels": {"app": "{source}", "env": "prod"}}
     },
+    "cloudwatch": {"cw": {"type": "cloudwatch", "region": "us-east-1", "log_group": "/api", "log_stream": "api"}},
 }
 
 
@@ -125,8 +126,10 @@ def test_plain_pino_lines_are_taken_by_the_lane_and_written_as_the_normal_path_w
     assert compare([lines], sinks=sinks) == len(lines)
     old = [orjson.dumps(pino(time=NOW_MS - 30 * 86_400_000)), orjson.dumps(pino(time=NOW_MS + 86_400_000))]
     assert compare([old, lines + old], sinks=sinks) == 2 * len(old) + len(lines)  # out of Datadog's window
-    taken_lines = lane[0].split(b"\n")
-    assert orjson.loads(taken_lines[1])["http"] == {"status_code": 200, "duration_ms": 0.5366669893264771}
+    taken = orjson.loads(lane[0].split(b"\n")[1])
+    if sinks == "cloudwatch":  # a log event: the fields are its message
+        taken = orjson.loads(taken["message"])
+    assert taken["http"] == {"status_code": 200, "duration_ms": 0.5366669893264771}
 
 
 @needs_lane
@@ -246,6 +249,12 @@ def datadog_preparer(**options: Any) -> Any:
     return build_sink("dd", config.sinks["dd"]).preparer()
 
 
+def cloudwatch_preparer(**options: Any) -> Any:
+    table = {"type": "cloudwatch", "inputs": ["app"], "region": "us-east-1", "log_group": "/api", **options}
+    config = config_from_dict({"sources": {"app": {"type": "stdin"}}, "sinks": {"cw": table}}, environ={})
+    return build_sink("cw", config.sinks["cw"]).preparer()
+
+
 @needs_lane
 def test_routes_the_lane_cannot_write_for_are_not_served() -> None:
     processor, _ = fresh()
@@ -255,6 +264,8 @@ def test_routes_the_lane_cannot_write_for_are_not_served() -> None:
         [(None, "dd", datadog_preparer()), (None, "out", FIELDS_JSON)],  # Datadog beside another sink
         [(None, "dd", datadog_preparer(tags=["req:{reqId}"]))],  # a tag filled from another field
         [(None, "dd", datadog_preparer(out_of_range="drop"))],  # old logs dropped (the normal way)
+        [(None, "cw", cloudwatch_preparer(log_stream="{host}/{source}"))],  # a stream named from the fields
+        [(None, "cw", cloudwatch_preparer(log_stream="api", message="raw"))],  # the line as read
     ]
     for routes in not_served:
         assert Routing.build(routes).direct(processor, line, None, NOW_MS / 1000, EXTRA) is None

@@ -28,6 +28,7 @@ from shipper.parsing import build_processor
 from shipper.parsing import pino as pino_module
 from shipper.parsing.pino import normalize_records_py
 from shipper.speedups import SPEEDUPS
+from sinks.cloudwatch_events import log_event_lines_py
 from sinks.loki_push import SAME_TIME_NS, distinct_times_py, entries_py
 from tests.conftest import CORPUS, needs_corpus
 
@@ -267,3 +268,17 @@ def test_newlines_are_counted_as_bytes_count_counts_them(data: bytes) -> None:
     assert SPEEDUPS is not None
     assert SPEEDUPS.newlines(data) == data.count(b"\n")
     assert SPEEDUPS.newlines(memoryview(data)) == data.count(b"\n")
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(-(2**62), 2**62), st.text(max_size=40)), max_size=20))
+def test_cloudwatch_log_events_are_the_same_lines_either_way(events: list[tuple[int, str]]) -> None:
+    """Any UTF-8 text in a message (quotes, backslashes, every control character), times of any sign."""
+    assert SPEEDUPS is not None
+    times, messages = [ms for ms, _ in events], [text.encode() for _, text in events]
+    lines = SPEEDUPS.log_event_lines(times, messages)
+    assert lines == log_event_lines_py(times, messages)
+    assert [orjson.loads(line) for line in lines.splitlines()] == [
+        {"timestamp": ms, "message": text} for ms, text in events
+    ]

@@ -61,9 +61,11 @@ class Direct(NamedTuple):
 class LaneForm(NamedTuple):
     """How the lane writes a preparer's logs (`Preparer.lane_form`).
 
-    - `kind`: "fields" (the normalized fields), "datadog" (log objects) or "loki" (lines).
-    - `settings`: for Datadog its ddsource member and its ddtags member per level number; then, for
-      both, the window as `WindowRule.lane_window` gives it and the longest log or line.
+    - `kind`: "fields" (the normalized fields), "datadog" (log objects), "loki" (lines) or
+      "cloudwatch" (log events: the fields as the message, a fixed log stream).
+    - `settings`: for Datadog its ddsource member and its ddtags member per level number, for
+      CloudWatch its log stream; then, for all three, the window as `WindowRule.lane_window` gives
+      it and the longest log, line or message.
     - `service`: the service the sink sets (Datadog), else the event's.
     - `labels`: Loki's label fields, which leave the line; `stream_of` gives an event's stream.
     - `restamped`: counts the logs the lane re-stamped.
@@ -114,6 +116,8 @@ class Lane:
             return ("datadog", *form.settings)
         if form.kind == "loki":
             return ("loki", self.streams, *form.settings, "level" in form.labels)
+        if form.kind == "cloudwatch":
+            return ("cloudwatch", *form.settings)
         return None
 
     @staticmethod
