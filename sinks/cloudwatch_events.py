@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left, bisect_right
-from itertools import accumulate, repeat
+from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import Any, Literal
 
@@ -29,8 +29,8 @@ import msgspec
 import orjson
 
 from shipper.bulk import EpochMs, cached_by_fields, grouped, in_order
-from shipper.encoding import json_array
-from shipper.event import Event, Prepared
+from shipper.encoding import framed
+from shipper.event import Event, Prepared, wire_ends
 from shipper.parsing.direct import LaneForm
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
@@ -213,7 +213,7 @@ class LogEvents:
 
 # ---------------------------------------------------------------- framing, in the agent
 
-_STAMP, _RAW = attrgetter("stamp"), attrgetter("raw")
+_STAMP = attrgetter("stamp")
 _TIME, _STREAM = itemgetter(0), itemgetter(1)
 
 
@@ -226,23 +226,22 @@ def calls(events: list[Event], group: str) -> list[Request]:
     out: list[Request] = []
     for stream, run in grouped(events, list(map(_STREAM, map(_STAMP, events)))).items():
         run, times = in_order(run, list(map(_TIME, map(_STAMP, run))))
-        raws = list(map(_RAW, run))
         head = _call_head(group, stream)
         out += [
-            Request(json_array(raws[start:end], head, b"}"), run[start:end], {"stream": stream})
-            for start, end in _cuts(raws, times)
+            Request(framed(run[start:end], head, b",", b"]}"), run[start:end], {"stream": stream})
+            for start, end in _cuts(wire_ends(run), times)
         ]
     return out
 
 
 def _call_head(group: str, stream: str) -> bytes:
-    return b'{"logGroupName":%s,"logStreamName":%s,"logEvents":' % (orjson.dumps(group), orjson.dumps(stream))
+    return b'{"logGroupName":%s,"logStreamName":%s,"logEvents":[' % (orjson.dumps(group), orjson.dumps(stream))
 
 
-def _cuts(raws: list[bytes], times: list[int]) -> list[tuple[int, int]]:
-    """(start, end) of each call over events in time order: by count, bytes, and span."""
-    count = len(raws)
-    ends = list(accumulate(map(len, raws)))
+def _cuts(ends: list[int], times: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each call over events in time order (`ends`: where each one's wire form and
+    a separator end): by count, bytes, and span."""
+    count = len(ends)
     if count <= MAX_CALL_EVENTS and ends[-1] <= MAX_CALL_BYTES and times[-1] - times[0] < MAX_SPAN_MS:
         return [(0, count)]
     out: list[tuple[int, int]] = []
