@@ -174,7 +174,12 @@ def test_a_refused_key_fails_the_sink_at_once_and_readiness_only_when_asked(
     shipper = ShipperProcess(http_sink_config(tmp_path, collector.url, api_port, api=option), tmp_path)
     try:
         wait_until_up(f"{base}/health/live")
-        wait_for(lambda: collector.requests >= 1, 15, "the first refused request")
+
+        def refused() -> bool:  # a shipper that exited (its API port taken meanwhile, say) says why
+            assert shipper.proc.poll() is None, f"shipper exited {shipper.proc.returncode}: {shipper.stderr[-3000:]}"
+            return collector.requests >= 1
+
+        wait_for(refused, 15, "the first refused request")
         wait_for(lambda: sink_report(base)[1]["sinks"]["out"]["consecutive_failures"] > 0, 5, "the refusal recorded")
         status, report = sink_report(base)
         sink = report["sinks"]["out"]
