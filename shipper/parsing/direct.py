@@ -136,8 +136,10 @@ class Lane:
         return True
 
 
-# (lines, flagged: a byte per line, 1 where the normal path must take it, forbidden keys, constants,
-# extra, second, prefix[, sink settings]) -> (wire forms or None, slow indexes, the last lane time
-# before each slow one, the last lane time after the last slow one, second, prefix[, what the
-# preparer gives with each log or None, how many were re-stamped]); times as in normalize_records.
+# (lines joined by newlines, flagged: a byte per line up to the last flagged one, 1 where the normal
+# path must take it, forbidden keys, constants, extra, second, prefix[, sink settings]) -> (the
+# lines the lane wrote as NDJSON, slow indexes, the last lane time before each slow one, the last
+# lane time after the last slow one, second, prefix, what the preparer gives with each log or None
+# (None for the fields form), how many were re-stamped, where each slow line's log goes in the
+# NDJSON, the slow lines, how many lines); times as in normalize_records.
 direct_lines = SPEEDUPS.direct_lines if SPEEDUPS is not None else None
