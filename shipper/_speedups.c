@@ -1033,8 +1033,9 @@ static int lane_line(const unsigned char *data, Py_ssize_t size, const lane_form
 }
 
 /* A sink's settings into `form`: ("datadog", ddsource member, {level number: ddtags member},
- * window, max bytes) or ("loki", {level number: stream}, window, max bytes, level is a label), the
- * window being oldest, newest, re-stamp or None, re-stamp ms (shipper/rules.py `lane_window`). */
+ * window, max bytes), ("loki", {level number: stream}, window, max bytes, level is a label) or
+ * ("cloudwatch", log stream, window, longest message), the window being oldest, newest, re-stamp or
+ * None, re-stamp ms (shipper/rules.py `lane_window`). */
 static int sink_form(PyObject *settings, lane_form *form) {
     PyObject *by_level, *restamp;
     const char *kind;
