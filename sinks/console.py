@@ -8,7 +8,7 @@ from typing import Literal
 import orjson
 
 from shipper.config import SinkConfig, ZoneName, time_zone
-from shipper.encoding import FIELDS_JSON, ndjson_body
+from shipper.encoding import FIELDS_JSON, ndjson_of
 from shipper.event import Event, PreparerSpec, raw_of
 from shipper.pretty import render
 from shipper.sink import DELIVERED, BatchLimits, Outcome, Request, Sink
@@ -37,11 +37,11 @@ class ConsoleSink(Sink):
     def encode(self, events: list[Event]) -> list[Request]:
         """NDJSON as prepared; pretty text rendered from it (a terminal reads far slower than this)."""
         events = self.encoded(events)
-        raws = list(map(raw_of, events))
         if self.pretty:
+            raws = map(raw_of, events)
             text = "".join([render(Event(orjson.loads(raw), raw), self.color, self.zone) + "\n" for raw in raws])
             return [Request(text.encode("utf-8", "replace"), events)]
-        return [Request(ndjson_body(raws), events)]
+        return [Request(ndjson_of(events), events)]
 
     async def send(self, request: Request) -> Outcome:
         sys.stdout.buffer.write(request.body)

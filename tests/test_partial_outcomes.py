@@ -18,7 +18,7 @@ import pytest
 
 from shipper import metrics
 from shipper.config import DeadLetterConfig, SinkConfig
-from shipper.encoding import json_array
+from shipper.encoding import json_array_of
 from shipper.event import Encoded, Event
 from shipper.pipeline.channel import Channel
 from shipper.pipeline.deadletter import KEY, DeadLetters
@@ -46,7 +46,7 @@ class PartialSink(Sink):
         self.sent_at: list[tuple[float, list[int]]] = []  # when each request came, with its ids
 
     def encode(self, events: list[Event]) -> list[Request]:
-        return [Request(json_array([event.raw for event in events]), events)]
+        return [Request(json_array_of(events), events)]
 
     async def send(self, request: Request) -> Outcome:
         logs = orjson.loads(request.body)

@@ -347,7 +347,7 @@ class Processor:
         state = self._state(stream)
         if state.group is not None or state.cut:
             return None
-        if b"\r" in joined or (len(joined) > self._max_line and self._has_long_line(joined, joined.split(b"\n"))):
+        if b"\r" in joined or self._has_long_line(joined):
             return None
         # A processor serves one feed, whose extra fields stay; its sinks may change (a reload).
         key = (stream, form.kind, form.service, form.labels, form.stream_of)
@@ -389,9 +389,11 @@ class Processor:
             state.read(fresh, received_at)
         return Direct(count, wire, cuts, slow, events, stamps, restamped)
 
-    def _has_long_line(self, joined: bytes, lines: list[bytes]) -> bool:
-        """Whether a line of `lines` (`joined`: them joined) is over `max_line_bytes`."""
-        return len(joined) > self._max_line and max(map(len, lines)) > self._max_line
+    def _has_long_line(self, joined: bytes, lines: list[bytes] | None = None) -> bool:
+        """Whether a line of `joined` (`lines`: them, when already split) is over `max_line_bytes`."""
+        if len(joined) <= self._max_line:
+            return False
+        return max(map(len, joined.split(b"\n") if lines is None else lines)) > self._max_line
 
     def _records(
         self, records: list[dict[str, Any]], raws: list[bytes], state: _Stream, stream: str | None, received_at: float
