@@ -94,10 +94,11 @@ def sink_parts(sink: str) -> tuple[Any, Callable[[list[Any]], list[Any]]]:
 
 def run_side(sink: str, side: str, chunks: list[list[Any]], passes: int) -> None:
     """`passes` runs of one side over every chunk (the measured part)."""
-    from shipper.event import Event, encoded_events, tune_gc_for_events
+    from shipper.event import Event, encoded_events
+    from shipper.runtime import tune_for_events
 
     events = [[Event(fields, raw) for fields, raw in chunk] for chunk in chunks]
-    tune_gc_for_events()
+    tune_for_events()
     preparer, frame = sink_parts(sink)
     if side == "worker":
         for _ in range(passes):

@@ -26,8 +26,8 @@ from shipper.config import (
     time_zone,
 )
 from shipper.errors import ConfigError
-from shipper.event import tune_gc_for_events
 from shipper.log import setup_logging
+from shipper.runtime import tune_for_events
 from shipper.speedups import SPEEDUPS
 from shipper.units import parse_duration
 from sources.supabase_logs import DEFAULT_TABLES
@@ -229,7 +229,7 @@ def _run_agent(config: Config, command: list[str] | None = None) -> int:
     from shipper.agent import Agent
 
     setup_logging(config.agent.log_level, config.agent.log_format)
-    tune_gc_for_events()
+    tune_for_events()
 
     async def main() -> int:
         return await Agent(config, command).run()

@@ -20,10 +20,11 @@ import traceback
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from shipper import tally
-from shipper.event import Event, Prepared, PreparerSpec, fill_in, tune_gc_for_events
+from shipper.event import Event, Prepared, PreparerSpec, fill_in
 from shipper.parsing import Processor, build_processor
 from shipper.pipeline.routing import Routing
 from shipper.pipeline.transforms import build_transforms
+from shipper.runtime import tune_for_events
 
 if TYPE_CHECKING:
     from shipper.config import RedactConfig, SourceConfig
@@ -164,7 +165,7 @@ def main(argv: list[str]) -> None:
     # Replies own the real stdout; anything else printing to fd 1 lands on stderr instead.
     out = os.fdopen(os.dup(1), "wb", buffering=1 << 20)
     os.dup2(2, 1)
-    tune_gc_for_events()
+    tune_for_events()
     with contextlib.suppress(BrokenPipeError):
         serve(sys.stdin.buffer, out)
 
