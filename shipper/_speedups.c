@@ -940,9 +940,10 @@ static int lane_line(const unsigned char *data, Py_ssize_t size, const lane_form
     Py_ssize_t room = 2 * size + 256 + 2 * prefix_size + restamp_size + PyBytes_GET_SIZE(word) +
                       PyBytes_GET_SIZE(form->constants) + PyBytes_GET_SIZE(form->extra) +
                       (form->kind == DATADOG ? PyBytes_GET_SIZE(form->ddsource) : 0) + (tags ? PyBytes_GET_SIZE(tags) : 0);
-    /* CloudWatch: the fields go to the end of the room, then into the log event's message, escaped
-     * (at most twice as long: the lane's JSON holds no raw control character). */
-    Py_ssize_t wrapped = form->kind == CLOUDWATCH ? 2 * room + 64 : 0;
+    /* CloudWatch and Loki: the fields go to the end of the room, then escaped as a JSON string's
+     * contents into the log event's message or Loki's line (at most twice as long: the lane's JSON
+     * holds no raw control character). */
+    Py_ssize_t wrapped = form->kind == CLOUDWATCH || form->kind == LOKI ? 2 * room + 64 : 0;
     char *event = lane_reserve(buffer, wrapped + room + 1);
     if (event == NULL)
         return -1;
@@ -1024,6 +1025,12 @@ static int lane_line(const unsigned char *data, Py_ssize_t size, const lane_form
         *sent = Py_BuildValue("(OLy#)", form->by_level[number], (restamped ? form->restamp_ms : ms) * 1000000LL, "", (Py_ssize_t)0);
         if (*sent == NULL)
             return -1;
+        char *at = escape_into(event, (const unsigned char *)out, written);
+        *at++ = '\n';
+        buffer->used += at - event;
+        *restamp_out = restamped;
+        *stamp = ms;
+        return 1;
     }
     *w.at++ = '\n';
     buffer->used += written + 1;
@@ -1374,11 +1381,7 @@ done:
     return out;
 }
 
-/* sinks/loki_push.py's `Framer.entries`: a stream's entries as one JSON text, each
- * `["<ns>","<line>"<metadata>],`, and where each ends. Lines are escaped as orjson escapes a
- * string (quote, backslash, control characters; UTF-8 kept as is) unless `escaped` says they come
- * so. Two passes: sizes (the ends), then the bytes into one buffer. In Python the entry's seven
- * pieces, two orjson calls and a join cost ~3 us an entry. */
+/* Escaping as orjson escapes a string: quote, backslash, control characters; UTF-8 kept as is. */
 static const char short_escape[32] = {[8] = 'b', [9] = 't', [10] = 'n', [12] = 'f', [13] = 'r'};
 
 /* A high bit in each of 8 bytes that is '"', '\\' or a control character (the lowest one exact:
@@ -1474,11 +1477,14 @@ static int decimal_into(char *out, long long value) {
     return k;
 }
 
+/* sinks/loki_push.py's `Framer.entries`: a stream's entries as one JSON text, each
+ * `["<ns>","<line>"<metadata>],`, and where each ends; the lines come escaped (made where the
+ * events were parsed). Two passes: sizes (the ends), then the bytes into one buffer. In Python
+ * the entry's pieces, an orjson call and a join cost ~2 us an entry. */
 static PyObject *loki_entries(PyObject *self, PyObject *args) {
     PyTypeObject *kind;
     PyObject *events;
-    int escaped;
-    if (!PyArg_ParseTuple(args, "O!O!p:loki_entries", &PyType_Type, &kind, &PyList_Type, &events, &escaped))
+    if (!PyArg_ParseTuple(args, "O!O!:loki_entries", &PyType_Type, &kind, &PyList_Type, &events))
         return NULL;
     Py_ssize_t at_raw = slot_offset(kind, "raw"), at_stamp = slot_offset(kind, "stamp");
     if (at_raw < 0 || at_stamp < 0)
@@ -1506,8 +1512,7 @@ static PyObject *loki_entries(PyObject *self, PyObject *args) {
         entries[i] = (loki_entry){raw, PyTuple_GET_ITEM(stamp, 2), ns};
         char digits[24];
         Py_ssize_t size = PyBytes_GET_SIZE(raw);
-        total += decimal_into(digits, ns) + PyBytes_GET_SIZE(entries[i].metadata) +
-                 (escaped ? size : escaped_size((const unsigned char *)PyBytes_AS_STRING(raw), size)) +
+        total += decimal_into(digits, ns) + PyBytes_GET_SIZE(entries[i].metadata) + size +
                  (Py_ssize_t)sizeof "[\"\",\"\"]," - 1;
         PyObject *end = PyLong_FromSsize_t(total);
         if (end == NULL)
@@ -1525,14 +1530,9 @@ static PyObject *loki_entries(PyObject *self, PyObject *args) {
         w += decimal_into(w, entry->ns);
         memcpy(w, "\",\"", 3);
         w += 3;
-        const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(entry->raw);
         Py_ssize_t size = PyBytes_GET_SIZE(entry->raw);
-        if (escaped) {
-            memcpy(w, raw, (size_t)size);
-            w += size;
-        } else {
-            w = escape_into(w, raw, size);
-        }
+        memcpy(w, PyBytes_AS_STRING(entry->raw), (size_t)size);
+        w += size;
         *w++ = '"';
         Py_ssize_t meta = PyBytes_GET_SIZE(entry->metadata);
         memcpy(w, PyBytes_AS_STRING(entry->metadata), (size_t)meta);
@@ -1547,6 +1547,33 @@ error:
     Py_XDECREF(ends);
     Py_XDECREF(body);
     return NULL;
+}
+
+/* sinks/loki_entries.py's `escaped_lines`: each line of `lines` (each ending in a newline) escaped
+ * as a JSON string's contents, a line each. */
+static PyObject *escape_lines(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "lines are bytes");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t size = PyBytes_GET_SIZE(arg);
+    /* Newlines separate lines and are kept as they are: `\n` would add one byte each. */
+    Py_ssize_t total = escaped_size(data, size) - newlines_in(data, size);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    const unsigned char *at = data, *end = data + size, *newline;
+    while (at < end) {
+        newline = memchr(at, '\n', (size_t)(end - at));
+        const unsigned char *stop = newline ? newline : end;
+        w = escape_into(w, at, stop - at);
+        if (newline)
+            *w++ = '\n';
+        at = stop + 1;
+    }
+    return out;
 }
 
 /* sinks/cloudwatch_events.py's `log_event_lines`: `{"timestamp":<ms>,"message":"<message>"}` a line,
@@ -1660,8 +1687,10 @@ static PyMethodDef methods[] = {
      "framed(kind, events, opening, separator, closing) -> the events' raw bytes framed; see shipper/encoding.py."},
     {"log_event_lines", log_event_lines, METH_VARARGS,
      "log_event_lines(times, messages) -> CloudWatch log events, a line each; see sinks/cloudwatch_events.py."},
+    {"escape_lines", escape_lines, METH_O,
+     "escape_lines(lines) -> each line escaped as a JSON string's contents; see sinks/loki_entries.py."},
     {"loki_entries", loki_entries, METH_VARARGS,
-     "loki_entries(kind, entries, escaped) -> (JSON of the entries, where each ends); see sinks/loki_push.py."},
+     "loki_entries(kind, entries) -> (JSON of the entries, where each ends); see sinks/loki_push.py."},
     {"distinct_times", distinct_times, METH_VARARGS,
      "distinct_times(entries, stream, newest, same_ns): equal times of a stream's entries moved apart; see "
      "sinks/loki_push.py."},

@@ -145,7 +145,6 @@ class LokiSink(HttpSink):
             max_behind_ns=int(config.max_behind * 1e9),
             drop_behind=config.out_of_range == "drop",
             fallback_labels={k: v for k, v in config.fallback_labels.items() if v},
-            escaped=config.line == "raw",
             streams_per_push=config.streams_per_push,
         )
         self._blocked = tally.events_dropped.labels(name, "blocked")

@@ -215,7 +215,7 @@ def test_pushes_stay_within_the_request_limit() -> None:
     assert sum(len(r.events) for r in requests) == 1000
     for r in requests:  # a request's events are listed in body order
         flat = [value for stream in pushed(r) for value in stream["values"]]
-        assert [orjson.loads(e.raw) for e in r.events] == [orjson.loads(line) for _, line in flat]
+        assert [orjson.loads(sink.framer.line(e)) for e in r.events] == [orjson.loads(line) for _, line in flat]
 
 
 # ---------------------------------------------------------------------------------- answers, from the fake

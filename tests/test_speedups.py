@@ -29,6 +29,7 @@ from shipper.parsing import pino as pino_module
 from shipper.parsing.pino import normalize_records_py
 from shipper.speedups import SPEEDUPS
 from sinks.cloudwatch_events import log_event_lines_py
+from sinks.loki_entries import escaped_lines_py
 from sinks.loki_push import SAME_TIME_NS, distinct_times_py, entries_py
 from tests.conftest import CORPUS, needs_corpus
 
@@ -243,23 +244,38 @@ def test_equal_loki_times_move_apart_the_same_way_either_way(offsets: list[int],
         st.tuples(st.text(max_size=30), st.integers(0, 2**63 - 1), st.sampled_from([b"", b',{"trace_id":"a\\"b"}'])),
         max_size=20,
     ),
-    escaped=st.booleans(),
 )
-def test_loki_entries_are_the_same_json_either_way(entries: list[tuple[str, int, bytes]], escaped: bool) -> None:
+def test_loki_entries_are_the_same_json_either_way(entries: list[tuple[str, int, bytes]]) -> None:
     """Quotes, backslashes, every control character and any UTF-8 in a line; times of any size."""
-
-    def raw(line: str) -> bytes:  # a raw line arrives escaped already: copied as it is
-        return orjson.dumps(line)[1:-1] if escaped else line.encode()
-
-    events: list[Event] = [Encoded({}, raw(line), ("{}", ns, metadata)) for line, ns, metadata in entries]
+    # a line arrives escaped already (made where the events were parsed): copied as it is
+    events: list[Event] = [
+        Encoded({}, orjson.dumps(line)[1:-1], ("{}", ns, metadata)) for line, ns, metadata in entries
+    ]
     assert SPEEDUPS is not None
-    compiled = SPEEDUPS.loki_entries(Encoded, events, escaped)
-    assert compiled == entries_py(events, escaped)
+    compiled = SPEEDUPS.loki_entries(Encoded, events)
+    assert compiled == entries_py(events)
     text, ends = compiled
     if entries:  # every entry is a JSON array whose line reads back as the original
         values = orjson.loads(b"[" + text[:-1] + b"]")
         assert [(int(ns), line) for ns, line, *_ in values] == [(ns, line) for line, ns, _ in entries]
         assert ends[-1] == len(text)
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n")), max_size=12
+    )
+)
+def test_lines_are_escaped_the_same_either_way(lines: list[str]) -> None:
+    """Each line escaped as orjson escapes a str (quotes, backslashes, control characters, any UTF-8
+    kept), a line each, whatever the line holds but a newline."""
+    body = "".join(line + "\n" for line in lines).encode()
+    assert SPEEDUPS is not None
+    compiled = SPEEDUPS.escape_lines(body)
+    assert compiled == escaped_lines_py(body)
+    assert compiled.split(b"\n")[:-1] == [orjson.dumps(line)[1:-1] for line in lines]
 
 
 @needs_speedups
