@@ -1208,31 +1208,32 @@ static Py_ssize_t slot_offset(PyTypeObject *kind, const char *name) {
     return offset;
 }
 
+/* The body is any bytes-like object: a worker's reply arrives in a bytearray of its size. */
 static PyObject *encoded_events(PyObject *self, PyObject *args) {
     PyTypeObject *kind;
-    PyObject *fields, *body, *stamps;
-    if (!PyArg_ParseTuple(args, "O!OSO:encoded_events", &PyType_Type, &kind, &fields, &body, &stamps))
+    PyObject *fields, *stamps, *out = NULL;
+    Py_buffer body;
+    if (!PyArg_ParseTuple(args, "O!Oy*O:encoded_events", &PyType_Type, &kind, &fields, &body, &stamps))
         return NULL;
     Py_ssize_t at_fields = slot_offset(kind, "fields"), at_raw = slot_offset(kind, "raw");
     Py_ssize_t at_stamp = slot_offset(kind, "stamp");
     if (at_fields < 0 || at_raw < 0 || at_stamp < 0)
-        return NULL;
-    const char *data = PyBytes_AS_STRING(body), *end = data + PyBytes_GET_SIZE(body);
+        goto done;
+    const char *data = body.buf, *end = data + body.len;
     Py_ssize_t count = 0;
     for (const char *p = data; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
         count++;
     if (end > data && end[-1] != '\n') {
         PyErr_SetString(PyExc_ValueError, "prepared logs must end in a newline");
-        return NULL;
+        goto done;
     }
     if (stamps != Py_None && (!PyList_Check(stamps) || PyList_GET_SIZE(stamps) != count)) {
         PyErr_Format(PyExc_ValueError, "%zd prepared logs with %zd timestamps", count,
                      PyList_Check(stamps) ? PyList_GET_SIZE(stamps) : (Py_ssize_t)-1);
-        return NULL;
+        goto done;
     }
-    PyObject *out = PyList_New(count);
-    if (out == NULL)
-        return NULL;
+    if ((out = PyList_New(count)) == NULL)
+        goto done;
     const char *start = data;
     for (Py_ssize_t i = 0; i < count; i++) {
         const char *stop = memchr(start, '\n', (size_t)(end - start));
@@ -1240,8 +1241,8 @@ static PyObject *encoded_events(PyObject *self, PyObject *args) {
         PyObject *raw = event ? PyBytes_FromStringAndSize(start, stop - start) : NULL;
         if (raw == NULL) {
             Py_XDECREF(event);
-            Py_DECREF(out);
-            return NULL;
+            Py_CLEAR(out);
+            goto done;
         }
         *(PyObject **)((char *)event + at_fields) = Py_NewRef(fields);
         *(PyObject **)((char *)event + at_raw) = raw;
@@ -1249,6 +1250,8 @@ static PyObject *encoded_events(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(out, i, event);
         start = stop + 1;
     }
+done:
+    PyBuffer_Release(&body);
     return out;
 }
 

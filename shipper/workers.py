@@ -60,7 +60,7 @@ from pydantic import BaseModel, SecretStr
 from shipper import tally
 from shipper.config import RedactConfig, SourceConfig, WhenConfig
 from shipper.event import PreparerSpec
-from shipper.parse_worker import FRAME, MARSHAL_VERSION, FeedSetup, Routed, RoutedSizes
+from shipper.parse_worker import FRAME, MARSHAL_VERSION, FeedSetup, RoutedSizes
 from shipper.pipeline.channel import Channel
 
 log = logging.getLogger("shipper.workers")
@@ -74,21 +74,80 @@ CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")  # cgroup v2: bytes, or "m
 AUTO_MIN_MEMORY = 256 * 1024 * 1024
 AUTO_WORKER_MEMORY = 64 * 1024 * 1024
 AUTO_MAX_WORKERS = 4
-_READ_LIMIT = 4 * PIPE_BYTES  # the reply stream's buffer (asyncio's default of 64 KiB thrashes)
-# A parsed chunk: bytes still held in open multi-line groups, events parsed, and per route
-# (index into the feed's routes) the sink's prepared logs: NDJSON and their timestamps.
-Parsed = tuple[int, int, list[Routed]]
+# Per route (an index into the feed's routes) the sink's prepared logs, as a reply brings them:
+# NDJSON (cut from the reply's bytearray) and their timestamps.
+Received = tuple[int, bytearray, list[Any] | None]
+# A parsed chunk: bytes still held in open multi-line groups, events parsed, and per route the
+# sink's prepared logs.
+Parsed = tuple[int, int, list[Received]]
 
 
-def _widen(pipe: Any) -> None:
+def _widen(fd: int) -> None:
     """Grow a pipe to PIPE_BYTES, so a chunk and its reply cross in one go instead of 64 KiB
     pieces that each cost both processes a wake-up (Linux only; best effort)."""
-    transport = getattr(pipe, "transport", None) or getattr(pipe, "_transport", None)
-    fileobj = transport.get_extra_info("pipe") if transport is not None else None
     set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if fileobj is not None and set_size is not None:
+    if set_size is not None:
         with contextlib.suppress(OSError):
-            fcntl.fcntl(fileobj.fileno(), set_size, PIPE_BYTES)
+            fcntl.fcntl(fd, set_size, PIPE_BYTES)
+
+
+class ReplyReader:
+    """A worker's replies read from its pipe straight into buffers of their size: the frame, the
+    message, then the body (a bytearray, the reply's only copy here). A stream reader would copy
+    each byte twice more (into its buffer, out of it) and move what follows each read: ~0.3 s of
+    the agent's CPU on the 1M-line CloudWatch bench."""
+
+    def __init__(self, fd: int, on_reply: Callable[[Any, bytearray], None]) -> None:
+        self._fd = fd
+        self._on_reply = on_reply
+        self._message: Any = None
+        self._body_size = 0
+        self._stage = 0  # what the buffer is for: 0 the frame, 1 the message, 2 the body
+        self._buffer = bytearray(FRAME.size)
+        self._view = memoryview(self._buffer)
+        self._got = 0
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        os.set_blocking(fd, False)
+        asyncio.get_running_loop().add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        while not self.ended.done():
+            try:
+                count = os.readv(self._fd, [self._view[self._got :]])
+            except BlockingIOError:
+                return
+            except OSError:
+                count = 0
+            if count == 0:  # the worker's end closed: it exited
+                self._end()
+                return
+            self._got += count
+            self._next()
+
+    def _next(self) -> None:
+        """Move on while the buffer is full (a stage of size 0 completes at once)."""
+        while self._got == len(self._buffer):
+            if self._stage == 0:
+                message_size, self._body_size = FRAME.unpack(self._buffer)
+                self._expect(1, message_size)
+            elif self._stage == 1:
+                self._message = marshal.loads(self._buffer)
+                self._expect(2, self._body_size)
+            else:
+                body, message = self._buffer, self._message
+                self._expect(0, FRAME.size)
+                self._on_reply(message, body)
+
+    def _expect(self, stage: int, size: int) -> None:
+        self._stage, self._got = stage, 0
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+
+    def _end(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self.ended.set_result(None)
 
 
 class SinkRoute(NamedTuple):
@@ -213,12 +272,12 @@ class RemoteParser:
         self.worker.post(("close", self.feed_id))
 
 
-def _split_body(body: bytes, sizes: list[RoutedSizes]) -> list[Routed]:
+def _split_body(body: bytearray, sizes: list[RoutedSizes]) -> list[Received]:
     """A reply's routes with their NDJSON cut out of the body (one route, the common case: as is)."""
     if len(sizes) == 1:
         index, _, stamps = sizes[0]
         return [(index, body, stamps)]
-    routed: list[Routed] = []
+    routed: list[Received] = []
     start = 0
     for index, size, stamps in sizes:
         routed.append((index, body[start : start + size], stamps))
@@ -236,6 +295,7 @@ class ParseWorker:
         self._process: asyncio.subprocess.Process | None = None
         self._waiting: deque[asyncio.Future[Parsed]] = deque()
         self._reader: asyncio.Task[None] | None = None
+        self._replies: ReplyReader | None = None
         self._closing = False
         self._failure: WorkerError | None = None
         self._reported: tally.Totals = {}
@@ -245,12 +305,21 @@ class ParseWorker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
         env.pop("NOTIFY_SOCKET", None)  # readiness and the watchdog are the agent's to report
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shipper.parse_worker", *self._args,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, limit=_READ_LIMIT,
-        )  # fmt: skip
-        for pipe in (self._process.stdin, self._process.stdout):
-            _widen(pipe)
+        replies, child_end = os.pipe()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "shipper.parse_worker", *self._args,
+                stdin=asyncio.subprocess.PIPE, stdout=child_end, env=env,
+            )  # fmt: skip
+        except BaseException:
+            os.close(replies)
+            raise
+        finally:
+            os.close(child_end)
+        assert self._process.stdin is not None
+        _widen(self._process.stdin.get_extra_info("pipe").fileno())
+        _widen(replies)
+        self._replies = ReplyReader(replies, self._reply)
         self._reader = asyncio.create_task(self._read_replies(), name=f"parse-worker-{self.index}")
 
     def post(self, message: tuple[Any, ...], body: bytes = b"") -> None:
@@ -277,25 +346,22 @@ class ParseWorker:
         if body:
             self._process.stdin.write(body)
 
+    def _reply(self, reply: Any, body: bytearray) -> None:
+        """The next reply: for the oldest request waiting."""
+        future = self._waiting.popleft()
+        if reply[0] == "ok":
+            _, held, count, sizes, counters = reply
+            if counters:
+                self._add_counters(counters)
+            if not future.done():
+                future.set_result((held, count, _split_body(body, sizes)))
+        elif not future.done():
+            future.set_exception(WorkerError(f"parse worker {self.index} failed: {reply[1]}"))
+
     async def _read_replies(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        stdout = self._process.stdout
-        try:
-            while True:
-                message_size, body_size = FRAME.unpack(await stdout.readexactly(FRAME.size))
-                reply = marshal.loads(await stdout.readexactly(message_size))
-                body = await stdout.readexactly(body_size)
-                future = self._waiting.popleft()
-                if reply[0] == "ok":
-                    _, held, count, sizes, counters = reply
-                    if counters:
-                        self._add_counters(counters)
-                    if not future.done():
-                        future.set_result((held, count, _split_body(body, sizes)))
-                elif not future.done():
-                    future.set_exception(WorkerError(f"parse worker {self.index} failed: {reply[1]}"))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        """Until the worker's replies end (it exited), then say why to every request still waiting."""
+        assert self._process is not None and self._replies is not None
+        await self._replies.ended
         code = await self._process.wait()
         self._failure = WorkerError(f"parse worker {self.index} exited with code {code}")
         if not self._closing:

@@ -163,11 +163,16 @@ def test_a_processor_gives_the_same_events_either_way(monkeypatch: pytest.Monkey
 @needs_speedups
 @settings(max_examples=300, deadline=None)
 @given(
-    logs=st.lists(st.binary(max_size=12).map(lambda raw: raw.replace(b"\n", b" ")), max_size=20), stamped=st.booleans()
+    logs=st.lists(st.binary(max_size=12).map(lambda raw: raw.replace(b"\n", b" ")), max_size=20),
+    stamped=st.booleans(),
+    received=st.booleans(),
 )
-def test_prepared_logs_become_the_same_events_either_way(logs: list[bytes], stamped: bool) -> None:
+def test_prepared_logs_become_the_same_events_either_way(logs: list[bytes], stamped: bool, received: bool) -> None:
+    """From bytes (prepared here) or a bytearray (a worker's reply): events whose raws are bytes."""
     assert SPEEDUPS is not None
-    body = b"".join(raw + b"\n" for raw in logs)
+    body: bytes | bytearray = b"".join(raw + b"\n" for raw in logs)
+    if received:
+        body = bytearray(body)
     stamps = [f"stamp {index}" for index in range(len(logs))] if stamped else None
     fields = {"source": "app"}
     compiled = SPEEDUPS.encoded_events(Encoded, fields, body, stamps)
@@ -176,7 +181,7 @@ def test_prepared_logs_become_the_same_events_either_way(logs: list[bytes], stam
     assert [(type(e), e.fields, e.raw, e.stamp) for e in compiled] == [
         (type(e), e.fields, e.raw, e.stamp) for e in twin
     ]  # type: ignore[attr-defined]
-    assert all(event.fields is fields for event in compiled)
+    assert all(event.fields is fields and type(event.raw) is bytes for event in compiled)
     with pytest.raises(ValueError, match="timestamps"):
         SPEEDUPS.encoded_events(Encoded, fields, body + b"one more\n", stamps or [])
 

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from shipper.config import WhenConfig
     from shipper.parsing import Processor
 
-# One sink's share of a list of events: prepared (its wire form) or, for a sink without a
-# preparer, the events themselves.
-Share = Prepared | list[Event]
+# One sink's share of a list of events: prepared (its wire form; a bytearray as a worker's reply
+# brings it) or, for a sink without a preparer, the events themselves.
+Share = Prepared | tuple[bytearray, list[Any] | None] | list[Event]
 
 
 def build_preparer(sink: str, spec: PreparerSpec) -> Preparer:
