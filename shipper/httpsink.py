@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ _compressors = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipper-gzi
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 4096
+# A request body goes to the socket in pieces of this size, each after the last has drained.
+WRITE_PIECE = 256 * 1024
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -167,7 +170,7 @@ class HttpSink(Sink):
         if self._session is None:
             await self.start()
         assert self._session is not None
-        body = await self.wire_body(request)
+        body = piecewise()(await self.wire_body(request))
         try:
             async with self._session.post(
                 self.url(request), data=body, headers=self.request_headers(request), allow_redirects=False
@@ -220,3 +223,23 @@ class HttpSink(Sink):
                 detail="the HTTP proxy refused shipper's credentials (HTTP 407); check HTTPS_PROXY / HTTP_PROXY",
             )
         return Outcome("reject", reason=f"http_{status}", detail=detail)
+
+
+@cache
+def piecewise() -> type[aiohttp.BytesPayload]:
+    """A body payload written in WRITE_PIECE pieces, each once the last has drained (its length
+    is known: no chunked encoding). Written whole, a 1 MiB body is copied again with the headers,
+    and over TLS encrypted into one buffer and read out into another, then held whole in the
+    transport until the socket takes it: 4-5 MiB made and dropped per request in flight."""
+    from aiohttp import BytesPayload
+
+    class PiecewiseBody(BytesPayload):
+        async def write(self, writer: Any) -> None:
+            await self.write_with_length(writer, None)
+
+        async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+            view = memoryview(self._value)[:content_length]
+            for start in range(0, len(view), WRITE_PIECE):
+                await writer.write(view[start : start + WRITE_PIECE])
+
+    return PiecewiseBody
