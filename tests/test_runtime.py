@@ -45,3 +45,45 @@ def test_freed_buffers_keep_their_pages_under_glibc() -> None:
     # kept when the thresholds are raised (a few hundred, from the first round).
     assert tuned * 10 < plain, (plain, tuned)
     assert tuned < 5_000, tuned
+
+
+# Four threads at once allocate and free buffers; glibc's malloc_info then lists its arenas (`<heap nr=`).
+ARENAS = textwrap.dedent(
+    """
+    import ctypes, os, sys, tempfile, threading
+    from shipper.runtime import keep_freed_memory
+    if sys.argv[1] == "tuned":
+        assert keep_freed_memory()
+    together = threading.Barrier(4)  # all alive at once: none inherits an arena another left
+    def churn():
+        together.wait()
+        for _ in range(50):
+            held = [b"x" * 100_000 for _ in range(4)]
+            del held
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype = ctypes.c_void_p
+    with tempfile.NamedTemporaryFile(delete=False) as file:
+        path = file.name
+    stream = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    print(open(path).read().count("<heap nr="))
+    os.unlink(path)
+    """
+)
+
+
+@pytest.mark.skipif(not GLIBC, reason="the C library is not glibc")
+def test_threads_share_at_most_two_arenas_under_glibc() -> None:
+    def arenas(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", ARENAS, mode], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    plain, tuned = arenas("plain"), arenas("tuned")
+    assert tuned <= 2 < plain, (plain, tuned)
