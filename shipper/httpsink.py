@@ -59,7 +59,7 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
 
 def environment_proxy(url: str) -> str | None:
     """The proxy URL the environment names for `url` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as the
-    HTTP sinks' sessions read it (trust_env); None: go direct."""
+    HTTP sinks read it (`HttpSink.via`); None: go direct."""
     parts = urlsplit(url)
     if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
         return None
@@ -108,6 +108,26 @@ class HttpSink(Sink):
     def __init__(self, name: str, config: HttpSinkConfig) -> None:
         super().__init__(name, config)
         self._session: aiohttp.ClientSession | None = None
+        self._via: dict[str, dict[str, Any]] = {}
+
+    def via(self, url: str) -> dict[str, Any]:
+        """How to reach `url`: through the proxy the environment names (HTTPS_PROXY, HTTP_PROXY,
+        NO_PROXY, as curl and the Datadog Agent read them; the proxy's credentials from its URL or
+        ~/.netrc), or directly ({}). Looked up once per URL: aiohttp's `trust_env` looks it up, and
+        ~/.netrc, in two thread hops on every request (~0.3 ms each request on this VM)."""
+        if url not in self._via:
+            from aiohttp.helpers import get_env_proxy_for_url
+            from yarl import URL
+
+            try:
+                proxy, auth = get_env_proxy_for_url(URL(url))
+            except LookupError:
+                self._via[url] = {}
+            else:  # the proxy's credentials ride in its URL: aiohttp sends them for plain and CONNECT alike
+                if auth is not None:
+                    proxy = proxy.with_user(auth.login).with_password(auth.password)
+                self._via[url] = {"proxy": proxy}
+        return self._via[url]
 
     def url(self, request: Request) -> str:
         raise NotImplementedError
@@ -127,8 +147,7 @@ class HttpSink(Sink):
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
             connector=aiohttp.TCPConnector(limit=self.config.concurrency * 2, ssl=self.tls()),
-            auto_decompress=False,
-            trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as curl and the Datadog Agent read them
+            auto_decompress=False,  # the proxy, if any, is given per request (`via`)
         )
 
     async def stop(self) -> None:
@@ -172,8 +191,9 @@ class HttpSink(Sink):
         assert self._session is not None
         body = piecewise()(await self.wire_body(request))
         try:
+            url = self.url(request)
             async with self._session.post(
-                self.url(request), data=body, headers=self.request_headers(request), allow_redirects=False
+                url, data=body, headers=self.request_headers(request), allow_redirects=False, **self.via(url)
             ) as resp:
                 text = await resp.content.read(MAX_ERROR_BODY)
                 return self.classify(resp.status, resp.headers, text, request)
@@ -196,7 +216,7 @@ class HttpSink(Sink):
             await self.start()
         assert self._session is not None
         try:
-            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+            async with self._session.get(url, headers=headers, allow_redirects=False, **self.via(url)) as resp:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             return CheckResult(False, f"{url} unreachable: {connection_failure(exc, url)}")

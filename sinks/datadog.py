@@ -273,7 +273,8 @@ class DatadogSink(HttpSink):
             await self.start()
         assert self._session is not None
         try:
-            async with self._session.get(self.api_base + VALIDATE_PATH, headers=self.auth_headers()) as resp:
+            url = self.api_base + VALIDATE_PATH
+            async with self._session.get(url, headers=self.auth_headers(), **self.via(url)) as resp:
                 status = resp.status
                 if status == 200:
                     doc = orjson.loads(await resp.content.read(4096) or b"{}")

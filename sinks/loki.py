@@ -282,13 +282,15 @@ class LokiSink(HttpSink):
         assert self._session is not None
         ready = ""
         try:
-            async with self._session.get(self.config.endpoint + READY_PATH) as resp:
+            ready_url = self.config.endpoint + READY_PATH
+            async with self._session.get(ready_url, **self.via(ready_url)) as resp:
                 if resp.status == 200:
                     ready = "ready; "
                 elif resp.status == 503:
                     return CheckResult(False, f"{self.config.endpoint} is not ready (HTTP 503 from {READY_PATH})")
             headers = {"Content-Type": "application/json", **self.config.headers, **self.auth_headers()}
-            async with self._session.post(self.push_url, data=EMPTY_PUSH, headers=headers) as resp:
+            via = self.via(self.push_url)
+            async with self._session.post(self.push_url, data=EMPTY_PUSH, headers=headers, **via) as resp:
                 status = resp.status
                 answer = (await resp.content.read(512)).decode("utf-8", "replace").strip()
         except (aiohttp.ClientError, TimeoutError) as exc:
