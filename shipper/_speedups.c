@@ -1624,6 +1624,75 @@ static PyObject *log_event_lines(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* shipper/bulk.py's `stamp_groups`: events (an object with a `stamp` tuple slot each) by the key
+ * at `key_at` of their stamps, in order of first arrival: per key its events and their times (the
+ * int at `time_at`), in arrival order, and whether those times never decrease. One pass; in Python
+ * the key and time lists, the grouping and the order check took ~0.3 us an event. */
+static PyObject *stamp_groups(PyObject *self, PyObject *args) {
+    PyObject *events;
+    Py_ssize_t key_at, time_at;
+    if (!PyArg_ParseTuple(args, "O!nn:stamp_groups", &PyList_Type, &events, &key_at, &time_at))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(events);
+    PyObject *index = PyDict_New(), *groups = PyList_New(0), *out = NULL;
+    if (index == NULL || groups == NULL)
+        goto done;
+    Py_ssize_t at_stamp = -1;
+    PyTypeObject *known = NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *event = PyList_GET_ITEM(events, i);
+        if (Py_TYPE(event) != known) {
+            known = Py_TYPE(event);
+            if ((at_stamp = slot_offset(known, "stamp")) < 0)
+                goto done;
+        }
+        PyObject *stamp = *(PyObject **)((char *)event + at_stamp);
+        if (stamp == NULL || !PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) <= Py_MAX(key_at, time_at) || key_at < 0 ||
+            time_at < 0 || !PyLong_Check(PyTuple_GET_ITEM(stamp, time_at))) {
+            PyErr_SetString(PyExc_TypeError, "an event's stamp lacks its key or its time");
+            goto done;
+        }
+        PyObject *key = PyTuple_GET_ITEM(stamp, key_at), *time = PyTuple_GET_ITEM(stamp, time_at);
+        PyObject *group = PyDict_GetItemWithError(index, key); /* borrowed: [key, events, times, ordered] */
+        if (group == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            group = Py_BuildValue("[ON[]O]", key, PyList_New(0), Py_True);
+            if (group == NULL || PyDict_SetItem(index, key, group) < 0 || PyList_Append(groups, group) < 0) {
+                Py_XDECREF(group);
+                goto done;
+            }
+            Py_DECREF(group);
+        }
+        PyObject *times = PyList_GET_ITEM(group, 2);
+        Py_ssize_t seen = PyList_GET_SIZE(times);
+        if (seen && PyList_GET_ITEM(group, 3) == Py_True) {
+            int later = PyObject_RichCompareBool(PyList_GET_ITEM(times, seen - 1), time, Py_LE);
+            if (later < 0)
+                goto done;
+            if (!later)
+                PyList_SetItem(group, 3, Py_NewRef(Py_False));
+        }
+        if (PyList_Append(PyList_GET_ITEM(group, 1), event) < 0 || PyList_Append(times, time) < 0)
+            goto done;
+    }
+    Py_ssize_t size = PyList_GET_SIZE(groups);
+    if ((out = PyList_New(size)) == NULL)
+        goto done;
+    for (Py_ssize_t g = 0; g < size; g++) {
+        PyObject *group = PyList_AsTuple(PyList_GET_ITEM(groups, g));
+        if (group == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, g, group);
+    }
+done:
+    Py_XDECREF(index);
+    Py_XDECREF(groups);
+    return out;
+}
+
 /* sinks/loki_push.py's `Framer._distinct`: entries of a stream (in time order) that share a
  * timestamp with each other or with the stream's newest sent, moved apart by a nanosecond each in
  * arrival order; each moved entry gets a new stamp `(key, ns, metadata)` in its slot. A replayed
@@ -1694,6 +1763,8 @@ static PyMethodDef methods[] = {
      "escape_lines(lines) -> each line escaped as a JSON string's contents; see sinks/loki_entries.py."},
     {"loki_entries", loki_entries, METH_VARARGS,
      "loki_entries(kind, entries) -> (JSON of the entries, where each ends); see sinks/loki_push.py."},
+    {"stamp_groups", stamp_groups, METH_VARARGS,
+     "stamp_groups(events, key_at, time_at) -> [(key, events, times, ordered)]; see shipper/bulk.py."},
     {"distinct_times", distinct_times, METH_VARARGS,
      "distinct_times(entries, stream, newest, same_ns): equal times of a stream's entries moved apart; see "
      "sinks/loki_push.py."},

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Hashable
-from itertools import repeat
-from typing import Any, TypeVar
+from itertools import pairwise, repeat
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shipper.parsing.clock import epoch_ms
+from shipper.speedups import SPEEDUPS
+
+if TYPE_CHECKING:
+    from shipper.event import Event
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -97,3 +102,29 @@ def in_order(items: list[T], times: list[int]) -> tuple[list[T], list[int]]:
     if ordered == times:
         return items, times
     return list(map(items.__getitem__, sorted(range(len(times)), key=times.__getitem__))), ordered
+
+
+def stamp_groups(events: list[Event], key_at: int, time_at: int) -> list[tuple[Any, list[Event], list[int]]]:
+    """Prepared events by the key at `key_at` of their stamps, keys in order of first arrival, each
+    group sorted by the time at `time_at` (stable: equal times keep their order), with its times.
+    Grouped in one compiled pass where built (~0.3 us an event in Python); sorted only when a
+    group's times ever decrease."""
+    if SPEEDUPS is not None:
+        groups = SPEEDUPS.stamp_groups(events, key_at, time_at)
+    else:
+        groups = stamp_groups_py(events, key_at, time_at)
+    return [(key, group, times) if ordered else (key, *in_order(group, times)) for key, group, times, ordered in groups]
+
+
+def stamp_groups_py(events: list[Event], key_at: int, time_at: int) -> list[tuple[Any, list[Event], list[int], bool]]:
+    """The compiled `stamp_groups` pass in Python: per key its events and times in arrival order,
+    and whether the times never decrease."""
+    stamps = list(map(attrgetter("stamp"), events))
+    times = list(map(itemgetter(time_at), stamps))
+    by_key = grouped(list(range(len(events))), list(map(itemgetter(key_at), stamps)))
+    out: list[tuple[Any, list[Event], list[int], bool]] = []
+    for key, indexes in by_key.items():
+        group_times = [times[index] for index in indexes]
+        ordered = all(earlier <= later for earlier, later in pairwise(group_times))
+        out.append((key, [events[index] for index in indexes], group_times, ordered))
+    return out

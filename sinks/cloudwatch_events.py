@@ -22,13 +22,12 @@ import re
 import time
 from bisect import bisect_left, bisect_right
 from itertools import repeat
-from operator import attrgetter, itemgetter
 from typing import Any, Literal
 
 import msgspec
 import orjson
 
-from shipper.bulk import EpochMs, cached_by_fields, grouped, in_order
+from shipper.bulk import EpochMs, cached_by_fields, stamp_groups
 from shipper.encoding import framed
 from shipper.event import Event, Prepared, wire_ends
 from shipper.parsing.direct import LaneForm
@@ -213,9 +212,6 @@ class LogEvents:
 
 # ---------------------------------------------------------------- framing, in the agent
 
-_STAMP = attrgetter("stamp")
-_TIME, _STREAM = itemgetter(0), itemgetter(1)
-
 
 def calls(events: list[Event], group: str) -> list[Request]:
     """Prepared log events (`Encoded`, stamped `(ms, stream)`) framed into PutLogEvents calls:
@@ -224,8 +220,7 @@ def calls(events: list[Event], group: str) -> list[Request]:
     "..."}`, which is always longer than its message's UTF-8 bytes plus 26: a safe bound that
     needs no decoding here."""
     out: list[Request] = []
-    for stream, run in grouped(events, list(map(_STREAM, map(_STAMP, events)))).items():
-        run, times = in_order(run, list(map(_TIME, map(_STAMP, run))))
+    for stream, run, times in stamp_groups(events, 1, 0):
         head = _call_head(group, stream)
         out += [
             Request(framed(run[start:end], head, b",", b"]}"), run[start:end], {"stream": stream})

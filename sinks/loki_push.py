@@ -32,7 +32,7 @@ from typing import cast
 import orjson
 
 from shipper import tally
-from shipper.bulk import grouped, in_order
+from shipper.bulk import in_order, stamp_groups
 from shipper.event import Encoded, Event
 from shipper.log import RateLimitedLog
 from shipper.sink import Request
@@ -47,7 +47,7 @@ BEHIND_MARGIN_NS = 10 * 60 * 1_000_000_000
 FALLBACK_LABEL = "shipper_overflow"
 SAME_TIME_NS = 1_000_000  # entries are timed to the millisecond
 _STAMP, _RAW = attrgetter("stamp"), attrgetter("raw")
-_KEY, _NS, _METADATA = itemgetter(0), itemgetter(1), itemgetter(2)
+_NS, _METADATA = itemgetter(1), itemgetter(2)
 _STREAM_OVERHEAD = len('{"stream":,"values":[]},')
 
 
@@ -102,18 +102,20 @@ class Framer:
     def ordered(self, events: list[Event]) -> list[list[Event]]:
         """Entries (`Encoded`, stamps `(stream, ns)`) grouped by stream in order of first arrival,
         each group sorted by time, kept within what Loki accepts behind its stream's newest entry."""
-        groups = grouped(events, list(map(_KEY, map(_STAMP, events))))
         admitted: dict[str, list[Event]] = {}
-        for key, group in groups.items():
+        merged = False  # streams over the limit went into the fallback: it needs sorting again
+        for key, group, _ in stamp_groups(events, 0, 1):
             target = self.streams.admit(key)
             if target is not key:
                 self._overflow(len(group))
                 for event in group:
                     _stamp(event, (target, *event.stamp[1:]))  # type: ignore[attr-defined]
+            merged = merged or target in admitted
             admitted.setdefault(target, []).extend(group)
         out: list[list[Event]] = []
         for key, group in admitted.items():
-            group, _ = in_order(group, list(map(_NS, map(_STAMP, group))))
+            if merged:
+                group, _ = in_order(group, list(map(_NS, map(_STAMP, group))))
             group = self._distinct(key, self._behind(key, group))
             if group:
                 self.streams.learn(key, group[-1].stamp[1])  # type: ignore[attr-defined]

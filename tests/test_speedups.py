@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shipper.bulk import stamp_groups, stamp_groups_py
 from shipper.config import RedactConfig, SourceConfig
 from shipper.encoding import framed_py
 from shipper.event import Encoded, Event, encoded_events_py, wire_ends_py, wire_size_py
@@ -303,3 +304,31 @@ def test_cloudwatch_log_events_are_the_same_lines_either_way(events: list[tuple[
     assert [orjson.loads(line) for line in lines.splitlines()] == [
         {"timestamp": ms, "message": text} for ms, text in events
     ]
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    stamps=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(-3, 3)), max_size=30),
+    key_at=st.sampled_from([0, 1]),
+)
+def test_stamp_groups_are_the_same_either_way(stamps: list[tuple[str, int]], key_at: int) -> None:
+    """Events by their stamp's key in order of first arrival, each group with its times in arrival
+    order and whether they never decrease; then sorted, stable, where they do (Loki's stamps have
+    the key first, CloudWatch's the time first)."""
+    assert SPEEDUPS is not None
+    time_at = 1 - key_at
+    events: list[Event] = [
+        Encoded({}, b"%d" % index, (key, time) if key_at == 0 else (time, key))
+        for index, (key, time) in enumerate(stamps)
+    ]
+    compiled = SPEEDUPS.stamp_groups(events, key_at, time_at)
+    assert compiled == stamp_groups_py(events, key_at, time_at)
+    sorted_groups = stamp_groups(events, key_at, time_at)
+    assert [key for key, _, _ in sorted_groups] == list(dict.fromkeys(key for key, _ in stamps))
+    for key, group, times in sorted_groups:
+        mine = [(time, index) for index, (k, time) in enumerate(stamps) if k == key]
+        assert [int(event.raw) for event in group] == [index for _, index in sorted(mine)]  # stable by time
+        assert times == sorted(time for time, _ in mine)
+    with pytest.raises(TypeError, match="stamp"):
+        SPEEDUPS.stamp_groups([Encoded({}, b"", None)], key_at, time_at)
