@@ -75,8 +75,8 @@ AUTO_MIN_MEMORY = 256 * 1024 * 1024
 AUTO_WORKER_MEMORY = 64 * 1024 * 1024
 AUTO_MAX_WORKERS = 4
 # Per route (an index into the feed's routes) the sink's prepared logs, as a reply brings them:
-# NDJSON (cut from the reply's bytearray) and their timestamps.
-Received = tuple[int, bytearray, list[Any] | None]
+# NDJSON (the reply's bytearray, or a view of its share) and their timestamps.
+Received = tuple[int, bytearray | memoryview, list[Any] | None]
 # A parsed chunk: bytes still held in open multi-line groups, events parsed, and per route the
 # sink's prepared logs.
 Parsed = tuple[int, int, list[Received]]
@@ -273,14 +273,15 @@ class RemoteParser:
 
 
 def _split_body(body: bytearray, sizes: list[RoutedSizes]) -> list[Received]:
-    """A reply's routes with their NDJSON cut out of the body (one route, the common case: as is)."""
+    """A reply's routes with their NDJSON cut out of the body: the body as is for one route (the
+    common case), else a view of each route's share (no copy: each becomes events, copied, anyway)."""
     if len(sizes) == 1:
         index, _, stamps = sizes[0]
         return [(index, body, stamps)]
     routed: list[Received] = []
-    start = 0
+    view, start = memoryview(body), 0
     for index, size, stamps in sizes:
-        routed.append((index, body[start : start + size], stamps))
+        routed.append((index, view[start : start + size], stamps))
         start += size
     return routed
 

@@ -373,7 +373,7 @@ def test_signals_sent_to_every_shipper_process_stop_none_of_them(tmp_path: Path,
                 for pid in (shipper.proc.pid, *workers):
                     with contextlib.suppress(ProcessLookupError):  # killed by an earlier one (the old bug)
                         os.kill(pid, sig)
-                if sig == signal.SIGHUP:  # the reload first: a SIGUSR2 during one was seen lost (see the note)
+                if sig == signal.SIGHUP:  # the reload first: a SIGUSR2 sent during one was lost twice in CI
                     wait_for(lambda: "config reloaded" in shipper.stderr, 30, "the reload")
             wait_for(lambda: shipped("got SIGUSR2"), 30, "the child's line on SIGUSR2, through the worker")
             assert all(running(pid) for pid in workers)

@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from shipper.event import Event, Prepared, Preparer, PreparerSpec, fill_in
+from shipper.event import Event, PreparedLines, Preparer, PreparerSpec, fill_in
 from shipper.parsing.direct import Lane
 from shipper.when import Predicate, compile_when
 
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from shipper.config import WhenConfig
     from shipper.parsing import Processor
 
-# One sink's share of a list of events: prepared (its wire form; a bytearray as a worker's reply
-# brings it) or, for a sink without a preparer, the events themselves.
-Share = Prepared | tuple[bytearray, list[Any] | None] | list[Event]
+# One sink's share of a list of events: prepared (its wire form, `PreparedLines`) or, for a sink
+# without a preparer, the events themselves.
+Share = PreparedLines | list[Event]
 
 
 def build_preparer(sink: str, spec: PreparerSpec) -> Preparer:
