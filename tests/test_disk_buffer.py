@@ -295,6 +295,26 @@ async def test_past_the_disk_bound_a_source_that_cannot_wait_loses_the_newest_co
     spill.close()
 
 
+async def test_a_part_bigger_than_the_disk_bound_spills_what_fits_and_the_bound_holds(tmp_path: Path) -> None:
+    """Memory full and the disk buffer empty, a part whose record alone would pass the bound goes in
+    halves: the oldest of it within the bound, the rest counted as dropped, nothing over the bound."""
+    spill = SpillLog("small-disk", tmp_path / "buffers" / "small-disk", 4096)
+    channel = Channel("small-disk", 1024, "block", spill)
+    channel.open()
+    before = sample("shipper_events_dropped_total", sink="small-disk", reason="buffer_full")
+    stdin = AckTracker()
+    await channel.put(part(prepared(0, 10), stdin), replayable=False)  # fills memory
+    pad = [os.urandom(60).hex().encode() for _ in range(200)]  # incompressible: the record passes 4 KiB
+    big = [Encoded({"source": "api"}, b'{"pad":"%s","message":"line %d"}' % (pad[i], 10 + i), None) for i in range(200)]
+    await asyncio.wait_for(channel.put(part(big, stdin), replayable=False), 1)
+    dropped = sample("shipper_events_dropped_total", sink="small-disk", reason="buffer_full") - before
+    assert 0 < spill.nbytes <= 4096
+    assert spill.nevents > 0 and spill.nevents + dropped == 200
+    kept = [event for events, _ in read_all(spill) for event in events]
+    assert [event.raw for event in kept] == [event.raw for event in big[: len(kept)]]  # the oldest, in order
+    spill.close()
+
+
 async def test_a_disk_buffer_takes_everything_first_and_the_next_run_resends_the_undelivered(tmp_path: Path) -> None:
     def durable() -> tuple[Channel, SpillLog]:
         spill = SpillLog("durable", tmp_path / "buffers" / "durable", 1 << 30)

@@ -124,24 +124,45 @@ class Channel:
     def _spill(self, part: Part) -> None:
         """A part of a source that cannot wait, with memory full: to disk, else dropped (counted)."""
         assert self.spill is not None
-        try:
-            written = self.spill.append(part.events)
-        except OSError as exc:
-            self._disk_failed(exc)
-            self._drop(part, metrics.events_dropped.labels(self.sink, "disk_error"))
-            return
-        if written is None:
+        written, error = self._spill_within_bound(part.events)
+        left = len(part.events) - written
+        if error is not None:
+            self._disk_failed(error)
+            metrics.events_dropped.labels(self.sink, "disk_error").inc(left)
+        elif left:
             self._disk_bound_reached(dropping=True)
-            self._drop(part, self._dropped)
-            return
-        self._disk_full_logged = False
-        if not self._behind:
-            log.warning(
-                "sink buffer full: spilling to disk", extra={"sink": self.sink, "path": str(self.spill.directory)}
-            )
-        self._behind = True
+            self._dropped.inc(left)
+        else:
+            self._disk_full_logged = False
+        if written:
+            if not self._behind:
+                log.warning(
+                    "sink buffer full: spilling to disk", extra={"sink": self.sink, "path": str(self.spill.directory)}
+                )
+            self._behind = True
+            self._readable.set()
         part.ack.done(len(part.events))
-        self._readable.set()
+
+    def _spill_within_bound(self, events: list[Event]) -> tuple[int, OSError | None]:
+        """Write `events` to disk in order, each record within the bound: a run whose record would
+        pass it goes in halves (only a single event bigger than the whole bound goes alone, into an
+        empty buffer); once one does not fit, or a write fails, the rest is left. How many were
+        written, and the error that stopped the writing."""
+        assert self.spill is not None
+        runs, written = [events], 0
+        while runs:
+            run = runs.pop()
+            try:
+                if self.spill.append(run, alone_over_bound=len(run) == 1) is not None:
+                    written += len(run)
+                    continue
+            except OSError as exc:
+                return written, exc
+            if len(run) == 1 or self.spill.nbytes >= self.spill.max_bytes:
+                break
+            middle = len(run) // 2
+            runs += [run[middle:], run[:middle]]  # the first half next
+        return written, None
 
     async def _put_durable(self, part: Part, replayable: bool) -> None:
         """buffer.type = "disk": to disk first (a replayable source waits while it is full), then

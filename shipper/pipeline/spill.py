@@ -191,11 +191,13 @@ class SpillLog:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, events: list[Event]) -> Position | None:
+    def append(self, events: list[Event], alone_over_bound: bool = True) -> Position | None:
         """Write `events` as one record; the position after it. None, writing nothing, when the bound
-        would be passed; OSError (disk full, ...) when the write failed, the segment left as it was."""
+        would be passed, but for a record that goes into an empty log alone when `alone_over_bound`
+        (a part bigger than the whole bound must not wait forever); OSError (disk full, ...) when
+        the write failed, the segment left as it was."""
         record = encode_record(events)
-        if self.nbytes + len(record) > self.max_bytes and self.nbytes:
+        if self.nbytes + len(record) > self.max_bytes and (self.nbytes or not alone_over_bound):
             return None
         if self._writing is None or self._ends[self._writing] >= self.segment_bytes:
             self._start_segment()
