@@ -308,7 +308,8 @@ class BufferConfig(Strict):
 class BatchConfig(Strict):
     max_events: int | None = Field(default=None, ge=1)
     max_bytes: Size | None = None
-    timeout: Duration | None = None
+    timeout: Duration | None = None  # the longest an event waits for its batch to fill
+    idle: Duration | None = None  # a batch leaves once no event came for this long (input paused)
 
 
 class RetryConfig(Strict):

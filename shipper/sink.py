@@ -78,13 +78,16 @@ class BatchLimits:
     """A destination's hard per-request limits, and the batch size we aim for beneath them.
 
     `goal_bytes` leaves headroom for encoding growth (JSON escaping, envelopes); `encode` is still
-    responsible for never exceeding `max_bytes`.
+    responsible for never exceeding `max_bytes`. A batch leaves when it is full, when its oldest
+    event has waited `timeout`, or when no new event came for `idle`: input paused, and waiting
+    for the rest of `timeout` would only delay what is there.
     """
 
     max_events: int
     max_bytes: int
     goal_bytes: int | None = None
     timeout: float = 1.0
+    idle: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,8 +192,9 @@ class ScriptedSink(Sink):
 
     limits = BatchLimits(max_events=10, max_bytes=10_000, timeout=0.05)
 
-    def __init__(self, script: Callable[[Request], Outcome]) -> None:
-        super().__init__("scripted", ScriptedConfig(inputs=["x"], retry={"initial_backoff": 0.01, "max_backoff": 0.05}))
+    def __init__(self, script: Callable[[Request], Outcome], **settings: object) -> None:
+        retry = {"initial_backoff": 0.01, "max_backoff": 0.05}
+        super().__init__("scripted", ScriptedConfig(inputs=["x"], retry=retry, **settings))
         self.script = script
         self.requests: list[list[str]] = []
         self.delivered: list[str] = []
@@ -244,6 +245,40 @@ async def test_batch_timeout_flushes_a_small_batch() -> None:
     await channel.put(Part([event("lonely")], ack, 70))
     await asyncio.sleep(0.3)
     assert sink.delivered == ["lonely"]  # sent by age, not by size; the channel is still open
+    channel.close()
+    await asyncio.wait_for(runner, 2)
+
+
+async def test_a_batch_leaves_when_its_input_pauses_not_a_whole_timeout_later() -> None:
+    sink = ScriptedSink(lambda request: DELIVERED, batch={"timeout": "60s", "idle": "100ms"})
+    channel = Channel(sink.name, 1 << 20, "block")
+    runner = asyncio.create_task(SinkDriver(sink, channel).run())
+    ack = AckTracker().open(1)
+    ack.add(2)
+    started = time.monotonic()
+    await channel.put(Part([event("burst-1"), event("burst-2")], ack, 140))
+    while not sink.delivered and time.monotonic() - started < 10:
+        await asyncio.sleep(0.02)
+    assert sink.delivered == ["burst-1", "burst-2"]  # the channel is still open, the batch far from full
+    assert time.monotonic() - started < 10
+    channel.close()
+    await asyncio.wait_for(runner, 2)
+
+
+async def test_a_batch_keeps_filling_while_input_flows() -> None:
+    sink = ScriptedSink(lambda request: DELIVERED, batch={"timeout": "60s", "idle": "1s"})
+    channel = Channel(sink.name, 1 << 20, "block")
+    runner = asyncio.create_task(SinkDriver(sink, channel).run())
+    tracker = AckTracker()
+    for number in range(6):  # a part every 50 ms: never a pause of `idle`
+        ack = tracker.open(number + 1)
+        ack.add(1)
+        await channel.put(Part([event(f"m{number}")], ack, 70))
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    while not sink.delivered and time.monotonic() - started < 10:
+        await asyncio.sleep(0.02)
+    assert sink.requests == [[f"m{number}" for number in range(6)]]
     channel.close()
     await asyncio.wait_for(runner, 2)
 

@@ -25,6 +25,7 @@ from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tenacity import (
     AsyncRetrying,
@@ -75,7 +76,16 @@ class Batch:
         return [event for item in self.todo for event in (item.events if isinstance(item, Request) else item)]
 
 
-def batch_limits(sink: Sink) -> tuple[int, int, float]:
+class Cut(NamedTuple):
+    """When the driver cuts a batch (`BatchLimits`, with the config's settings over the sink's)."""
+
+    max_events: int
+    max_bytes: int
+    timeout: float
+    idle: float
+
+
+def batch_limits(sink: Sink) -> Cut:
     """The batch limits in force: the config's, never above the destination's hard limits."""
     limits, batch = sink.limits, sink.config.batch
     prefix = f"sinks.{sink.name}.batch"
@@ -83,10 +93,11 @@ def batch_limits(sink: Sink) -> tuple[int, int, float]:
         raise ConfigError(f"{prefix}.max_events", f"at most {limits.max_events} for a {sink.config.type} sink")
     if batch.max_bytes is not None and batch.max_bytes > limits.max_bytes:
         raise ConfigError(f"{prefix}.max_bytes", f"at most {limits.max_bytes} bytes for a {sink.config.type} sink")
-    return (
+    return Cut(
         batch.max_events or limits.max_events,
         batch.max_bytes or limits.goal_bytes or limits.max_bytes,
         limits.timeout if batch.timeout is None else batch.timeout,
+        limits.idle if batch.idle is None else batch.idle,
     )
 
 
@@ -101,7 +112,7 @@ class SinkDriver:
         self.sink = sink
         self.channel = channel
         self.dead_letters = dead_letters  # where events refused for good are parked, when configured
-        self.max_events, self.max_bytes, self.batch_timeout = batch_limits(sink)
+        self.max_events, self.max_bytes, self.batch_timeout, self.batch_idle = batch_limits(sink)
         self.health = Health(sink.name, sink.config.unhealthy_after)
         self.inflight: set[Batch] = set()  # batches being delivered, or cut off by cancellation
         self.failed: list[Event] = []  # what batches killed by a bug left undelivered
@@ -151,7 +162,9 @@ class SinkDriver:
 
     async def _batch_loop(self) -> None:
         """Cut batches by what they weigh encoded (`Part.wire`), up to the batch goal, never over
-        `max_events`; a batch also leaves when its oldest event has waited `batch.timeout`."""
+        `max_events`; a batch also leaves when its oldest event has waited `batch.timeout`, or when
+        no part came for `batch.idle` (a replayed backlog's last batch, a burst's logs: sent now,
+        not a whole timeout later)."""
         loop = asyncio.get_running_loop()
         events: list[Event] = []
         acks: list[tuple[Ack, int]] = []
@@ -165,7 +178,7 @@ class SinkDriver:
                     if events:
                         await self._dispatch(events, acks)
                     return
-                timeout = max(0.0, deadline - loop.time()) if events else None
+                timeout = max(0.0, min(deadline - loop.time(), self.batch_idle)) if events else None
                 part = await self.channel.get(timeout)
                 start = 0
                 if part is None:
