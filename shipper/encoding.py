@@ -66,11 +66,11 @@ class FieldsJson:
         self.sink = sink
         self._notices = RateLimitedLog(log, interval=60.0)
 
-    def lane_form(self) -> LaneForm:
+    def lane_form(self, now: float) -> LaneForm:
         """The direct lane writes these logs as they are: the normalized fields."""
         return FIELDS_FORM
 
-    def prepare(self, events: list[Event]) -> Prepared:
+    def prepare(self, events: list[Event], now: float | None = None) -> Prepared:
         try:
             return _encoder.encode_lines([event.fields for event in events]), None
         except _ENCODE_ERRORS:

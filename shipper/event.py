@@ -76,8 +76,10 @@ PreparerSpec = tuple[str, dict[str, Any]]
 class Preparer(Protocol):
     """A sink's per-event encoding, runnable apart from the sink (see `Sink.preparer`)."""
 
-    def prepare(self, events: list[Event]) -> Prepared:
-        """The events encoded as the sink sends them, every per-log rule applied and counted."""
+    def prepare(self, events: list[Event], now: float | None = None) -> Prepared:
+        """The events encoded as the sink sends them, every per-log rule applied and counted, the
+        time windows judged at `now` (default: the clock's): one `now` for a chunk's events keeps
+        re-stamped times in order whichever way each was parsed (shipper/parsing/direct.py)."""
         ...
 
 

@@ -63,18 +63,18 @@ class WorkerFeed:
         if not open_end and self.transforms is None:
             direct = self.routing.direct(self.processor, body, stream, now, self.extra)
         if direct is None:
-            return self.parsed(self.processor.parse(body.split(b"\n"), stream, now, open_end))
+            return self.parsed(self.processor.parse(body.split(b"\n"), stream, now, open_end), now)
         count, shares = direct
         return self.processor.held_bytes, count, [(index, *cast(Prepared, share)) for index, share in shares]
 
-    def parsed(self, events: list[Event]) -> tuple[int, int, list[Routed]]:
+    def parsed(self, events: list[Event], now: float) -> tuple[int, int, list[Routed]]:
         """What the agent gets of a parsed chunk (as `LineFeed._hand_on` does it there): bytes the
         processor holds, events parsed, and per route the prepared logs of its share."""
         fill_in(events, self.extra)
         count = len(events)
         if self.transforms is not None:
             events = self.transforms(events)
-        routed = [(index, *cast(Prepared, share)) for index, share in self.routing.split(events)]
+        routed = [(index, *cast(Prepared, share)) for index, share in self.routing.split(events, now)]
         return self.processor.held_bytes, count, routed
 
 
@@ -118,7 +118,7 @@ class _Server:
                 _, _, now, force, rests = message
                 events = [e for stream, rest in rests for e in processor.parse([rest], stream, now)]
                 events += processor.flush(now, force)
-                held, count, routed = feed.parsed(events)
+                held, count, routed = feed.parsed(events, now)
             # Totals ride on the first reply after they change (a few dozen cells: microseconds),
             # so the agent's /metrics never waits for a later request that may not come.
             totals = tally.totals()

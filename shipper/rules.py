@@ -66,13 +66,13 @@ class WindowRule:
         self._dropped = tally.events_dropped.labels(sink, "out_of_range")
         self._notices = RateLimitedLog(log, interval=60.0)
 
-    def lane_window(self) -> tuple[int, int, str, int] | None:
-        """The window as the direct lane (shipper/parsing/direct.py) applies it now: oldest and
-        newest epoch ms, the re-stamp and its epoch ms. None when out-of-window events are dropped
-        (the lane leaves those to the normal path)."""
+    def lane_window(self, now: float) -> tuple[int, int, str, int] | None:
+        """The window as the direct lane (shipper/parsing/direct.py) applies it at `now`: oldest
+        and newest epoch ms, the re-stamp and its epoch ms. None when out-of-window events are
+        dropped (the lane leaves those to the normal path)."""
         if self.drop:
             return None
-        now_ms = int(time.time() * 1000)
+        now_ms = int(now * 1000)
         return (*self.window.bounds(now_ms), format_ms(now_ms), now_ms)
 
     def outside(self, stamps: list[Any], now_ms: int) -> list[int]:

@@ -122,11 +122,11 @@ class LogEvents:
         self._top_paths = None if any("." in path for path in paths) else paths
         self._clock = EpochMs()
 
-    def lane_form(self) -> LaneForm | None:
-        """How the direct lane (shipper/parsing/direct.py) writes this sink's log events now: the
-        fields as the message, the window as of now and its re-stamp, the message's limit. None
-        when it cannot: raw messages, a stream named from the fields, or out-of-window events dropped."""
-        window = self.window.lane_window()
+    def lane_form(self, now: float) -> LaneForm | None:
+        """How the direct lane (shipper/parsing/direct.py) writes this sink's log events at `now`:
+        the fields as the message, the window and its re-stamp, the message's limit. None when it
+        cannot: raw messages, a stream named from the fields, or out-of-window events dropped."""
+        window = self.window.lane_window(now)
         if self.raw or self._fixed_stream is None or window is None:
             return None
         settings = (self._fixed_stream, *window, self.size.limit)
@@ -134,9 +134,9 @@ class LogEvents:
 
     # ------------------------------------------------------------ per event
 
-    def prepare(self, events: list[Event]) -> Prepared:
+    def prepare(self, events: list[Event], now: float | None = None) -> Prepared:
         """The events' log events, one per line, and their stamps `(epoch ms, stream name)`."""
-        now = time.time()
+        now = time.time() if now is None else now
         now_ms = int(now * 1000)
         events, docs = self._in_window(events, now)
         times = self._clock.of([doc.get("timestamp") for doc in docs], now_ms)

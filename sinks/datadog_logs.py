@@ -114,11 +114,11 @@ class LogEncoder:
         # A request body within this holds no log above max_event_bytes, nor too many bytes.
         self._whole_body_limit = min(MAX_REQUEST_BYTES, max_event_bytes)
 
-    def lane_form(self) -> LaneForm | None:
-        """How the direct lane (shipper/parsing/direct.py) writes this sink's log objects now: the
-        window as of now, the re-stamp, the ddtags per level. None when it cannot: tags filled
-        from fields other than the level, or logs out of the window dropped."""
-        window = self.window.lane_window()
+    def lane_form(self, now: float) -> LaneForm | None:
+        """How the direct lane (shipper/parsing/direct.py) writes this sink's log objects at `now`:
+        the window, the re-stamp, the ddtags per level. None when it cannot: tags filled from
+        fields other than the level, or logs out of the window dropped."""
+        window = self.window.lane_window(now)
         if window is None or not set(self._paths) <= {"level"}:
             return None
         if self._lane_tags is None:
@@ -203,13 +203,13 @@ class LogEncoder:
                 doc["timestamp"] = ms
         return doc
 
-    def prepare(self, events: list[Event]) -> Prepared:
+    def prepare(self, events: list[Event], now: float | None = None) -> Prepared:
         """The events' Datadog log objects, encoded, within every per-log rule (see `_docs`; above
         `max_event_bytes` truncated, flagged and counted). Runs where the events are parsed, in a
         parse worker when there is one, so the agent only frames the logs into requests. One
         msgspec `encode_lines` call for the chunk; log by log only when some log is too big or
         holds a value JSON cannot carry."""
-        events, docs, stamps = self._docs(events)
+        events, docs, stamps = self._docs(events, now)
         try:
             lines: bytes | None = _LINES.encode_lines(docs)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError, UnicodeError):
@@ -227,10 +227,10 @@ class LogEncoder:
         ever re-stamped or counted twice."""
         return [_framed(run) for run in runs(events, MAX_ENTRIES, MAX_REQUEST_BYTES)] if events else []
 
-    def _docs(self, events: list[Event]) -> tuple[list[Event], list[Doc], list[Any]]:
+    def _docs(self, events: list[Event], now: float | None) -> tuple[list[Event], list[Doc], list[Any]]:
         """The Datadog log objects of `events` (out-of-window ones re-stamped in them, or dropped,
         and counted: `WindowRule`) and their timestamps as sent."""
-        events, docs = self.window.fit_objects(events, [self.to_doc(event.fields) for event in events])
+        events, docs = self.window.fit_objects(events, [self.to_doc(event.fields) for event in events], now)
         return events, docs, [doc.get("timestamp") for doc in docs]
 
     def _each_encoded(self, events: list[Event], docs: list[Doc]) -> list[tuple[bytes, Any]]:

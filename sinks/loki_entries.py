@@ -120,12 +120,12 @@ class LokiEntries:
         self._truncated = tally.events_truncated.labels(name)
         self._notices = RateLimitedLog(log, interval=60.0)
 
-    def lane_form(self) -> LaneForm | None:
-        """How the direct lane (shipper/parsing/direct.py) writes this sink's lines now: the
-        window as of now, the re-stamp, the label fields that leave the line. None when it cannot:
+    def lane_form(self, now: float) -> LaneForm | None:
+        """How the direct lane (shipper/parsing/direct.py) writes this sink's lines at `now`: the
+        window, the re-stamp, the label fields that leave the line. None when it cannot:
         raw lines, structured metadata, out-of-window entries dropped, or a label from a field
         that is neither the level nor constant over a stream's records."""
-        window = self.window.lane_window()
+        window = self.window.lane_window(now)
         if self.raw_line or self._metadata or window is None or self._top_fields is None:
             return None
         if not LOKI_LABEL_FIELDS.issuperset(self._top_fields):
@@ -190,16 +190,17 @@ class LokiEntries:
 
     # ------------------------------------------------------------ per chunk
 
-    def prepare(self, events: list[Event]) -> Prepared:
+    def prepare(self, events: list[Event], now: float | None = None) -> Prepared:
         """The events' lines, escaped as JSON strings' contents, one per line, with `(stream, ns,
         metadata)` stamps: the agent frames them into entries (sinks/loki_push.py). Labels are taken from the event as
         parsed; the window rule re-stamps or drops entries out of Loki's range (the line keeps the
         original time); over-long lines are cut down, flagged and counted."""
         fields = [event.fields for event in events]
-        events, docs = self.window.fit_objects(events, self.to_docs(fields))
+        now = time.time() if now is None else now
+        events, docs = self.window.fit_objects(events, self.to_docs(fields), now)
         if not events:
             return b"", []
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = int(now * 1000)
         body = self._raw_lines(events) if self.raw_line else self._json_lines(events, docs)
         times = list(map(mul, self._clock.of([doc.get("timestamp") for doc in docs], now_ms), repeat(1_000_000)))
         if len(fields) != len(events):  # some dropped by the window rule

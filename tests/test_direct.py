@@ -61,7 +61,7 @@ def fresh(fmt: str = "auto", sinks: str = "fields") -> tuple[Processor, Routing]
 def normal_way(processor: Processor, routing: Routing, lines: list[bytes], stream: str | None) -> tuple[Any, ...]:
     events = processor.parse(list(lines), stream, NOW_MS / 1000)
     fill_in(events, EXTRA)
-    shares = routing.split(events)
+    shares = routing.split(events, NOW_MS / 1000)
     return (len(events), *shares[0][1]) if shares else (0, b"", None)  # type: ignore[misc]
 
 
@@ -117,7 +117,7 @@ def test_plain_pino_lines_are_taken_by_the_lane_and_written_as_the_normal_path_w
         orjson.dumps(pino(level=40, msg='é ☃ \U0001f600 \x1b[31m \\ " \t', tags=["a", 1, 2.5, None, True])),
     ]
     _, routing = fresh(sinks=sinks)
-    form = routing._lane[0].lane_form()
+    form = routing._lane[0].lane_form(time.time())
     written = Lane({"service": "api", "source": "api"}, EXTRA, form)
     args = (b"\n".join(lines), bytes(len(lines)), written.forbidden, written.constants, written.extra, -1, "")
     settings = written.settings(form)
@@ -228,6 +228,28 @@ def test_a_secret_in_a_lane_chunk_is_redacted() -> None:
     body = direct[1][0][1][0]  # type: ignore[index]
     assert b"hunter22" not in body and b"s3cret-value" not in body
     assert orjson.loads(body.split(b"\n")[1])["password"] == "[REDACTED]"
+
+
+@needs_lane
+@pytest.mark.parametrize(("sinks", "time_of"), [("cloudwatch", 0), ("loki", 1), ("datadog", None)])
+def test_a_replayed_chunk_is_re_stamped_to_one_time_whichever_way_each_line_went(
+    sinks: str, time_of: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old lines re-stamped to now stay in order: those the lane wrote and one the normal way took
+    (a secret to redact) get the chunk's time, not the clock's at each step (CloudWatch and Loki
+    would have to sort every batch again)."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(time, "time", lambda: NOW_MS / 1000 + next(ticks) * 0.005)  # 5 ms on at each reading
+    old = NOW_MS - 30 * 86_400_000
+    lines = [orjson.dumps(pino(time=old + offset, msg=f"m{offset}")) for offset in range(6)]
+    lines[2] = orjson.dumps(pino(time=old + 2, msg="login", password="hunter22"))
+    processor, routing = fresh(sinks=sinks)
+    direct = routing.direct(processor, b"\n".join(lines), None, NOW_MS / 1000, EXTRA)
+    assert direct is not None
+    _, stamps = direct[1][0][1]  # type: ignore[misc]
+    assert stamps is not None and len(stamps) == len(lines)
+    sent = [stamp if time_of is None else stamp[time_of] for stamp in stamps]
+    assert len(set(sent)) == 1, sent
 
 
 @needs_lane

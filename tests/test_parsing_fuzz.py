@@ -226,7 +226,7 @@ def test_a_parse_worker_makes_one_valid_datadog_log_of_every_event(batches: list
     logs: list[bytes] = []
     for batch in [*batches, None]:
         events = feed.processor.flush(RECEIVED, True) if batch is None else feed.processor.parse(batch, None, RECEIVED)
-        _held, emitted, routed = feed.parsed(events)
+        _held, emitted, routed = feed.parsed(events, RECEIVED)
         count += emitted
         for _route, ndjson, stamps in routed:
             lines = ndjson.split(b"\n")

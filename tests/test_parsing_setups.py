@@ -10,6 +10,7 @@ record holds), never from the parser.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -300,7 +301,7 @@ def test_a_parse_worker_reads_the_setups_as_the_agent_does() -> None:
         workers.feed_setup("api", config.sources["api"], host="h", redact=config.redact, fields=None, routes=[route])
     )
     _held, _count, [(_index, ndjson, _stamps)] = feed.parsed(
-        [*feed.processor.parse(lines, "stdout", RECEIVED), *feed.processor.flush(RECEIVED, True)]
+        [*feed.processor.parse(lines, "stdout", RECEIVED), *feed.processor.flush(RECEIVED, True)], time.time()
     )
     processor = build_processor("api", config.sources["api"], host="h", redact=config.redact)
     events = [*processor.parse(lines, "stdout", RECEIVED), *processor.flush(RECEIVED, True)]

@@ -139,7 +139,9 @@ def test_a_feed_set_up_in_a_worker_parses_filters_and_encodes_as_the_agent_does(
     )
     feed = parse_worker.WorkerFeed(setup)
     now = time.time()
-    held, count, routed = feed.parsed([*feed.processor.parse(lines, "stdout", now), *feed.processor.flush(now, True)])
+    held, count, routed = feed.parsed(
+        [*feed.processor.parse(lines, "stdout", now), *feed.processor.flush(now, True)], now
+    )
     [(index, ndjson, _stamps)] = routed
     in_worker = [orjson.loads(line) for line in ndjson.splitlines()]
 

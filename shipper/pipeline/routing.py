@@ -55,13 +55,14 @@ class Routing:
             ]
         )
 
-    def split(self, events: list[Event]) -> list[tuple[int, Share]]:
-        """Each route's share of `events` (routes that take none are left out), by route index."""
+    def split(self, events: list[Event], now: float | None = None) -> list[tuple[int, Share]]:
+        """Each route's share of `events` (routes that take none are left out), by route index;
+        time windows judged at `now` (the chunk's time), else by the clock."""
         shares: list[tuple[int, Share]] = []
         for index, (predicate, preparer) in enumerate(self.routes):
             selected = events if predicate is None else [event for event in events if predicate(event)]
             if selected:
-                shares.append((index, preparer.prepare(selected) if preparer is not None else selected))
+                shares.append((index, preparer.prepare(selected, now) if preparer is not None else selected))
         return shares
 
     def direct(
@@ -74,7 +75,7 @@ class Routing:
         `Processor.parse_direct`), nothing parsed then. The caller runs no transforms."""
         if not self._lane or not Lane.serves(extra):
             return None
-        forms = [preparer.lane_form() for preparer in self._lane]
+        forms = [preparer.lane_form(now) for preparer in self._lane]
         if None in forms or (len(forms) > 1 and any(form.kind != "fields" for form in forms)):
             return None  # several routes share one body: only in the fields form
         form = forms[0]
@@ -86,7 +87,7 @@ class Routing:
             form.restamped(restamped)
         if events:  # the lines the normal way took, each in its place between the lane's
             fill_in(events, extra)
-            body, prepared_stamps = self._lane[0].prepare(events)
+            body, prepared_stamps = self._lane[0].prepare(events, now)  # the lane's time: in order
             lines = body.split(b"\n")
             lines.pop()
             pieces: list[bytes] = []
