@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shipper.bulk import stamp_groups, stamp_groups_py
@@ -274,6 +274,7 @@ def test_loki_entries_are_the_same_json_either_way(entries: list[tuple[str, int,
         st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n")), max_size=12
     )
 )
+@example(lines=['",', ""])  # a quote then a comma: `","` inside a line, not only between lines
 def test_lines_are_escaped_the_same_either_way(lines: list[str]) -> None:
     """Each line escaped as orjson escapes a str (quotes, backslashes, control characters, any UTF-8
     kept), a line each, whatever the line holds but a newline."""
