@@ -249,38 +249,38 @@ async def test_batch_timeout_flushes_a_small_batch() -> None:
     await asyncio.wait_for(runner, 2)
 
 
-async def test_a_batch_leaves_when_its_input_pauses_not_a_whole_timeout_later() -> None:
-    sink = ScriptedSink(lambda request: DELIVERED, batch={"timeout": "60s", "idle": "100ms"})
+async def first_request(sink: ScriptedSink, parts: list[list[Event]], gap: float) -> list[list[str]]:
+    """Parts put `gap` seconds apart into a running driver's open channel; the requests made by
+    the time the first one came (waiting at most 10 s), the channel still open then."""
     channel = Channel(sink.name, 1 << 20, "block")
     runner = asyncio.create_task(SinkDriver(sink, channel).run())
-    ack = AckTracker().open(1)
-    ack.add(2)
-    started = time.monotonic()
-    await channel.put(Part([event("burst-1"), event("burst-2")], ack, 140))
-    while not sink.delivered and time.monotonic() - started < 10:
+    tracker = AckTracker()
+    for position, events in enumerate(parts, start=1):
+        ack = tracker.open(position)
+        ack.add(len(events))
+        await channel.put(Part(events, ack, memory_size(events)))
+        await asyncio.sleep(gap)
+    waited = 0.0
+    while not sink.requests and waited < 10:
         await asyncio.sleep(0.02)
-    assert sink.delivered == ["burst-1", "burst-2"]  # the channel is still open, the batch far from full
-    assert time.monotonic() - started < 10
+        waited += 0.02
+    made = list(sink.requests)
     channel.close()
     await asyncio.wait_for(runner, 2)
+    return made
+
+
+async def test_a_batch_leaves_when_its_input_pauses_not_a_whole_timeout_later() -> None:
+    sink = ScriptedSink(lambda request: DELIVERED, batch={"timeout": "60s", "idle": "100ms"})
+    started = time.monotonic()
+    assert await first_request(sink, [[event("burst-1"), event("burst-2")]], 0) == [["burst-1", "burst-2"]]
+    assert time.monotonic() - started < 10  # the batch far from full, its timeout far off
 
 
 async def test_a_batch_keeps_filling_while_input_flows() -> None:
     sink = ScriptedSink(lambda request: DELIVERED, batch={"timeout": "60s", "idle": "1s"})
-    channel = Channel(sink.name, 1 << 20, "block")
-    runner = asyncio.create_task(SinkDriver(sink, channel).run())
-    tracker = AckTracker()
-    for number in range(6):  # a part every 50 ms: never a pause of `idle`
-        ack = tracker.open(number + 1)
-        ack.add(1)
-        await channel.put(Part([event(f"m{number}")], ack, 70))
-        await asyncio.sleep(0.05)
-    started = time.monotonic()
-    while not sink.delivered and time.monotonic() - started < 10:
-        await asyncio.sleep(0.02)
-    assert sink.requests == [[f"m{number}" for number in range(6)]]
-    channel.close()
-    await asyncio.wait_for(runner, 2)
+    parts = [[event(f"m{number}")] for number in range(6)]  # a part every 50 ms: never a pause of `idle`
+    assert await first_request(sink, parts, 0.05) == [[f"m{number}" for number in range(6)]]
 
 
 async def test_split_halves_down_to_single_events() -> None:
