@@ -1,4 +1,4 @@
-"""What every HTTP sink shares: a pooled aiohttp session, gzip in a worker thread, response classes.
+"""What every HTTP sink shares: a keep-alive HTTP client, gzip in a worker thread, response classes.
 
 A subclass gives its URL and auth headers, an `encode`, and overrides `classify` only where its
 service differs from the defaults: 2xx delivered, 413 split, 408/429/5xx retry (honouring
@@ -15,25 +15,20 @@ import ssl
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from isal import igzip
 
 from shipper.config import HttpSinkConfig
+from shipper.httpclient import HttpClient, HttpError, environment_proxy
 from shipper.sink import CheckResult, Outcome, Request, Sink
-
-if TYPE_CHECKING:  # imported where a session is made: a parse worker preparing logs never needs it
-    import aiohttp
 
 # Compression releases the GIL: a small pool lets the second core compress while the loop parses.
 _compressors = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipper-gzip")
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 4096
-# A request body goes to the socket in pieces of this size, each after the last has drained.
-WRITE_PIECE = 256 * 1024
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -54,21 +49,6 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
         except ValueError:
             return None
     return None
-
-
-def environment_proxy(url: str) -> str | None:
-    """The proxy the environment names for `url` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, as curl and
-    the Datadog Agent read them), by aiohttp's own rules, with the proxy's credentials in its URL
-    (from the variable or ~/.netrc: aiohttp sends them for plain requests and CONNECT alike);
-    None: go direct."""
-    from aiohttp.helpers import get_env_proxy_for_url
-    from yarl import URL
-
-    try:
-        proxy, auth = get_env_proxy_for_url(URL(url))
-    except LookupError:
-        return None
-    return str(proxy if auth is None else proxy.with_user(auth.login).with_password(auth.password))
 
 
 def connection_failure(exc: BaseException, url: str) -> str:
@@ -94,14 +74,14 @@ def connection_failure(exc: BaseException, url: str) -> str:
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc` and what it wraps: aiohttp's `os_error`, urllib3's `reason`, chained exceptions."""
+    """`exc` and what it wraps: urllib3's `reason`, chained exceptions."""
     chain: list[BaseException] = []
     pending: list[Any] = [exc]
     while pending and len(chain) < 16:
         current = pending.pop(0)
         if isinstance(current, BaseException) and all(current is not seen for seen in chain):
             chain.append(current)
-            pending += [getattr(current, "os_error", None), getattr(current, "reason", None)]
+            pending.append(getattr(current, "reason", None))
             pending += [current.__cause__, current.__context__]
     return chain
 
@@ -112,17 +92,7 @@ class HttpSink(Sink):
 
     def __init__(self, name: str, config: HttpSinkConfig) -> None:
         super().__init__(name, config)
-        self._session: aiohttp.ClientSession | None = None
-        self._via: dict[str, dict[str, Any]] = {}
-
-    def via(self, url: str) -> dict[str, Any]:
-        """How to reach `url`: through `environment_proxy`, or directly ({}). Looked up once per URL:
-        aiohttp's `trust_env` looks it up, and ~/.netrc, in two thread hops on every request (~0.3 ms
-        each request on this VM)."""
-        if url not in self._via:
-            proxy = environment_proxy(url)
-            self._via[url] = {} if proxy is None else {"proxy": proxy}
-        return self._via[url]
+        self._client: HttpClient | None = None
 
     def url(self, request: Request) -> str:
         raise NotImplementedError
@@ -137,18 +107,19 @@ class HttpSink(Sink):
         return True
 
     async def start(self) -> None:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
-            connector=aiohttp.TCPConnector(limit=self.config.concurrency * 2, ssl=self.tls()),
-            auto_decompress=False,  # the proxy, if any, is given per request (`via`)
-        )
+        if self._client is None:
+            self._client = HttpClient(self.config.concurrency * 2, self.config.request_timeout, self.tls())
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def http(self) -> HttpClient:
+        """The sink's client, made on first use."""
+        await self.start()
+        assert self._client is not None
+        return self._client
 
     async def wire_body(self, request: Request) -> bytes:
         """The request body as sent, made once across retries: in a worker thread when it is
@@ -179,23 +150,18 @@ class HttpSink(Sink):
         return headers
 
     async def send(self, request: Request) -> Outcome:
-        import aiohttp
-
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        body = piecewise()(await self.wire_body(request))
+        client = await self.http()
+        body = await self.wire_body(request)
+        url = self.url(request)
         try:
-            url = self.url(request)
-            async with self._session.post(
-                url, data=body, headers=self.request_headers(request), allow_redirects=False, **self.via(url)
-            ) as resp:
-                text = await resp.content.read(MAX_ERROR_BODY)
-                return self.classify(resp.status, resp.headers, text, request)
-        except aiohttp.ClientError as exc:
-            return Outcome("retry", reason="connection", detail=type(exc).__name__)
+            answer = await client.request(
+                "POST", url, headers=self.request_headers(request), body=body, read_limit=MAX_ERROR_BODY
+            )
+        except HttpError as exc:
+            return Outcome("retry", reason="connection", detail=connection_failure(exc, url))
         except TimeoutError:
             return Outcome("retry", reason="timeout", detail=f"no answer within {self.config.request_timeout}s")
+        return self.classify(answer.status, answer.headers, answer.body, request)
 
     async def check(self) -> CheckResult:
         """Reachability and credentials without shipping logs: a GET with the sink's headers."""
@@ -205,15 +171,10 @@ class HttpSink(Sink):
 
     async def probe(self, url: str, headers: dict[str, str]) -> CheckResult:
         """GET `url`: any HTTP answer but 401/403 means the destination is there and did not refuse us."""
-        import aiohttp
-
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        client = await self.http()
         try:
-            async with self._session.get(url, headers=headers, allow_redirects=False, **self.via(url)) as resp:
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            status = (await client.request("GET", url, headers=headers, read_limit=0)).status
+        except (HttpError, TimeoutError) as exc:
             return CheckResult(False, f"{url} unreachable: {connection_failure(exc, url)}")
         if status in (401, 403):
             return CheckResult(False, f"{url} refused the credentials (HTTP {status})")
@@ -238,23 +199,3 @@ class HttpSink(Sink):
                 detail="the HTTP proxy refused shipper's credentials (HTTP 407); check HTTPS_PROXY / HTTP_PROXY",
             )
         return Outcome("reject", reason=f"http_{status}", detail=detail)
-
-
-@cache
-def piecewise() -> type[aiohttp.BytesPayload]:
-    """A body payload written in WRITE_PIECE pieces, each once the last has drained (its length
-    is known: no chunked encoding). Written whole, a 1 MiB body is copied again with the headers,
-    and over TLS encrypted into one buffer and read out into another, then held whole in the
-    transport until the socket takes it: 4-5 MiB made and dropped per request in flight."""
-    from aiohttp import BytesPayload
-
-    class PiecewiseBody(BytesPayload):
-        async def write(self, writer: Any) -> None:
-            await self.write_with_length(writer, None)
-
-        async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-            view = memoryview(self._value)[:content_length]
-            for start in range(0, len(view), WRITE_PIECE):
-                await writer.write(view[start : start + WRITE_PIECE])
-
-    return PiecewiseBody

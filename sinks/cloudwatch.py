@@ -343,10 +343,10 @@ class CloudWatchSink(HttpSink):
 
     async def start(self) -> None:
         """Resolve the region, endpoint and credential chain (a failure is said here, and by every
-        send until fixed), then open the HTTP session for PutLogEvents."""
+        send until fixed), then make the HTTP client for PutLogEvents."""
         from botocore.exceptions import BotoCoreError
 
-        if self._session is not None:
+        if self._client is not None:
             return
         try:
             await self._in_pool(self._connect)

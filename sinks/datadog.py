@@ -24,7 +24,8 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 
 from shipper.config import HttpSinkConfig, environ_of
 from shipper.event import Event, PreparerSpec
-from shipper.httpsink import HttpSink, connection_failure, environment_proxy
+from shipper.httpclient import HttpError, environment_proxy
+from shipper.httpsink import HttpSink, connection_failure
 from shipper.rules import OutOfRange
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request
 from shipper.template import PLACEHOLDER, template_error
@@ -267,21 +268,17 @@ class DatadogSink(HttpSink):
         return self._validation_result(200 if getattr(response, "valid", False) else 403)
 
     async def _validate_plain(self) -> CheckResult:
-        import aiohttp
-
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        client = await self.http()
         try:
             url = self.api_base + VALIDATE_PATH
-            async with self._session.get(url, headers=self.auth_headers(), **self.via(url)) as resp:
-                status = resp.status
-                if status == 200:
-                    doc = orjson.loads(await resp.content.read(4096) or b"{}")
-                    status = 200 if isinstance(doc, dict) and doc.get("valid") is True else 403
+            answer = await client.request("GET", url, headers=self.auth_headers(), read_limit=4096)
+            status = answer.status
+            if status == 200:
+                doc = orjson.loads(answer.body or b"{}")
+                status = 200 if isinstance(doc, dict) and doc.get("valid") is True else 403
         except orjson.JSONDecodeError:
             return CheckResult(False, f"{self.api_base + VALIDATE_PATH} is not a Datadog API (its answer is not JSON)")
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HttpError, TimeoutError) as exc:
             return self._unreachable(exc)
         return self._validation_result(status)
 

@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from shipper import tally
 from shipper.config import HttpSinkConfig
 from shipper.event import Event, PreparerSpec
+from shipper.httpclient import HttpError
 from shipper.httpsink import HttpSink, connection_failure, retry_after
 from shipper.rules import OutOfRange
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Rejection, Request
@@ -275,25 +276,19 @@ class LokiSink(HttpSink):
         """`/ready` when it answers (Grafana Cloud's gateway may not serve it), then a push of no
         stream with the sink's tenant and credentials and no entries: Loki checks them and writes
         nothing (a push of no streams at all is a 422)."""
-        import aiohttp
-
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        client = await self.http()
         ready = ""
         try:
-            ready_url = self.config.endpoint + READY_PATH
-            async with self._session.get(ready_url, **self.via(ready_url)) as resp:
-                if resp.status == 200:
-                    ready = "ready; "
-                elif resp.status == 503:
-                    return CheckResult(False, f"{self.config.endpoint} is not ready (HTTP 503 from {READY_PATH})")
+            answer = await client.request("GET", self.config.endpoint + READY_PATH, read_limit=0)
+            if answer.status == 200:
+                ready = "ready; "
+            elif answer.status == 503:
+                return CheckResult(False, f"{self.config.endpoint} is not ready (HTTP 503 from {READY_PATH})")
             headers = {"Content-Type": "application/json", **self.config.headers, **self.auth_headers()}
-            via = self.via(self.push_url)
-            async with self._session.post(self.push_url, data=EMPTY_PUSH, headers=headers, **via) as resp:
-                status = resp.status
-                answer = (await resp.content.read(512)).decode("utf-8", "replace").strip()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            answer = await client.request("POST", self.push_url, headers=headers, body=EMPTY_PUSH, read_limit=512)
+            status = answer.status
+            text = answer.body.decode("utf-8", "replace").strip()
+        except (HttpError, TimeoutError) as exc:
             return CheckResult(False, f"{self.push_url} unreachable: {connection_failure(exc, self.push_url)}")
         tenant = f" for tenant {self.config.tenant!r}" if self.config.tenant else ""
         if 200 <= status < 300:
@@ -301,8 +296,8 @@ class LokiSink(HttpSink):
                 True, f"{self.config.endpoint}: {ready}an empty push{tenant} was accepted (HTTP {status})"
             )
         if status in (401, 403):
-            return CheckResult(False, f"{self.push_url} refused the credentials{tenant} (HTTP {status}): {answer}")
-        return CheckResult(False, f"{self.push_url} answered an empty push with HTTP {status}: {answer}")
+            return CheckResult(False, f"{self.push_url} refused the credentials{tenant} (HTTP {status}): {text}")
+        return CheckResult(False, f"{self.push_url} answered an empty push with HTTP {status}: {text}")
 
 
 REGISTRATION = (LokiConfig, LokiSink)

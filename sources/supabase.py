@@ -24,17 +24,18 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from shipper import __version__, metrics
+from shipper import metrics
 from shipper.checkpoint import CheckpointStore
 from shipper.config import RetryConfig, SourceConfig
 from shipper.errors import ConfigError
 from shipper.health import Health
+from shipper.httpclient import HttpClient, HttpError
 from shipper.httpsink import connection_failure, retry_after
 from shipper.log import RateLimitedLog
 from shipper.pipeline.feed import RecordFeed
@@ -58,9 +59,6 @@ from sources.supabase_logs import (
     probe_sql,
     record_of,
 )
-
-if TYPE_CHECKING:
-    import aiohttp
 
 log = logging.getLogger("shipper.sources.supabase")
 T = TypeVar("T")
@@ -306,18 +304,16 @@ class RateBudget:
 class LogsApi:
     """One project's logs endpoint: a GET per query, its answer classified."""
 
-    def __init__(self, config: SupabaseConfig, key: str, session: aiohttp.ClientSession, budget: RateBudget) -> None:
+    def __init__(self, config: SupabaseConfig, key: str, http: HttpClient, budget: RateBudget) -> None:
         self.config = config
         self.key = key  # the source's config key, for messages
         self.url = config.api_url + LOGS_PATH.format(ref=config.project_ref)
-        self.session = session
+        self.http = http
         self.budget = budget
 
     async def query(self, sql: str, start_us: int, end_us: int) -> list[Mapping[str, Any]]:
         """Rows of `sql` over [start, end] (both bounds always sent: with neither, the API answers the
         last minute only), or the ApiProblem the answer is; sent once the rate budget allows."""
-        import aiohttp
-
         params = {"sql": sql, "iso_timestamp_start": iso_micros(start_us), "iso_timestamp_end": iso_micros(end_us)}
         headers = {
             "Authorization": f"Bearer {self.config.access_token.get_secret_value()}",
@@ -327,16 +323,14 @@ class LogsApi:
             await asyncio.sleep(wait)
         self.budget.spend()
         try:
-            async with self.session.get(self.url, params=params, headers=headers, allow_redirects=False) as resp:
-                self.budget.observe(resp.status, resp.headers)
-                body = await resp.read()
-                status = resp.status
+            answer = await self.http.request("GET", f"{self.url}?{urlencode(params)}", headers=headers)
         except TimeoutError:
             raise ApiProblem("timeout", f"no answer within {self.config.request_timeout:g}s") from None
-        except aiohttp.ClientError as exc:
+        except HttpError as exc:
             raise ApiProblem("connection", connection_failure(exc, self.url)) from None
+        self.budget.observe(answer.status, answer.headers)
         ref = self.config.project_ref
-        return rows_of(status, body, key=self.key, ref=ref, url=self.config.api_url)
+        return rows_of(answer.status, answer.body, key=self.key, ref=ref, url=self.config.api_url)
 
     async def source_column(self, table: str, now_us: int) -> str:
         """The name of the logs table's source column (`source` in the API reference, `source_name`
@@ -361,14 +355,10 @@ class LogsApi:
         )
 
 
-def session(config: SupabaseConfig) -> aiohttp.ClientSession:
-    import aiohttp
-
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=config.request_timeout),
-        headers={"User-Agent": f"shipper/{__version__}"},
-        trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as the HTTP sinks read them
-    )
+def session(config: SupabaseConfig) -> HttpClient:
+    """The poller's client: one request at a time (the queries of a poll are sequential), through
+    the proxy HTTPS_PROXY / HTTP_PROXY / NO_PROXY name, as the HTTP sinks read them."""
+    return HttpClient(1, config.request_timeout)
 
 
 # ---------------------------------------------------------------------------------- one poller per project

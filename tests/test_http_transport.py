@@ -14,7 +14,8 @@ import pytest
 
 from shipper.config import config_from_dict
 from shipper.event import Event
-from shipper.httpsink import WRITE_PIECE, HttpSink
+from shipper.httpclient import WRITE_PIECE
+from shipper.httpsink import HttpSink
 from sinks import build_sink
 from tests.fakes.forward_proxy import ForwardProxy
 
