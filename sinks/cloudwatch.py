@@ -6,7 +6,7 @@ worker runs the per-event part); batching, retries, splitting and acknowledgemen
 `shipper.pipeline.driver`.
 
 Two planes, two clients:
-- PutLogEvents, the hot path, is sent with aiohttp (shipper/httpsink.py): its JSON body is framed
+- PutLogEvents, the hot path, is sent with shipper's HTTP client (shipper/httpsink.py): its JSON body is framed
   from the prepared events, and botocore's `SigV4Auth` signs it in this sink's thread pool with
   the standard credential chain's current credentials (refreshed role credentials included).
   boto3's `put_log_events` would serialize and validate every event in Python: measured here,
