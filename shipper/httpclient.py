@@ -148,6 +148,7 @@ class HttpClient:
     _idle: dict[tuple[str, str, int, str | None], list[_Connection]] = field(default_factory=dict)
     _proxies: dict[str, str | None] = field(default_factory=dict)
     _slots: asyncio.Semaphore | None = None
+    _closed: bool = False  # a request that ends after `close` closes its connection
 
     def proxy_for(self, url: str) -> str | None:
         """`environment_proxy`, looked up once per URL (the environment and ~/.netrc are read from
@@ -179,6 +180,7 @@ class HttpClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()
@@ -226,7 +228,7 @@ class HttpClient:
                 if connection is not None:
                     connection.close()
                 raise
-            if reusable:
+            if reusable and not self._closed:
                 connection.reused, connection.answered = True, False
                 self._idle.setdefault(key, []).append(connection)
             else:
