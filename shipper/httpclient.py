@@ -296,8 +296,10 @@ def _context(tls: ssl.SSLContext | bool) -> ssl.SSLContext:
 def _request_head(
     method: str, target: str, host: str, headers: Mapping[str, str], length: int, proxy_authorization: str | None
 ) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines = [f"{method} {target} HTTP/1.1"]
     names = {name.lower() for name in headers}
+    if "host" not in names:  # a signed request names its own (SigV4 signs it)
+        lines.append(f"Host: {host}")
     if "user-agent" not in names:
         lines.append(f"User-Agent: {USER_AGENT}")
     if "accept" not in names and method != "CONNECT":

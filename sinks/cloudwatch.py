@@ -28,16 +28,17 @@ import os
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from shipper import __version__
 from shipper.config import HttpSinkConfig
 from shipper.errors import ConfigError
 from shipper.event import Event, PreparerSpec
@@ -46,6 +47,7 @@ from shipper.rules import OutOfRange
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Rejection, Request
 from shipper.template import PLACEHOLDER, template_error
 from shipper.units import Size
+from sinks.aws import Aws, NoCredentials, NoRegion, chain_region, environment_region, signed_headers
 from sinks.cloudwatch_events import (
     MAX_CALL_BYTES,
     MAX_CALL_EVENTS,
@@ -93,7 +95,6 @@ REJECTED_BEFORE = (
     ("expiredLogEventEndIndex", "expired", "older than the log group's retention"),
 )
 REJECTED_FROM = ("tooNewLogEventStartIndex", "too_new", "more than 2 h in the future")
-CHAIN = "env, shared config and profile, container role, instance role, web identity"
 
 T = TypeVar("T")
 
@@ -186,11 +187,13 @@ class CloudWatchConfig(HttpSinkConfig):
 
     def preflight(self, key: str) -> None:
         """The region resolves (here or in the standard chain) and the profile and CA bundle exist."""
+        if self.ca_bundle is not None and not os.access(self.ca_bundle, os.R_OK):
+            raise ConfigError(f"{key}.ca_bundle", f"cannot read {str(self.ca_bundle)!r}")
+        if self.profile is None and (self.region or environment_region()):
+            return  # nothing to ask botocore
         import botocore.exceptions
         import botocore.session
 
-        if self.ca_bundle is not None and not os.access(self.ca_bundle, os.R_OK):
-            raise ConfigError(f"{key}.ca_bundle", f"cannot read {str(self.ca_bundle)!r}")
         try:
             region = self.region or chain_region(botocore.session.Session(profile=self.profile))
         except botocore.exceptions.ProfileNotFound:
@@ -206,84 +209,6 @@ class CloudWatchConfig(HttpSinkConfig):
 
 class CreationRefused(Exception):
     """A group or stream is missing and shipper may not create it: the data waits until it exists."""
-
-
-class NoRegion(Exception):
-    """Neither the config nor the standard chain names a region (preflight checks it first)."""
-
-
-class Aws:
-    """What the standard chain resolved for one sink, and the boto3 clients made from it when first
-    needed: the control plane is rare, and a client's service model costs ~12 MiB."""
-
-    def __init__(self, config: CloudWatchConfig) -> None:
-        import botocore.session
-
-        core = botocore.session.Session(profile=config.profile)
-        if config.access_key_id is not None and config.secret_access_key is not None:
-            token = config.session_token.get_secret_value() if config.session_token else None
-            core.set_credentials(
-                config.access_key_id.get_secret_value(), config.secret_access_key.get_secret_value(), token
-            )
-        region = config.region or chain_region(core)
-        if not region:
-            raise NoRegion("no AWS region: set `region`, AWS_REGION / AWS_DEFAULT_REGION, or one in the AWS profile")
-        self.region: str = region
-        self.credentials: Any = core.get_credentials()  # RefreshableCredentials for roles; None: none found
-        ca_bundle = str(config.ca_bundle) if config.ca_bundle else core.get_config_variable("ca_bundle")
-        self.ca_bundle: str | None = ca_bundle
-        self.verify: str | bool | None = False if not config.tls_verify else ca_bundle
-        self.endpoint: str = config.endpoint_url or regional_endpoint(core, region)
-        self._core = core
-        self._timeout = config.request_timeout
-        self._clients: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def provider(self) -> str:
-        """Where the credentials came from, as botocore names it (env, assume-role, iam-role, ...)."""
-        return str(getattr(self.credentials, "method", "unknown"))
-
-    def client(self, service: str) -> Any:
-        """The boto3 client of `service` ("logs" at this sink's endpoint, "sts"), made once."""
-        with self._lock:
-            if service not in self._clients:
-                import boto3
-                from botocore.config import Config
-
-                self._clients[service] = boto3.session.Session(
-                    botocore_session=self._core, region_name=self.region
-                ).client(
-                    service,
-                    endpoint_url=self.endpoint if service == "logs" else None,
-                    verify=self.verify,
-                    config=Config(
-                        retries={"mode": "standard", "max_attempts": 3},
-                        connect_timeout=min(10.0, self._timeout),
-                        read_timeout=self._timeout,
-                        user_agent_extra=f"shipper/{__version__}",
-                    ),
-                )
-            return self._clients[service]
-
-
-def chain_region(core: Any) -> str | None:
-    """The region the environment names: AWS_REGION (what AWS's runtimes set, and most SDKs read
-    first), else botocore's own chain (AWS_DEFAULT_REGION, the profile)."""
-    return os.environ.get("AWS_REGION") or core.get_config_variable("region")
-
-
-def regional_endpoint(core: Any, region: str) -> str:
-    """CloudWatch Logs' endpoint for `region` by botocore's own rules (partition, FIPS and dual-stack
-    settings of the AWS config), without building a client."""
-    from botocore.endpoint_provider import EndpointProvider
-
-    loader = core.get_component("data_loader")
-    provider = EndpointProvider(
-        loader.load_service_model("logs", "endpoint-rule-set-1"), loader.load_data("partitions")
-    )
-    fips, dual_stack = core.get_config_variable("use_fips_endpoint"), core.get_config_variable("use_dualstack_endpoint")
-    return str(provider.resolve_endpoint(Region=region, UseFIPS=bool(fips), UseDualStack=bool(dual_stack)).url)
 
 
 # ---------------------------------------------------------------------------------- sink
@@ -320,37 +245,26 @@ class CloudWatchSink(HttpSink):
         """The standard chain resolved (again after the destination refused its credentials)."""
         with self._connecting:
             if self._aws is None or self._stale:
-                self._aws, self._stale = Aws(self.config), False
+                self._aws, self._stale = Aws.resolve(self.config), False
             return self._aws
 
     def _signed(self, body: bytes) -> dict[str, str]:
         """SigV4 headers for a PutLogEvents call with `body`, with the chain's current credentials
         (a role's are refreshed by botocore as they near expiry: that may block, hence a thread)."""
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.exceptions import NoCredentialsError
-
         aws = self._connect()
-        if aws.credentials is None:
-            raise NoCredentialsError()
-        request = AWSRequest(
-            "POST", aws.endpoint, data=body, headers={"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET}
-        )
-        SigV4Auth(aws.credentials.get_frozen_credentials(), "logs", aws.region).add_auth(request)
-        return dict(request.headers.items())
+        headers = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET}
+        return signed_headers(aws.keys(), aws.region, urlsplit(aws.endpoint).netloc, body, headers, time.time())
 
     # ------------------------------------------------------------ HttpSink hooks
 
     async def start(self) -> None:
         """Resolve the region, endpoint and credential chain (a failure is said here, and by every
         send until fixed), then make the HTTP client for PutLogEvents."""
-        from botocore.exceptions import BotoCoreError
-
         if self._client is not None:
             return
         try:
             await self._in_pool(self._connect)
-        except (NoRegion, BotoCoreError) as exc:
+        except (NoRegion, NoCredentials) as exc:
             log.error("cannot set up AWS access", extra={"sink": self.name, "error": str(exc)})
         await super().start()
 
@@ -390,19 +304,17 @@ class CloudWatchSink(HttpSink):
         return outcome
 
     async def _put(self, request: Request) -> Outcome:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         await self.start()
         try:
             request.meta["signed"] = await self._in_pool(self._signed, request.body)
         except NoRegion as exc:
             return Outcome("unhealthy", reason="no_region", detail=str(exc))
-        except (BotoCoreError, ClientError) as exc:  # no credentials, or the chain failed to get them
+        except NoCredentials as exc:  # none found, or the chain failed to get them
             self._stale = True
             return Outcome(
                 "unhealthy",
                 reason="no_credentials",
-                detail=f"cannot get AWS credentials ({type(exc).__name__}: {exc}); data stays buffered",
+                detail=f"cannot get AWS credentials ({exc}); data stays buffered",
             )
         return await super().send(request)
 
@@ -547,10 +459,9 @@ class CloudWatchSink(HttpSink):
 
         try:
             aws = await self._in_pool(self._connect)
-            if aws.credentials is None:
-                return CheckResult(False, f"no AWS credentials found (looked in: {CHAIN})")
+            await self._in_pool(aws.keys)
             identity = await self._in_pool(self._identity, aws)
-        except NoRegion as exc:
+        except (NoRegion, NoCredentials) as exc:
             return CheckResult(False, str(exc))
         except ClientError as exc:
             kind, message = _client_error(exc)
