@@ -1,6 +1,8 @@
 """shipper's CloudWatch sink beside Fluent Bit's cloudwatch_logs output, interleaved in one run.
 
-Both read the same generated pino file (shared/peers/gen_pino.py, seed 42) from the beginning and
+Both read the same generated pino file (shared/peers/gen_pino.py, seed 42; by default with its
+times moved to the last half hour, as a live service's are: see `freshly_stamped`) from the
+beginning and
 put it into the same counting endpoint: shared/peers/sink.py speaking PutLogEvents over HTTPS with
 a self-signed certificate (Fluent Bit's cloudwatch output only speaks TLS), with dummy credentials.
 Fluent Bit runs through shared/peers/fb_driver.py (its `cloudwatch` variant); shipper is timed
@@ -13,7 +15,7 @@ Absolute speeds on these 2-core machines swing by up to 2x between runs: compare
 Targets (issue #13): at least 1.0x Fluent Bit (~238,000 records/s measured here), peak RSS under
 100 MiB.
 
-    python bench/bench_cloudwatch.py [--lines 1000000] [--runs 3]
+    python bench/bench_cloudwatch.py [--lines 1000000] [--runs 3] [--timestamps fresh|as-generated]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import ssl
 import statistics
@@ -65,6 +68,20 @@ def pino_file(cache: Path, lines: int) -> Path:
             stdout=subprocess.DEVNULL,
         )
     return path
+
+
+def freshly_stamped(source: Path, cache: Path) -> Path:
+    """`source` with every pino `time` moved by one offset so that its last line is a minute old:
+    the lines a live service writes. The generator's lines are from October 2025, which CloudWatch
+    refuses (older than 14 days): shipper would re-stamp each one (and say so in the message,
+    ~10% more bytes), and what Fluent Bit sends would all come back rejected."""
+    data = source.read_bytes()
+    stamps = re.compile(rb'"time":(\d{13})')
+    last = max(int(match.group(1)) for match in stamps.finditer(data, max(0, len(data) - 65536)))
+    offset = int(time.time() * 1000) - 60_000 - last
+    fresh = cache / f"{source.stem}-fresh.jsonl"
+    fresh.write_bytes(stamps.sub(lambda match: b'"time":%d' % (int(match.group(1)) + offset), data))
+    return fresh
 
 
 def start_endpoint(work: Path, lines: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -167,6 +184,13 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument(
+        "--timestamps",
+        choices=("fresh", "as-generated"),
+        default="fresh",
+        help="fresh: the lines' times moved to the last half hour, as live logs are (default); "
+        "as-generated: October 2025, older than CloudWatch keeps, so shipper re-stamps every event",
+    )
     args = parser.parse_args()
     if not (PEERS / "fluent-bit").exists():
         print(f"needs {PEERS}/fluent-bit", file=sys.stderr)
@@ -174,6 +198,8 @@ def main() -> int:
     cache = Path(os.environ.get("CACHE", Path(tempfile.gettempdir()) / "peer-bench"))
     cache.mkdir(parents=True, exist_ok=True)
     data = pino_file(cache, args.lines)
+    if args.timestamps == "fresh":
+        data = freshly_stamped(data, cache)
     out = Path(tempfile.mkdtemp(prefix="bench-cloudwatch-"))
     print(f"# {args.lines:,} pino lines ({data}), {args.runs} interleaved runs; raw results in {out}")
     rows: list[dict[str, Any]] = []
