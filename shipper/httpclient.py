@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import netrc
 import os
 import ssl
@@ -34,6 +35,8 @@ from shipper import __version__
 WRITE_PIECE = 256 * 1024
 MAX_HEAD = 64 * 1024  # an answer's status line and headers
 USER_AGENT = f"shipper/{__version__}"
+
+log = logging.getLogger("shipper.http")
 
 
 class HttpError(Exception):
@@ -79,6 +82,10 @@ def environment_proxy(url: str) -> str | None:
         return None
     proxy = urlsplit(named if "://" in named else f"http://{named}")
     if proxy.scheme != "http" or not proxy.hostname:
+        log.warning(
+            "the environment names a proxy shipper cannot speak (only http:// proxies); going direct",
+            extra={"destination": f"{parts.scheme}://{host}", "proxy_scheme": proxy.scheme},
+        )
         return None
     where = f"{proxy.hostname}:{proxy.port or 80}"
     if proxy.username is not None:
@@ -261,7 +268,8 @@ class HttpClient:
             return connection
         try:
             tunnel = {} if proxy.authorization is None else {"Proxy-Authorization": proxy.authorization}
-            writer.write(_request_head("CONNECT", f"{host}:{port}", f"{host}:{port}", tunnel, 0, None))
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 address in brackets
+            writer.write(_request_head("CONNECT", target, target, tunnel, 0, None))
             status, _, headers = _answer_head(await reader.readuntil(b"\r\n\r\n"))
             if status == 407:
                 raise _ProxyRefused(Response(status, headers, b""))

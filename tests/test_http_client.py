@@ -278,3 +278,15 @@ async def test_https_goes_through_the_environments_proxy_with_its_credentials(
             assert len(server.requests) == 2  # nothing reached the destination without the proxy's consent
     finally:
         proxy_listener.close()
+
+
+async def test_a_proxy_shipper_cannot_speak_is_said_and_the_request_goes_direct(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("NO_PROXY", "no_proxy", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.invalid:3129")
+    server = RawServer(lambda line, headers, body: ok(b"direct"))
+    async with serving(server) as port, HttpClient(4, 5.0) as client:
+        assert (await client.request("GET", f"http://127.0.0.1:{port}/")).body == b"direct"
+    assert "only http:// proxies" in caplog.text
