@@ -13,11 +13,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shipper.httpclient import USER_AGENT, HttpClient, HttpError
 from shipper.httpsink import connection_failure
+from tests.procutil import ShipperProcess, pino_lines, wait_for
 
 Answer = Callable[[str, dict[str, str], bytes], bytes | None]  # None: close without answering
 
@@ -290,3 +292,24 @@ async def test_a_proxy_shipper_cannot_speak_is_said_and_the_request_goes_direct(
     async with serving(server) as port, HttpClient(4, 5.0) as client:
         assert (await client.request("GET", f"http://127.0.0.1:{port}/")).body == b"direct"
     assert "only http:// proxies" in caplog.text
+
+
+def test_a_running_agent_ships_over_http_without_loading_aiohttp(collector: Any, tmp_path: Path) -> None:
+    """aiohttp's client cost the agent ~9 MiB at rest: an agent whose API is off must not map any
+    of its compiled modules, and still ship."""
+    log = tmp_path / "app.log"
+    log.write_bytes(pino_lines(range(20)))
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[sources.api]\ntype = "file"\ninclude = ["{log}"]\nstart_at = "beginning"\n'
+        f'[sinks.out]\ntype = "http"\ninputs = ["api"]\nurl = "{collector.url}"\nbatch = {{ timeout = "50ms" }}\n'
+    )
+    shipper = ShipperProcess(config, tmp_path)
+    try:
+        wait_for(lambda: len(collector.events) == 20, 20, "the 20 lines to reach the collector")
+        maps = Path(f"/proc/{shipper.proc.pid}/maps").read_text()
+        assert "site-packages/aiohttp" not in maps and "site-packages/multidict" not in maps
+        assert "site-packages/pydantic_core" in maps  # the check reads the right process
+    finally:
+        shipper.ensure_stopped()
