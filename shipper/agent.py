@@ -95,7 +95,7 @@ class Agent:
             self._adopt_source(context, source, routes[name])
         self.api = None
         if config.api.enabled:
-            from shipper.api import ApiServer  # aiohttp's server: imported only when the API is on
+            from shipper.api import ApiServer  # imported only when the API is on
 
             self.api = ApiServer(config.api, self)
 

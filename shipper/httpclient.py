@@ -5,8 +5,8 @@ GET with a Content-Length body written in pieces, and each answer's status, head
 body; through the proxy the environment names (CONNECT for HTTPS), with the TLS context the sink
 chose. aiohttp's client did it, but importing it cost the agent ~9 MiB of its ~51 MiB at rest
 (148 modules, and the system CA store it loads into a context at import, even to speak plain
-HTTP): more than any other dependency, to use a sliver of it. aiohttp's server stays, for the API
-(`[api]`), imported only when that is on.
+HTTP): more than any other dependency, to use a sliver of it. The API's server (shipper/api.py)
+is as small, for the same reason.
 
 Not here, by design: redirects (a log destination that redirects is misconfigured), cookies,
 response decompression (nothing is asked compressed), HTTPS proxies (aiohttp ignored them too).
@@ -335,12 +335,9 @@ async def _send(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> None:
     await writer.drain()
 
 
-def _answer_head(head: bytes) -> tuple[int, str, Headers]:
-    """Status, HTTP version and headers of an answer's head (its status line and header lines)."""
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = status_line.partition(" ")
-    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
-        raise ValueError(f"not an HTTP/1.x answer: {status_line[:80]!r}")
+def split_head(head: bytes) -> tuple[str, Headers]:
+    """The first line of a request's or an answer's head, and its headers (ValueError: not HTTP)."""
+    first, *lines = head.decode("latin-1").split("\r\n")
     items: dict[str, str] = {}
     for line in lines:
         if line:
@@ -348,7 +345,16 @@ def _answer_head(head: bytes) -> tuple[int, str, Headers]:
             if not colon:
                 raise ValueError(f"not an HTTP header line: {line[:80]!r}")
             items[name.strip().lower()] = value.strip()
-    return int(rest[:3]), version, Headers(items)
+    return first, Headers(items)
+
+
+def _answer_head(head: bytes) -> tuple[int, str, Headers]:
+    """Status, HTTP version and headers of an answer's head (its status line and header lines)."""
+    status_line, headers = split_head(head)
+    version, _, rest = status_line.partition(" ")
+    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        raise ValueError(f"not an HTTP/1.x answer: {status_line[:80]!r}")
+    return int(rest[:3]), version, headers
 
 
 async def _receive(connection: _Connection, method: str, read_limit: int | None) -> tuple[Response, bool]:
