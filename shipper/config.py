@@ -280,6 +280,8 @@ class SourceConfig(Strict):
 
 # ---------------------------------------------------------------- sinks
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+
 
 # A sink's buffer in memory when `buffer.max_bytes` is unset: the working set between the parse and
 # the requests in flight (a few batches), not the place for a backlog. A tailed file keeps its backlog
@@ -361,6 +363,18 @@ class HttpSinkConfig(SinkConfig):
     compression_level: int = Field(default=1, ge=0, le=3)  # ISA-L levels: 0 fastest .. 3 smallest
     request_timeout: Duration = 30.0
     headers: dict[str, str] = {}
+
+    @field_validator("headers")
+    @classmethod
+    def _header_lines(cls, value: dict[str, str]) -> dict[str, str]:
+        """Each a valid header line: a token for a name, no line break in a value (a secret file's
+        trailing newline would otherwise end the header and start another)."""
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"the value of header {name!r} holds a line break")
+        return value
 
 
 # ---------------------------------------------------------------- the whole file

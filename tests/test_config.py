@@ -275,3 +275,20 @@ def test_a_dead_letter_path_that_cannot_be_created_is_named(tmp_path: Path) -> N
     result = validate(path)
     assert result.returncode == 2
     assert f"{path}:11: sinks.out.dead_letter.path: cannot write" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("headers", "words"),
+    [
+        ('{ "X-Token" = "${TOKEN}" }', "holds a line break"),  # a secret read with its trailing newline
+        ('{ "X-A" = "a\\r\\nX-Injected: 1" }', "holds a line break"),
+        ('{ "Bad Name" = "x" }', "not a valid HTTP header name"),
+    ],
+)
+def test_http_headers_that_would_break_the_request_are_refused_by_key(tmp_path: Path, headers: str, words: str) -> None:
+    text = config_text(tmp_path).split("[sinks.out]")[0] + (
+        f'[sinks.out]\ntype = "http"\ninputs = ["api"]\nurl = "http://127.0.0.1:9/"\nheaders = {headers}\n'
+    )
+    error = error_of(text, {"TOKEN": "secret-value\n"})
+    assert error.key.startswith("sinks.out.headers") and words in error.message
+    assert "secret-value" not in str(error)
