@@ -34,6 +34,9 @@ from shipper import __version__
 # buffer and read out into another) while the socket takes it, 2-4 MiB more per request in flight.
 WRITE_PIECE = 256 * 1024
 MAX_HEAD = 64 * 1024  # an answer's status line and headers
+# A host's next address is tried this long after the last one was (RFC 8305): an IPv6 route that
+# drops packets delays a connection by this, not by the whole request timeout.
+HAPPY_EYEBALLS = 0.25
 USER_AGENT = f"shipper/{__version__}"
 
 log = logging.getLogger("shipper.http")
@@ -259,10 +262,17 @@ class HttpClient:
         context = _context(self.tls) if scheme == "https" else None
         if proxy is None:
             reader, writer = await asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host if context else None, limit=MAX_HEAD
+                host,
+                port,
+                ssl=context,
+                server_hostname=host if context else None,
+                limit=MAX_HEAD,
+                happy_eyeballs_delay=HAPPY_EYEBALLS,
             )
             return _Connection(reader, writer)
-        reader, writer = await asyncio.open_connection(proxy.host, proxy.port, limit=MAX_HEAD)
+        reader, writer = await asyncio.open_connection(
+            proxy.host, proxy.port, limit=MAX_HEAD, happy_eyeballs_delay=HAPPY_EYEBALLS
+        )
         connection = _Connection(reader, writer)
         if context is None:
             return connection
