@@ -155,10 +155,10 @@ class HttpClient:
     timeout: float
     tls: ssl.SSLContext | bool = True
     headers: Mapping[str, str] = field(default_factory=dict)  # sent with every request
-    _idle: dict[tuple[str, str, int, str | None], list[_Connection]] = field(default_factory=dict)
-    _proxies: dict[str, str | None] = field(default_factory=dict)
-    _slots: asyncio.Semaphore | None = None
-    _closed: bool = False  # a request that ends after `close` closes its connection
+    _idle: dict[tuple[str, str, int, str | None], list[_Connection]] = field(default_factory=dict, init=False)
+    _proxies: dict[str, str | None] = field(default_factory=dict, init=False)
+    _slots: asyncio.Semaphore | None = field(default=None, init=False)
+    _closed: bool = field(default=False, init=False)  # a request that ends after `close` closes its connection
 
     def proxy_for(self, url: str) -> str | None:
         """`environment_proxy`, looked up once per URL (the environment and ~/.netrc are read from

@@ -18,6 +18,7 @@ import hmac
 import importlib.util
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -152,12 +153,9 @@ class StaticAws(Aws):
 
     def __init__(self, config: CloudWatchConfig) -> None:
         super().__init__(config)
-        if config.access_key_id is not None and config.secret_access_key is not None:
-            token = config.session_token.get_secret_value() if config.session_token else None
-            self._keys = Keys(
-                config.access_key_id.get_secret_value(), config.secret_access_key.get_secret_value(), token
-            )
-            self.provider = "explicit"
+        keys = configured_keys(config)
+        if keys is not None:
+            self._keys, self.provider = keys, "explicit"
         else:
             environ = os.environ
             token = environ.get("AWS_SESSION_TOKEN") or environ.get("AWS_SECURITY_TOKEN") or None
@@ -194,7 +192,7 @@ class StaticAws(Aws):
         import botocore.session
 
         core = botocore.session.Session()
-        core.set_credentials(self._keys.access_key_id, self._keys.secret_access_key, self._keys.session_token)
+        _hand_to(core, self._keys)
         return core
 
 
@@ -214,11 +212,9 @@ class ChainAws(Aws):
         import botocore.session
 
         core = botocore.session.Session(profile=config.profile)
-        if config.access_key_id is not None and config.secret_access_key is not None:
-            token = config.session_token.get_secret_value() if config.session_token else None
-            core.set_credentials(
-                config.access_key_id.get_secret_value(), config.secret_access_key.get_secret_value(), token
-            )
+        keys = configured_keys(config)
+        if keys is not None:
+            _hand_to(core, keys)
         region = config.region or chain_region(core)
         if not region:
             raise NoRegion("no AWS region: set `region`, AWS_REGION / AWS_DEFAULT_REGION, or one in the AWS profile")
@@ -246,6 +242,19 @@ class ChainAws(Aws):
 
     def session(self) -> Any:
         return self._core
+
+
+def configured_keys(config: CloudWatchConfig) -> Keys | None:
+    """The keys the sink's config gives (by reference: `${VAR}` or `${file:PATH}`), if any."""
+    if config.access_key_id is None or config.secret_access_key is None:
+        return None
+    token = config.session_token.get_secret_value() if config.session_token else None
+    return Keys(config.access_key_id.get_secret_value(), config.secret_access_key.get_secret_value(), token)
+
+
+def _hand_to(core: Any, keys: Keys) -> None:
+    """Give a botocore session `keys` as its credentials (for boto3 clients made from it)."""
+    core.set_credentials(keys.access_key_id, keys.secret_access_key, keys.session_token)
 
 
 def environment_region() -> str | None:
@@ -281,8 +290,6 @@ def logs_endpoint(region: str, fips: bool, dual_stack: bool) -> str:
 
 
 def _partition(region: str) -> dict[str, Any]:
-    import re
-
     partitions = _partitions()
     for partition in partitions:
         if region in partition["regions"]:
