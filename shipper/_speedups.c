@@ -1693,6 +1693,235 @@ done:
     return out;
 }
 
+/* shipper/lines.py's `line_ends`: where each line of NDJSON `body` ends, its newline included
+ * (offsets into `body`): what `Lines` reads a line's bytes and a run's wire size by. */
+static PyObject *line_ends(PyObject *self, PyObject *arg) {
+    Py_buffer body;
+    if (PyObject_GetBuffer(arg, &body, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const char *data = body.buf, *end = data + body.len;
+    PyObject *out = NULL;
+    if (end > data && end[-1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "prepared logs must end in a newline");
+        goto done;
+    }
+    if ((out = PyList_New(newlines_in((const unsigned char *)data, body.len))) == NULL)
+        goto done;
+    Py_ssize_t i = 0;
+    for (const char *p = data; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++) {
+        PyObject *at = PyLong_FromSsize_t(p + 1 - data);
+        if (at == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i++, at);
+    }
+done:
+    PyBuffer_Release(&body);
+    return out;
+}
+
+/* shipper/lines.py's `framed_lines`: `opening`, the lines of NDJSON pieces (bytes-like, each
+ * ending in a newline) between `separator`s, `closing`, in one allocation: each piece copied
+ * whole, then each newline but the last turned into the separator where it lies (one byte). */
+static PyObject *framed_lines(PyObject *self, PyObject *args) {
+    PyObject *pieces, *out = NULL;
+    Py_buffer opening, separator, closing;
+    if (!PyArg_ParseTuple(args, "y*O!y*y*:framed_lines", &opening, &PyList_Type, &pieces, &separator, &closing))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(pieces), held = 0, total = opening.len + closing.len;
+    Py_buffer *views = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_buffer));
+    if (views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (separator.len != 1) {
+        PyErr_SetString(PyExc_ValueError, "the separator must be one byte");
+        goto done;
+    }
+    for (; held < count; held++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, held), &views[held], PyBUF_SIMPLE) < 0)
+            goto done;
+        const char *data = views[held].buf;
+        if (views[held].len && data[views[held].len - 1] != '\n') {
+            held++;
+            PyErr_SetString(PyExc_ValueError, "prepared logs must end in a newline");
+            goto done;
+        }
+        total += views[held].len;
+    }
+    Py_ssize_t lines = total - opening.len - closing.len;
+    total -= lines > 0; /* the last newline goes: the closing follows the last line */
+    if ((out = PyBytes_FromStringAndSize(NULL, total)) == NULL)
+        goto done;
+    char *w = PyBytes_AS_STRING(out), *body;
+    memcpy(w, opening.buf, (size_t)opening.len);
+    body = w += opening.len;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        memcpy(w, views[i].buf, (size_t)views[i].len);
+        w += views[i].len;
+    }
+    if (lines > 0)
+        w--;
+    char sep = *(const char *)separator.buf;
+    for (char *p = body; (p = memchr(p, '\n', (size_t)(w - p))) != NULL; p++)
+        *p = sep;
+    memcpy(w, closing.buf, (size_t)closing.len);
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyBuffer_Release(&opening);
+    PyBuffer_Release(&separator);
+    PyBuffer_Release(&closing);
+    return out;
+}
+
+/* shipper/lines.py's `one_key_times`: stamps[lo:hi] (tuples) all with one key at `key_at` and
+ * times at `time_at` that never decrease: (key, [times]); else None. The common run (one stream,
+ * in order) is framed from its bytes without an object a log. */
+static PyObject *one_key_times(PyObject *self, PyObject *args) {
+    PyObject *stamps;
+    Py_ssize_t lo, hi, key_at, time_at;
+    if (!PyArg_ParseTuple(args, "O!nnnn:one_key_times", &PyList_Type, &stamps, &lo, &hi, &key_at, &time_at))
+        return NULL;
+    if (lo < 0 || hi > PyList_GET_SIZE(stamps) || lo >= hi || key_at < 0 || time_at < 0) {
+        PyErr_SetString(PyExc_IndexError, "no stamps in that range");
+        return NULL;
+    }
+    PyObject *key = NULL, *times = PyList_New(hi - lo);
+    if (times == NULL)
+        return NULL;
+    long long last = 0;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        PyObject *stamp = PyList_GET_ITEM(stamps, i);
+        if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) <= Py_MAX(key_at, time_at))
+            goto other;
+        PyObject *time = PyTuple_GET_ITEM(stamp, time_at), *own = PyTuple_GET_ITEM(stamp, key_at);
+        if (!PyLong_CheckExact(time))
+            goto other;
+        long long value = PyLong_AsLongLong(time);
+        if (value == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            goto other;
+        }
+        if (i == lo)
+            key = own;
+        else if (value < last)
+            goto other;
+        else if (own != key) {
+            int same = PyObject_RichCompareBool(own, key, Py_EQ);
+            if (same < 0) {
+                Py_DECREF(times);
+                return NULL;
+            }
+            if (!same)
+                goto other;
+        }
+        last = value;
+        PyList_SET_ITEM(times, i - lo, Py_NewRef(time));
+    }
+    return Py_BuildValue("(ON)", key, times);
+other:
+    Py_DECREF(times);
+    Py_RETURN_NONE;
+}
+
+/* shipper/workers.py's reply buffers: a bytearray of `size` bytes left as malloc gives them
+ * (bytearray(size) zeroes them: ~2% of the agent's CPU on the CloudWatch bench), each byte then
+ * written by the read that fills it. */
+static PyObject *unfilled(PyObject *self, PyObject *arg) {
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "a negative size");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, size);
+}
+
+/* shipper/lines.py's `pack_stamps`: stamps that are all 2-tuples of an int (at 0 for all, or at
+ * 1 for all) and one same key: (time_at, key, the times as int64 bytes, whether they never
+ * decrease); else the list as it is. A worker's reply carries them so: no tuple a log to write,
+ * read and free. */
+static PyObject *pack_stamps(PyObject *self, PyObject *arg) {
+    if (!PyList_Check(arg) || PyList_GET_SIZE(arg) == 0)
+        return Py_NewRef(arg);
+    Py_ssize_t count = PyList_GET_SIZE(arg);
+    PyObject *first = PyList_GET_ITEM(arg, 0);
+    if (!PyTuple_Check(first) || PyTuple_GET_SIZE(first) != 2)
+        return Py_NewRef(arg);
+    int time_at = PyLong_CheckExact(PyTuple_GET_ITEM(first, 0)) ? 0 : 1;
+    PyObject *key = PyTuple_GET_ITEM(first, 1 - time_at);
+    PyObject *times = PyBytes_FromStringAndSize(NULL, count * 8);
+    if (times == NULL)
+        return NULL;
+    long long *out = (long long *)PyBytes_AS_STRING(times), last = 0;
+    int ordered = 1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *stamp = PyList_GET_ITEM(arg, i);
+        if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 2 || !PyLong_CheckExact(PyTuple_GET_ITEM(stamp, time_at)))
+            goto as_is;
+        PyObject *own = PyTuple_GET_ITEM(stamp, 1 - time_at);
+        if (own != key) {
+            if (Py_TYPE(own) != Py_TYPE(key) || !PyUnicode_Check(key))
+                goto as_is; /* only a str key is compared by value: others must be the same object */
+            int same = PyObject_RichCompareBool(own, key, Py_EQ);
+            if (same < 0) {
+                Py_DECREF(times);
+                return NULL;
+            }
+            if (!same)
+                goto as_is;
+        }
+        long long value = PyLong_AsLongLong(PyTuple_GET_ITEM(stamp, time_at));
+        if (value == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            goto as_is;
+        }
+        if (i && value < last)
+            ordered = 0;
+        out[i] = last = value;
+    }
+    return Py_BuildValue("(iONO)", time_at, key, times, ordered ? Py_True : Py_False);
+as_is:
+    Py_DECREF(times);
+    return Py_NewRef(arg);
+}
+
+/* shipper/lines.py's `unpack_stamps`: stamps lo..hi of packed ones, each (time, key) or
+ * (key, time) again. */
+static PyObject *unpack_stamps(PyObject *self, PyObject *args) {
+    int time_at;
+    PyObject *key, *out = NULL;
+    Py_buffer times;
+    Py_ssize_t lo, hi;
+    if (!PyArg_ParseTuple(args, "iOy*nn:unpack_stamps", &time_at, &key, &times, &lo, &hi))
+        return NULL;
+    if (lo < 0 || hi < lo || hi > times.len / 8 || (time_at != 0 && time_at != 1)) {
+        PyErr_SetString(PyExc_IndexError, "no stamps in that range");
+        goto done;
+    }
+    const long long *values = (const long long *)times.buf;
+    if ((out = PyList_New(hi - lo)) == NULL)
+        goto done;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        PyObject *time = PyLong_FromLongLong(values[i]), *stamp = time ? PyTuple_New(2) : NULL;
+        if (stamp == NULL) {
+            Py_XDECREF(time);
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyTuple_SET_ITEM(stamp, time_at, time);
+        PyTuple_SET_ITEM(stamp, 1 - time_at, Py_NewRef(key));
+        PyList_SET_ITEM(out, i - lo, stamp);
+    }
+done:
+    PyBuffer_Release(&times);
+    return out;
+}
+
 /* sinks/loki_push.py's `Framer._distinct`: entries of a stream (in time order) that share a
  * timestamp with each other or with the stream's newest sent, moved apart by a nanosecond each in
  * arrival order; each moved entry gets a new stamp `(key, ns, metadata)` in its slot. A replayed
@@ -1768,6 +1997,18 @@ static PyMethodDef methods[] = {
     {"distinct_times", distinct_times, METH_VARARGS,
      "distinct_times(entries, stream, newest, same_ns): equal times of a stream's entries moved apart; see "
      "sinks/loki_push.py."},
+    {"line_ends", line_ends, METH_O,
+     "line_ends(body) -> where each line of NDJSON body ends, newline included; see shipper/lines.py."},
+    {"framed_lines", framed_lines, METH_VARARGS,
+     "framed_lines(opening, pieces, separator, closing) -> the pieces' lines framed; see shipper/lines.py."},
+    {"one_key_times", one_key_times, METH_VARARGS,
+     "one_key_times(stamps, lo, hi, key_at, time_at) -> (key, times) for one key in time order, else None; see "
+     "shipper/lines.py."},
+    {"unfilled", unfilled, METH_O, "unfilled(size) -> a bytearray of size bytes, not zeroed; see shipper/workers.py."},
+    {"pack_stamps", pack_stamps, METH_O,
+     "pack_stamps(stamps) -> (time_at, key, int64 times, ordered) when they allow, else stamps; see shipper/lines.py."},
+    {"unpack_stamps", unpack_stamps, METH_VARARGS,
+     "unpack_stamps(time_at, key, times, lo, hi) -> stamps lo..hi as tuples again; see shipper/lines.py."},
     {"set_level_words", set_level_words, METH_VARARGS,
      "set_level_words({number: word as JSON bytes}): the level words the direct lane writes."},
     {NULL, NULL, 0, NULL},

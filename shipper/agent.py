@@ -34,6 +34,7 @@ from shipper import metrics, systemd
 from shipper.config import Config, SinkConfig, SourceConfig, config_warnings, dead_letter_config
 from shipper.errors import ConfigError, ShipperError
 from shipper.event import Event
+from shipper.lines import events_of
 from shipper.log import set_level
 from shipper.pipeline.channel import Channel
 from shipper.pipeline.deadletter import DeadLetters
@@ -392,7 +393,7 @@ class Agent:
         given_up = [(batch.unresolved(), batch.acks) for batch in driver.inflight]
         driver.inflight.clear()
         while True:  # what it holds in memory, and parts routed before the reload
-            given_up.extend((part.events, [(part.ack, len(part.events))]) for part in channel.drain_unsent())
+            given_up.extend((events_of(part.events), [(part.ack, len(part.events))]) for part in channel.drain_unsent())
             if settled.done():
                 break
             await asyncio.sleep(FLUSH_TICK)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from shipper import tally
 from shipper.event import Event, Prepared, PreparerSpec, fill_in
+from shipper.lines import pack_stamps
 from shipper.parsing import Processor, build_processor
 from shipper.pipeline.routing import Routing
 from shipper.pipeline.transforms import build_transforms
@@ -36,8 +37,9 @@ FRAME = struct.Struct("<II")
 MARSHAL_VERSION = 4
 # Per route (an index into the feed's routes) what its preparer made: NDJSON and timestamps.
 Routed = tuple[int, bytes, list[Any] | None]
-# The same in a reply's message: the NDJSON's length in the body (routes in order) instead.
-RoutedSizes = tuple[int, int, list[Any] | None]
+# The same in a reply's message: the NDJSON's length in the body (routes in order) instead, and
+# the timestamps packed where they allow (shipper/lines.py `pack_stamps`).
+RoutedSizes = tuple[int, int, list[Any] | tuple[int, Any, bytes, bool] | None]
 # A feed's setup, pickled: source name, source settings, host, redact settings, extra fields, and
 # per route its `when` settings (None: everything), its sink's name and that sink's preparer.
 FeedSetup = tuple[str, Any, str, Any, dict[str, Any] | None, list[tuple[Any, str, PreparerSpec]]]
@@ -124,7 +126,7 @@ class _Server:
             totals = tally.totals()
             counters = None if totals == self.reported else totals
             self.reported = totals
-            sizes: list[RoutedSizes] = [(index, len(lines), stamps) for index, lines, stamps in routed]
+            sizes: list[RoutedSizes] = [(index, len(lines), pack_stamps(stamps)) for index, lines, stamps in routed]
             ndjson = [lines for _, lines, _ in routed]
             reply: tuple[Any, ...] = ("ok", held, count, sizes, counters)
             payload = marshal.dumps(reply, MARSHAL_VERSION)

@@ -15,6 +15,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from shipper.event import Encoded, Event, Preparer, PreparerSpec
+from shipper.lines import events_of
 
 if TYPE_CHECKING:
     from shipper.config import SinkConfig
@@ -68,7 +69,7 @@ class Request:
     """One unit of sending: the encoded body plus the events it carries (for splitting and acks)."""
 
     body: bytes
-    events: list[Event]
+    events: Sequence[Event]
     meta: dict[str, Any] = field(default_factory=dict)
     wire: bytes | None = None  # the body as sent (compressed), cached across retries
 
@@ -103,6 +104,9 @@ class Sink(ABC):
     # Outcome reasons of this destination that mean it is overloaded, beyond the shared ones
     # (429, 503, timeouts, throttling: shipper/pipeline/concurrency.py): they lower the concurrency.
     overload_reasons: ClassVar[frozenset[str]] = frozenset()
+    # `encode_runs` frames prepared logs from the bytes they arrived in: a batch that takes part of a
+    # worker's reply then copies that part out (`Lines.compact`), not to hold the whole reply.
+    frames_lines: ClassVar[bool] = False
 
     def __init__(self, name: str, config: SinkConfig) -> None:
         self.name = name
@@ -114,6 +118,12 @@ class Sink(ABC):
 
     async def stop(self) -> None:
         """Release resources; called once after the last send."""
+
+    def encode_runs(self, events: Sequence[Event]) -> list[Request]:
+        """`encode` for a batch as the driver holds it: the runs it was cut from, prepared logs as
+        they arrived among them (shipper/lines.py). A sink that frames those from their bytes
+        overrides it; the others get a list of events."""
+        return self.encode(events_of(events))
 
     @abstractmethod
     def encode(self, events: list[Event]) -> list[Request]:

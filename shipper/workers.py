@@ -62,6 +62,7 @@ from shipper.config import RedactConfig, SourceConfig, WhenConfig
 from shipper.event import PreparerSpec
 from shipper.parse_worker import FRAME, MARSHAL_VERSION, FeedSetup, RoutedSizes
 from shipper.pipeline.channel import Channel
+from shipper.speedups import SPEEDUPS
 
 log = logging.getLogger("shipper.workers")
 
@@ -76,7 +77,7 @@ AUTO_WORKER_MEMORY = 64 * 1024 * 1024
 AUTO_MAX_WORKERS = 4
 # Per route (an index into the feed's routes) the sink's prepared logs, as a reply brings them:
 # NDJSON (the reply's bytearray, or a view of its share) and their timestamps.
-Received = tuple[int, bytearray | memoryview, list[Any] | None]
+Received = tuple[int, bytearray | memoryview, list[Any] | tuple[int, Any, bytes, bool] | None]
 # A parsed chunk: bytes still held in open multi-line groups, events parsed, and per route the
 # sink's prepared logs.
 Parsed = tuple[int, int, list[Received]]
@@ -140,7 +141,7 @@ class ReplyReader:
 
     def _expect(self, stage: int, size: int) -> None:
         self._stage, self._got = stage, 0
-        self._buffer = bytearray(size)
+        self._buffer = SPEEDUPS.unfilled(size) if SPEEDUPS is not None and stage == 2 else bytearray(size)
         self._view = memoryview(self._buffer)
 
     def _end(self) -> None:

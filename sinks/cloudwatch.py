@@ -29,7 +29,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -56,6 +56,7 @@ from sinks.cloudwatch_events import (
     LogEvents,
     Message,
     calls,
+    line_calls,
 )
 
 RETENTION_DAYS = (
@@ -291,6 +292,11 @@ class CloudWatchSink(HttpSink):
 
     def encode(self, events: list[Event]) -> list[Request]:
         return calls(self.encoded(events), self.config.log_group)
+
+    frames_lines = True
+
+    def encode_runs(self, events: Sequence[Event]) -> list[Request]:
+        return line_calls(events, self.config.log_group) or super().encode_runs(events)
 
     # ------------------------------------------------------------ sending
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from itertools import repeat
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 import orjson
@@ -30,6 +31,7 @@ import orjson
 from shipper.bulk import EpochMs, cached_by_fields, stamp_groups
 from shipper.encoding import framed
 from shipper.event import Event, Prepared, wire_ends
+from shipper.lines import Chain, Lines, Packed, framed_lines, line_runs, one_key_times
 from shipper.parsing.direct import LaneForm
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
@@ -227,6 +229,53 @@ def calls(events: list[Event], group: str) -> list[Request]:
             for start, end in _cuts(wire_ends(run), times)
         ]
     return out
+
+
+def line_calls(events: Sequence[Event], group: str) -> list[Request] | None:
+    """`calls` for a batch of prepared logs as they arrived (shipper/lines.py), when they are one
+    stream's in time order (a fixed log stream; a live service's logs): framed from their bytes,
+    no object a log. None otherwise: `calls` groups and sorts them event by event."""
+    runs = line_runs(events)
+    if not runs:
+        return None
+    stream: Any = None
+    first = last = None
+    for run in runs:
+        found = _one_stream(run)
+        if found is None or (last is not None and (found[0] != stream or found[1] < last)):
+            return None
+        stream, last = found[0], found[2]
+        first = found[1] if first is None else first
+    assert first is not None and last is not None
+    batch = Chain(list(runs))
+    head = _call_head(group, stream)
+    small = len(batch) <= MAX_CALL_EVENTS and sum(run.wire for run in runs) <= MAX_CALL_BYTES
+    if small and last - first < MAX_SPAN_MS:  # the usual batch: one call
+        return [Request(framed_lines(head, [run.view() for run in runs], b",", b"]}"), batch, {"stream": stream})]
+    ends: list[int] = []
+    times: list[int] = []
+    for run in runs:
+        base = ends[-1] if ends else 0
+        ends += [end + base for end in run.wire_ends()]
+        times += [stamp[0] for stamp in run.stamps_of(run.lo, run.hi) or ()]
+    out: list[Request] = []
+    for start, end in _cuts(ends, times):
+        share = batch[start:end]
+        body = framed_lines(head, [cast(Lines, run).view() for run in share.pieces], b",", b"]}")
+        out.append(Request(body, share, {"stream": stream}))
+    return out
+
+
+def _one_stream(run: Lines) -> tuple[str, int, int] | None:
+    """The stream of a run's log events and its first and last time, when they are all one
+    stream's in time order (stamps `(ms, stream)`); else None."""
+    stamps = run.stamps
+    if isinstance(stamps, Packed):
+        if stamps.time_at != 0 or not stamps.ordered:
+            return None
+        return stamps.key, stamps.times[run.lo], stamps.times[run.hi - 1]
+    found = one_key_times(cast(list[Any], stamps), run.lo, run.hi, 1, 0)
+    return None if found is None else (found[0], found[1][0], found[1][-1])
 
 
 def _call_head(group: str, stream: str) -> bytes:

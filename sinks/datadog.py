@@ -26,6 +26,7 @@ from shipper.config import HttpSinkConfig, environ_of
 from shipper.event import Event, PreparerSpec
 from shipper.httpclient import HttpError, environment_proxy
 from shipper.httpsink import HttpSink, connection_failure
+from shipper.lines import events_of
 from shipper.rules import OutOfRange
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Request
 from shipper.template import PLACEHOLDER, template_error
@@ -186,7 +187,7 @@ class DatadogSink(HttpSink):
         """Send, first re-stamping the logs of a request that waited so long they near the age limit."""
         oldest = request.meta.get("oldest_ms")
         if oldest is not None and oldest < time.time() * 1000 - STALE_MS:
-            fresh = self.encoder.encode(self.encoder.aged(request.events))
+            fresh = self.encoder.encode(self.encoder.aged(events_of(request.events)))
             if not fresh:  # every event dropped as out of range (counted by `aged`)
                 request.events = []
                 return DELIVERED

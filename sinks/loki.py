@@ -22,6 +22,7 @@ from shipper.config import HttpSinkConfig
 from shipper.event import Event, PreparerSpec
 from shipper.httpclient import HttpError
 from shipper.httpsink import HttpSink, connection_failure, retry_after
+from shipper.lines import events_of
 from shipper.rules import OutOfRange
 from shipper.sink import DELIVERED, BatchLimits, CheckResult, Outcome, Rejection, Request
 from shipper.template import Template, template_error
@@ -182,7 +183,9 @@ class LokiSink(HttpSink):
         if self.config.encoding == "protobuf":
             import cramjam  # here, not at the top: its ~2 MiB are paid only by protobuf pushes
 
-            request.body = bytes(cramjam.snappy.compress_raw(protobuf_push(request.events, self.framer.line)))
+            request.body = bytes(
+                cramjam.snappy.compress_raw(protobuf_push(events_of(request.events), self.framer.line))
+            )
         return super().wire_form(request)
 
     # ------------------------------------------------------------ answers
@@ -223,7 +226,7 @@ class LokiSink(HttpSink):
         return super().classify(status, headers, body, request)
 
     def _partial(self, text: str, request: Request) -> Outcome:
-        matcher = Matcher(request.events, self.config.labels, self.framer.line)
+        matcher = Matcher(events_of(request.events), self.config.labels, self.framer.line)
         refusal = matcher.refusals(text)
         rejected: list[Rejection] = []
         resend: list[int] = []
@@ -261,7 +264,7 @@ class LokiSink(HttpSink):
     def _rate_limited(self, text: str, headers: Mapping[str, str], request: Request) -> Outcome:
         wait = retry_after(headers)
         if "ingestion rate limit exceeded" not in text.lower():  # the tenant's limit: nothing was stored
-            matcher = Matcher(request.events, self.config.labels, self.framer.line)
+            matcher = Matcher(events_of(request.events), self.config.labels, self.framer.line)
             refusal = matcher.refusals(text)
             streams = refusal.streams | set(refusal.unnamed)
             streams |= {request.events[index].stamp[0] for index in refusal.named}  # type: ignore[attr-defined]

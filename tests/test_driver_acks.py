@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from shipper import metrics
 from shipper.config import DeadLetterConfig, SinkConfig
 from shipper.event import Event
+from shipper.lines import Lines
 from shipper.pipeline.acks import AckTracker
 from shipper.pipeline.channel import Channel, Part
 from shipper.pipeline.deadletter import KEY, DeadLetters
@@ -108,7 +109,8 @@ class FakeSink(Sink):
 
 
 def ident(event: Event) -> int:
-    return int(event.fields["id"])
+    """An event's id: in its fields, or in its raw bytes for a prepared log (`Lines`)."""
+    return int(event.fields["id"] if "id" in event.fields else orjson.loads(event.raw)["id"])
 
 
 def sample(name: str, **labels: str) -> float:
@@ -136,6 +138,7 @@ class Run:
     commits: list[int] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # commits past an unresolved event
     failures: int = 0  # on_failure calls
+    as_lines: bool = False  # each chunk arrives as prepared logs (shipper/lines.py), as from a parse worker
 
     def __post_init__(self) -> None:
         behaviour: dict[int, Behaviour] = {}
@@ -164,7 +167,11 @@ class Run:
             events = [Event({"message": f"event {i}", "id": i}, orjson.dumps({"id": i})) for i in ids]
             ack = tracker.open(position)
             ack.add(len(events))
-            await self.driver.channel.put(Part(events, ack, sum(e.size for e in events)))
+            if self.as_lines:
+                lines = Lines.of((bytearray(b"".join(e.raw + b"\n" for e in events)), [(i, "s") for i in ids]), {})
+                await self.driver.channel.put(Part(lines, ack, lines.wire, lines.wire))
+            else:
+                await self.driver.channel.put(Part(events, ack, sum(e.size for e in events)))
             ack.done()  # the opener's hold
 
 
@@ -191,12 +198,13 @@ chunk_lists = st.lists(st.lists(behaviours, min_size=1, max_size=5), min_size=1,
 
 
 @settings(max_examples=80, deadline=None)
-@given(chunks=chunk_lists, concurrency=st.integers(1, 3))
+@given(chunks=chunk_lists, concurrency=st.integers(1, 3), as_lines=st.booleans())
 def test_every_event_is_resolved_once_and_the_checkpoint_follows_only_resolved_chunks(
-    chunks: list[list[Behaviour]], concurrency: int
+    chunks: list[list[Behaviour]], concurrency: int, as_lines: bool
 ) -> None:
+    """Events as objects, or prepared logs as they arrive from a worker (cut across batches as bytes)."""
     with tempfile.TemporaryDirectory() as state:
-        run = Run(chunks, concurrency, Path(state) / "dead.ndjson")
+        run = Run(chunks, concurrency, Path(state) / "dead.ndjson", as_lines=as_lines)
         before = counts("fake")
 
         async def scenario() -> None:

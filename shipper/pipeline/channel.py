@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shipper import metrics
 from shipper.event import Event, wire_size
+from shipper.lines import events_of
 from shipper.log import RateLimitedLog
 from shipper.pipeline.acks import Ack
 from shipper.pipeline.spill import SpillLog, events_memory
@@ -39,14 +41,14 @@ class Part:
     """One chunk's events for one sink: `nbytes` is their estimated memory (what the channel's
     bound counts), `wire` what they weigh encoded (what batches are cut by)."""
 
-    events: list[Event]
+    events: Sequence[Event]  # a list, or prepared logs as they arrived (shipper/lines.py `Lines`)
     ack: Ack
     nbytes: int
     wire: int = -1  # -1: each event's raw bytes plus a separator
 
     def __post_init__(self) -> None:
         if self.wire < 0:
-            self.wire = wire_size(self.events)
+            self.wire = wire_size(events_of(self.events))
 
 
 class Channel:
@@ -124,7 +126,7 @@ class Channel:
     def _spill(self, part: Part) -> None:
         """A part of a source that cannot wait, with memory full: to disk, else dropped (counted)."""
         assert self.spill is not None
-        written, error = self._spill_within_bound(part.events)
+        written, error = self._spill_within_bound(events_of(part.events))
         left = len(part.events) - written
         if error is not None:
             self._disk_failed(error)
@@ -168,7 +170,7 @@ class Channel:
         """buffer.type = "disk": to disk first (a replayable source waits while it is full), then
         kept in memory too while the reader is caught up and memory has room, to skip reading it back."""
         assert self.spill is not None
-        events = part.events
+        events = events_of(part.events)
         while True:
             try:
                 position = self.spill.append(events)

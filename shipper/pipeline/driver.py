@@ -38,6 +38,7 @@ from shipper import metrics
 from shipper.errors import ConfigError
 from shipper.event import Event, wire_ends
 from shipper.health import Health
+from shipper.lines import Chain, Lines, events_of
 from shipper.log import RateLimitedLog
 from shipper.pipeline.acks import Ack
 from shipper.pipeline.channel import Channel, Part
@@ -50,7 +51,7 @@ log = logging.getLogger("shipper.driver")
 MAX_HONOURED_RETRY_AFTER = 900.0
 MAX_DOUBLINGS = 32  # the backoff stops growing long before: this only keeps 2**n a float
 
-Todo = list[Event] | Request  # an item of a batch's to-do list: events to encode, or a request to send
+Todo = Sequence[Event] | Request  # an item of a batch's to-do list: events to encode, or a request to send
 
 
 class _RetryLater(Exception):
@@ -144,7 +145,7 @@ class SinkDriver:
             for batch in adopted:
                 unresolved = batch.unresolved()
                 if unresolved:
-                    await self._dispatch(unresolved, list(batch.acks))
+                    await self._dispatch(Chain([unresolved]), list(batch.acks))
                 else:  # every event was sent or dropped: only its release was cut off
                     for ack, units in batch.acks:
                         ack.done(units)
@@ -166,7 +167,8 @@ class SinkDriver:
         no part came for `batch.idle` (a replayed backlog's last batch, a burst's logs: sent now,
         not a whole timeout later)."""
         loop = asyncio.get_running_loop()
-        events: list[Event] = []
+        pieces: list[Sequence[Event]] = []  # the batch being cut: runs of the parts it takes
+        count = 0  # events in `pieces`
         acks: list[tuple[Ack, int]] = []
         wire = 0
         deadline = 0.0
@@ -175,55 +177,62 @@ class SinkDriver:
         try:
             while True:
                 if self._handing_over:
-                    if events:
-                        await self._dispatch(events, acks)
+                    if pieces:
+                        await self._dispatch(Chain(pieces), acks)
                     return
-                timeout = max(0.0, min(deadline - loop.time(), self.batch_idle)) if events else None
+                timeout = max(0.0, min(deadline - loop.time(), self.batch_idle)) if pieces else None
                 part = await self.channel.get(timeout)
                 start = 0
                 if part is None:
-                    if events:
-                        await self._dispatch(events, acks)
-                        events, acks, wire = [], [], 0
+                    if pieces:
+                        await self._dispatch(Chain(pieces), acks)
+                        pieces, count, acks, wire = [], 0, [], 0
                     if self.channel.drained:
                         return
                     continue
-                if not events:
+                if not pieces:
                     deadline = loop.time() + self.batch_timeout
-                count = len(part.events)
-                if len(events) + count <= self.max_events and wire + part.wire <= self.max_bytes:
-                    events.extend(part.events)
-                    acks.append((part.ack, count))
+                size = len(part.events)
+                if count + size <= self.max_events and wire + part.wire <= self.max_bytes:
+                    pieces.append(part.events)
+                    acks.append((part.ack, size))
+                    count += size
                     wire += part.wire
-                    start = count
-                    if len(events) >= self.max_events or wire >= self.max_bytes:
-                        await self._dispatch(events, acks)
-                        events, acks, wire = [], [], 0
+                    start = size
+                    if count >= self.max_events or wire >= self.max_bytes:
+                        await self._dispatch(Chain(pieces), acks)
+                        pieces, count, acks, wire = [], 0, [], 0
                     continue
                 # The part straddles batches: cut it by each event's encoded size.
-                ends = wire_ends(part.events)
-                base = 0
-                while start < count:
-                    if not events:
+                # Prepared lines are cut on where their lines end in the worker's reply, as they are.
+                run = part.events
+                ends, first, base = (
+                    (run.ends, run.lo, run.origin) if isinstance(run, Lines) else (wire_ends(events_of(run)), 0, 0)
+                )
+                while start < size:
+                    if not pieces:
                         deadline = loop.time() + self.batch_timeout
-                    room = min(count, start + self.max_events - len(events))
-                    end = bisect_right(ends, base + self.max_bytes - wire, start, room)
-                    if end == start and not events:
+                    room = min(size, start + self.max_events - count)
+                    end = bisect_right(ends, base + self.max_bytes - wire, first + start, first + room) - first
+                    if end == start and not pieces:
                         end = start + 1  # an event larger than a whole batch goes alone
                     if end > start:
-                        events.extend(part.events[start:end])
+                        piece = run[start:end]
+                        pieces.append(piece.compact() if isinstance(piece, Lines) and self.sink.frames_lines else piece)
                         acks.append((part.ack, end - start))
-                        wire += ends[end - 1] - base
-                        base, start = ends[end - 1], end
-                    if start < count or len(events) >= self.max_events or wire >= self.max_bytes:
-                        await self._dispatch(events, acks)
-                        events, acks, wire = [], [], 0
+                        count += end - start
+                        wire += ends[first + end - 1] - base
+                        base, start = ends[first + end - 1], end
+                    if start < size or count >= self.max_events or wire >= self.max_bytes:
+                        await self._dispatch(Chain(pieces), acks)
+                        pieces, count, acks, wire = [], 0, [], 0
         except BaseException:  # cancelled at the deadline, or a bug: what it holds is left unsent, unacked
             rest = part.events[start:] if part is not None else []
             if part is not None and rest:
                 acks.append((part.ack, len(rest)))
-            if events or rest:  # with its acks: a successor driver (a reload) may deliver it yet
-                self.inflight.add(Batch(acks, deque([events + rest])))
+                pieces.append(rest)
+            if pieces:  # with its acks: a successor driver (a reload) may deliver it yet
+                self.inflight.add(Batch(acks, deque([Chain(pieces)])))
             raise
 
     def hand_over(self) -> None:
@@ -252,7 +261,7 @@ class SinkDriver:
         queued = [event for part in self.channel.drain_unsent() for event in part.events]
         return queued + [event for batch in self.inflight for event in batch.unresolved()]
 
-    async def _dispatch(self, events: list[Event], acks: list[tuple[Ack, int]]) -> None:
+    async def _dispatch(self, events: Chain, acks: list[tuple[Ack, int]]) -> None:
         await self._limit.acquire()
         batch = Batch(acks, deque([events]))
         self.inflight.add(batch)
@@ -290,11 +299,11 @@ class SinkDriver:
         finally:
             self._limit.release()
 
-    def _encode(self, events: list[Event]) -> list[Todo]:
+    def _encode(self, events: Sequence[Event]) -> list[Todo]:
         """The sink's requests for `events`. An encoder that raises has a bug that would fail the same
         way on every retry: those events are dropped with a counted reason, never a stalled checkpoint."""
         try:
-            return list(self.sink.encode(events))
+            return list(self.sink.encode_runs(events))
         except Exception as exc:
             log.exception("sink could not encode a batch; dropped", extra={"sink": self.sink.name})
             self._discard([(event, "encode_error", f"{type(exc).__name__}: {exc}") for event in events])

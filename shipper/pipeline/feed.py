@@ -22,7 +22,8 @@ import orjson
 
 from shipper import metrics
 from shipper.encoding import sanitized
-from shipper.event import ENCODED_OVERHEAD, Event, encoded_events, fill_in, memory_size
+from shipper.event import ENCODED_OVERHEAD, Event, fill_in, memory_size
+from shipper.lines import ArrivedLines, Lines
 from shipper.parsing import Processor, build_processor
 from shipper.pipeline.acks import Ack, AckTracker
 from shipper.pipeline.channel import Part
@@ -205,18 +206,16 @@ class LineFeed:
                 await self._put(routes[index], (lines, stamps), ack)
             ack.done()
 
-    async def _put(self, route: SinkRoute, share: Share, ack: Ack) -> None:
+    async def _put(self, route: SinkRoute, share: Share | ArrivedLines, ack: Ack) -> None:
         """One route's share of a chunk into its sink's channel, under `ack`: prepared logs (their
         memory is their bytes; their wire size, the NDJSON's), or events for a sink without a
         preparer (estimated)."""
         if isinstance(share, list):
-            events = share
-            part = Part(events, ack, memory_size(events))
+            part = Part(share, ack, memory_size(share))
         else:
-            lines = share[0]
-            events = encoded_events(share, self._encoded_fields)
-            part = Part(events, ack, len(lines) + ENCODED_OVERHEAD * len(events), len(lines))
-        ack.add(len(events))
+            lines = Lines.of(share, self._encoded_fields)
+            part = Part(lines, ack, lines.wire + ENCODED_OVERHEAD * len(lines), lines.wire)
+        ack.add(len(part.events))
         await route.channel.put(part, self.context.replayable)
 
     async def _parse_here(
