@@ -1757,12 +1757,13 @@ static PyObject *framed_lines(PyObject *self, PyObject *args) {
     char *w = PyBytes_AS_STRING(out), *body;
     memcpy(w, opening.buf, (size_t)opening.len);
     body = w += opening.len;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        memcpy(w, views[i].buf, (size_t)views[i].len);
-        w += views[i].len;
+    Py_ssize_t left = lines > 0 ? lines - 1 : 0; /* never the last newline: the body may be just that */
+    for (Py_ssize_t i = 0; i < count && left > 0; i++) {
+        Py_ssize_t size = Py_MIN(views[i].len, left);
+        memcpy(w, views[i].buf, (size_t)size);
+        w += size;
+        left -= size;
     }
-    if (lines > 0)
-        w--;
     char sep = *(const char *)separator.buf;
     for (char *p = body; (p = memchr(p, '\n', (size_t)(w - p))) != NULL; p++)
         *p = sep;

@@ -13,6 +13,7 @@ import time
 from array import array
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -77,6 +78,16 @@ def test_line_ends_and_framed_lines_are_the_same_either_way(logs: list[bytes]) -
     for bad in (line_ends_py, SPEEDUPS.line_ends):
         with pytest.raises(ValueError, match="newline"):
             bad(body + b"unfinished")
+
+
+@needs_speedups
+def test_a_body_of_one_empty_line_is_framed_without_touching_the_shared_empty_bytes() -> None:
+    """Framed to nothing, a lone empty line must not be copied into the empty result: that result
+    is CPython's one shared b"", and a byte written into it makes b"" unequal to other empty bytes."""
+    assert SPEEDUPS is not None
+    assert SPEEDUPS.framed_lines(b"", [memoryview(b"\n")], b",", b"") == b""
+    assert SPEEDUPS.framed_lines(b"[", [b"\n", b"\n"], b",", b"]") == b"[,]"
+    assert msgspec.json.Encoder().encode_lines([]) == b""  # a fresh empty bytes, not the shared one
 
 
 @needs_speedups
