@@ -1778,56 +1778,6 @@ done:
     return out;
 }
 
-/* shipper/lines.py's `one_key_times`: stamps[lo:hi] (tuples) all with one key at `key_at` and
- * times at `time_at` that never decrease: (key, [times]); else None. The common run (one stream,
- * in order) is framed from its bytes without an object a log. */
-static PyObject *one_key_times(PyObject *self, PyObject *args) {
-    PyObject *stamps;
-    Py_ssize_t lo, hi, key_at, time_at;
-    if (!PyArg_ParseTuple(args, "O!nnnn:one_key_times", &PyList_Type, &stamps, &lo, &hi, &key_at, &time_at))
-        return NULL;
-    if (lo < 0 || hi > PyList_GET_SIZE(stamps) || lo >= hi || key_at < 0 || time_at < 0) {
-        PyErr_SetString(PyExc_IndexError, "no stamps in that range");
-        return NULL;
-    }
-    PyObject *key = NULL, *times = PyList_New(hi - lo);
-    if (times == NULL)
-        return NULL;
-    long long last = 0;
-    for (Py_ssize_t i = lo; i < hi; i++) {
-        PyObject *stamp = PyList_GET_ITEM(stamps, i);
-        if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) <= Py_MAX(key_at, time_at))
-            goto other;
-        PyObject *time = PyTuple_GET_ITEM(stamp, time_at), *own = PyTuple_GET_ITEM(stamp, key_at);
-        if (!PyLong_CheckExact(time))
-            goto other;
-        long long value = PyLong_AsLongLong(time);
-        if (value == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            goto other;
-        }
-        if (i == lo)
-            key = own;
-        else if (value < last)
-            goto other;
-        else if (own != key) {
-            int same = PyObject_RichCompareBool(own, key, Py_EQ);
-            if (same < 0) {
-                Py_DECREF(times);
-                return NULL;
-            }
-            if (!same)
-                goto other;
-        }
-        last = value;
-        PyList_SET_ITEM(times, i - lo, Py_NewRef(time));
-    }
-    return Py_BuildValue("(ON)", key, times);
-other:
-    Py_DECREF(times);
-    Py_RETURN_NONE;
-}
-
 /* shipper/workers.py's reply buffers: a bytearray of `size` bytes left as malloc gives them
  * (bytearray(size) zeroes them: ~2% of the agent's CPU on the CloudWatch bench), each byte then
  * written by the read that fills it. */
@@ -2002,9 +1952,6 @@ static PyMethodDef methods[] = {
      "line_ends(body) -> where each line of NDJSON body ends, newline included; see shipper/lines.py."},
     {"framed_lines", framed_lines, METH_VARARGS,
      "framed_lines(opening, pieces, separator, closing) -> the pieces' lines framed; see shipper/lines.py."},
-    {"one_key_times", one_key_times, METH_VARARGS,
-     "one_key_times(stamps, lo, hi, key_at, time_at) -> (key, times) for one key in time order, else None; see "
-     "shipper/lines.py."},
     {"unfilled", unfilled, METH_O, "unfilled(size) -> a bytearray of size bytes, not zeroed; see shipper/workers.py."},
     {"pack_stamps", pack_stamps, METH_O,
      "pack_stamps(stamps) -> (time_at, key, int64 times, ordered) when they allow, else stamps; see shipper/lines.py."},

@@ -5,7 +5,7 @@ line one log in the sink's wire form, with its stamp. Making an `Encoded` event 
 object, a bytes copy of the line, its stamp tuple) and framing requests from those objects was
 ~a quarter of the agent's CPU on the 1M-line CloudWatch bench. `Lines` keeps the body and where
 each line ends instead: a batch of them is cut by those offsets, and a sink that frames runs of
-lines as they are (`Sink.frames_lines`) copies each body once into its request. Anything else
+lines as they are (`Sink.encode_runs`) copies each body once into its request. Anything else
 (a sink that reads events, a retry of part of a request, the disk buffer) gets `Encoded` events,
 made in one compiled pass (shipper/event.py `encoded_events`), exactly those it would have had.
 """
@@ -68,6 +68,8 @@ class Lines(Sequence[Event]):
         """A preparer's output (NDJSON; one stamp a line, packed ones, or None) as events sharing `fields`."""
         body, arrived = prepared
         ends = line_ends(body)
+        if isinstance(arrived, list):  # prepared here, not in a worker: packed the same way
+            arrived = pack_stamps(arrived)
         stamps = Packed(*arrived) if isinstance(arrived, tuple) else arrived
         if stamps is not None and len(stamps) != len(ends):
             raise ValueError(f"{len(ends)} prepared logs with {len(stamps)} timestamps")
@@ -100,7 +102,10 @@ class Lines(Sequence[Event]):
         return None if self.stamps is None else self.stamps[lo:hi]
 
     def compact(self) -> Lines:
-        """These lines in a body of their own: a batch that takes part of a worker's reply holds no more."""
+        """These lines in a body of their own (themselves when they are their whole body already): a
+        request that holds part of a worker's reply then holds no more."""
+        if not isinstance(self.body, memoryview) and self.origin - self.shift == 0 and self.wire == len(self.body):
+            return self
         return Lines(bytes(self.view()), self.ends, self.stamps, self.fields, self.lo, self.hi, self.origin)
 
     def events(self) -> list[Event]:
@@ -118,15 +123,9 @@ class Lines(Sequence[Event]):
 
     def __getitem__(self, index: int | slice) -> Event | Lines:
         if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
-                raise ValueError("Lines slices take every line")
-            lo, hi = self.lo + start, self.lo + max(start, stop)
-            return Lines(self.body, self.ends, self.stamps, self.fields, lo, hi, self.shift)
-        position = index + len(self) if index < 0 else index
-        if not 0 <= position < len(self):
-            raise IndexError("line index out of range")
-        at = self.lo + position
+            start, stop = _span(index, len(self))
+            return Lines(self.body, self.ends, self.stamps, self.fields, self.lo + start, self.lo + stop, self.shift)
+        at = self.lo + _position(index, len(self))
         begin = (self.ends[at - 1] if at else 0) - self.shift
         stamps = self.stamps_of(at, at + 1)
         raw = bytes(memoryview(self.body)[begin : self.ends[at] - 1 - self.shift])
@@ -161,17 +160,13 @@ class Chain(Sequence[Event]):
 
     def __getitem__(self, index: int | slice) -> Event | Chain:
         if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
-                raise ValueError("Chain slices take every event")
+            start, stop = _span(index, len(self))
             out: list[Sequence[Event]] = []
             for piece, (first, after) in zip(self.pieces, pairwise(self._firsts), strict=True):
                 if first < stop and after > start:
                     out.append(piece[max(start - first, 0) : min(stop, after) - first])
             return Chain(out)
-        position = index + len(self) if index < 0 else index
-        if not 0 <= position < len(self):
-            raise IndexError("event index out of range")
+        position = _position(index, len(self))
         at = bisect_right(self._firsts, position) - 1
         return self.pieces[at][position - self._firsts[at]]
 
@@ -180,6 +175,22 @@ class Chain(Sequence[Event]):
 
     def __repr__(self) -> str:
         return f"Chain({len(self)} events in {len(self.pieces)} pieces)"
+
+
+def _span(index: slice, length: int) -> tuple[int, int]:
+    """A slice of a sequence of `length` as (start, stop), start <= stop; every item, or ValueError."""
+    start, stop, step = index.indices(length)
+    if step != 1:
+        raise ValueError("slices of prepared logs take every log")
+    return start, max(start, stop)
+
+
+def _position(index: int, length: int) -> int:
+    """An index into a sequence of `length`, from the start (a negative one counts from the end)."""
+    position = index + length if index < 0 else index
+    if not 0 <= position < length:
+        raise IndexError("index out of range")
+    return position
 
 
 def events_of(events: Sequence[Event]) -> list[Event]:
@@ -235,33 +246,6 @@ def framed_lines_py(opening: bytes, pieces: list[memoryview], separator: bytes, 
         raise ValueError("prepared logs must end in a newline")
     lines = b"".join(pieces)
     return opening + lines[:-1].replace(b"\n", separator) + closing
-
-
-def one_key_times(stamps: list[Any], lo: int, hi: int, key_at: int, time_at: int) -> tuple[Any, list[int]] | None:
-    """When `stamps[lo:hi]` share the key at `key_at` and their times (at `time_at`, ints) never
-    decrease: the key and the times; else None (compiled where built)."""
-    if SPEEDUPS is not None:
-        found: tuple[Any, list[int]] | None = SPEEDUPS.one_key_times(stamps, lo, hi, key_at, time_at)
-        return found
-    return one_key_times_py(stamps, lo, hi, key_at, time_at)
-
-
-def one_key_times_py(stamps: list[Any], lo: int, hi: int, key_at: int, time_at: int) -> tuple[Any, list[int]] | None:
-    """`one_key_times` in Python: what the compiled one does, where it was not built."""
-    if lo < 0 or hi > len(stamps) or lo >= hi or key_at < 0 or time_at < 0:
-        raise IndexError("no stamps in that range")
-    run = stamps[lo:hi]
-    if not all(isinstance(stamp, tuple) and len(stamp) > max(key_at, time_at) for stamp in run):
-        return None
-    times = [stamp[time_at] for stamp in run]
-    key = run[0][key_at]
-    if not all(type(time) is int and -(2**63) <= time < 2**63 for time in times):
-        return None
-    if any(stamp[key_at] != key for stamp in run):
-        return None
-    if any(later < earlier for earlier, later in pairwise(times)):
-        return None
-    return key, times
 
 
 def pack_stamps(stamps: list[Any] | None) -> list[Any] | tuple[int, Any, bytes, bool] | None:

@@ -104,9 +104,6 @@ class Sink(ABC):
     # Outcome reasons of this destination that mean it is overloaded, beyond the shared ones
     # (429, 503, timeouts, throttling: shipper/pipeline/concurrency.py): they lower the concurrency.
     overload_reasons: ClassVar[frozenset[str]] = frozenset()
-    # `encode_runs` frames prepared logs from the bytes they arrived in: a batch that takes part of a
-    # worker's reply then copies that part out (`Lines.compact`), not to hold the whole reply.
-    frames_lines: ClassVar[bool] = False
 
     def __init__(self, name: str, config: SinkConfig) -> None:
         self.name = name

@@ -293,8 +293,6 @@ class CloudWatchSink(HttpSink):
     def encode(self, events: list[Event]) -> list[Request]:
         return calls(self.encoded(events), self.config.log_group)
 
-    frames_lines = True
-
     def encode_runs(self, events: Sequence[Event]) -> list[Request]:
         return line_calls(events, self.config.log_group) or super().encode_runs(events)
 

@@ -31,7 +31,7 @@ import orjson
 from shipper.bulk import EpochMs, cached_by_fields, stamp_groups
 from shipper.encoding import framed
 from shipper.event import Event, Prepared, wire_ends
-from shipper.lines import Chain, Lines, Packed, framed_lines, line_runs, one_key_times
+from shipper.lines import Chain, Lines, Packed, framed_lines, line_runs
 from shipper.parsing.direct import LaneForm
 from shipper.rules import Doc, OutOfRange, SizeRule, TimeWindow, WindowRule
 from shipper.sink import Request
@@ -247,7 +247,7 @@ def line_calls(events: Sequence[Event], group: str) -> list[Request] | None:
         stream, last = found[0], found[2]
         first = found[1] if first is None else first
     assert first is not None and last is not None
-    batch = Chain(list(runs))
+    batch = Chain([run.compact() for run in runs])  # a request holds its own logs, not whole replies
     head = _call_head(group, stream)
     small = len(batch) <= MAX_CALL_EVENTS and sum(run.wire for run in runs) <= MAX_CALL_BYTES
     if small and last - first < MAX_SPAN_MS:  # the usual batch: one call
@@ -257,7 +257,7 @@ def line_calls(events: Sequence[Event], group: str) -> list[Request] | None:
     for run in runs:
         base = ends[-1] if ends else 0
         ends += [end + base for end in run.wire_ends()]
-        times += [stamp[0] for stamp in run.stamps_of(run.lo, run.hi) or ()]
+        times += cast(Packed, run.stamps).times[run.lo : run.hi].tolist()
     out: list[Request] = []
     for start, end in _cuts(ends, times):
         share = batch[start:end]
@@ -268,14 +268,11 @@ def line_calls(events: Sequence[Event], group: str) -> list[Request] | None:
 
 def _one_stream(run: Lines) -> tuple[str, int, int] | None:
     """The stream of a run's log events and its first and last time, when they are all one
-    stream's in time order (stamps `(ms, stream)`); else None."""
+    stream's in time order (stamps `(ms, stream)`, packed: `Lines.of`); else None."""
     stamps = run.stamps
-    if isinstance(stamps, Packed):
-        if stamps.time_at != 0 or not stamps.ordered:
-            return None
-        return stamps.key, stamps.times[run.lo], stamps.times[run.hi - 1]
-    found = one_key_times(cast(list[Any], stamps), run.lo, run.hi, 1, 0)
-    return None if found is None else (found[0], found[1][0], found[1][-1])
+    if not isinstance(stamps, Packed) or stamps.time_at != 0 or not stamps.ordered:
+        return None
+    return stamps.key, stamps.times[run.lo], stamps.times[run.hi - 1]
 
 
 def _call_head(group: str, stream: str) -> bytes:

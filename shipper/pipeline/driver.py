@@ -217,8 +217,7 @@ class SinkDriver:
                     if end == start and not pieces:
                         end = start + 1  # an event larger than a whole batch goes alone
                     if end > start:
-                        piece = run[start:end]
-                        pieces.append(piece.compact() if isinstance(piece, Lines) and self.sink.frames_lines else piece)
+                        pieces.append(run[start:end])
                         acks.append((part.ack, end - start))
                         count += end - start
                         wire += ends[first + end - 1] - base
