@@ -26,8 +26,8 @@ _NEWLINE = re.compile(b"\n")
 
 
 class Packed:
-    """Stamps as a worker's reply may carry them (`pack_stamps`): each `(time, key)` (time_at 0)
-    or `(key, time)` (time_at 1) with one key, the times as int64s, and whether they never decrease."""
+    """Stamps packed (`pack_stamps`, in a worker's reply or on arrival): each `(time, key)` (time_at
+    0) or `(key, time)` (time_at 1) with one key, the times as int64s, and whether they never decrease."""
 
     __slots__ = ("key", "ordered", "time_at", "times")
 
